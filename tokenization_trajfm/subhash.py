@@ -1,0 +1,189 @@
+"""Sub-hash spellings of H3 cells and the WordPiece vocabulary over them.
+
+A cell becomes one "word"; WordPiece splits it into sub-hashes. Two spellings:
+
+- ``hex`` (the paper): the canonical lowercase hex string, cut after the last character that holds a used bit of
+  the cell's resolution (the rest is always the same run of unused ``f`` bits). Hex characters straddle the 3-bit
+  digits, so pieces are frequent substrings rather than parent cells.
+- ``hierarchy``: one symbol for the base cell (0-121), then one digit ``0``-``6`` per resolution. Every prefix of
+  the word is a real parent cell, so first pieces are coarse regions and continuations refine them.
+
+Both spellings are lossless at a fixed resolution, and the vocabulary always contains every single character in
+both word-initial and ``##`` continuation form, so every cell on Earth is representable without ``[UNK]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from tokenizers import Tokenizer, pre_tokenizers
+from tokenizers.models import WordPiece
+from tokenizers.trainers import WordPieceTrainer
+
+SPELLINGS = ("hex", "hierarchy")
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+CONTINUATION = "##"
+HEX_DIGITS = "0123456789abcdef"
+NUM_BASE_CELLS = 122
+BASE_CELL_OFFSET = 0x100  # base cell b is spelled chr(0x100 + b): one letter each, outside ASCII
+_STRING_HEADER_BITS = 15  # mode (low 3 bits shown), reserved, resolution, base cell: the 15-char string starts at bit 59
+_H3_CELL_MODE = 1
+
+
+def check_spelling(spelling: str) -> str:
+    if spelling not in SPELLINGS:
+        raise ValueError(f"Unknown sub-hash spelling {spelling!r}: choose one of {', '.join(SPELLINGS)}.")
+    return spelling
+
+
+def hex_width(resolution: int) -> int:
+    """Number of hex characters that hold used bits at `resolution`."""
+    return -(-(_STRING_HEADER_BITS + 3 * resolution) // 4)
+
+
+def alphabet(spelling: str) -> tuple[list[str], list[str]]:
+    """(initial characters, continuation characters) a word of this spelling can contain."""
+    if check_spelling(spelling) == "hex":
+        return list(HEX_DIGITS), list(HEX_DIGITS)
+    bases = [chr(BASE_CELL_OFFSET + b) for b in range(NUM_BASE_CELLS)]
+    return bases, list("0123456")
+
+
+def minimum_vocab_size(spelling: str) -> int:
+    initial, continuation = alphabet(spelling)
+    return len(SPECIAL_TOKENS) + len(initial) + len(continuation)
+
+
+def _digits(cells: np.ndarray, resolution: int) -> np.ndarray:
+    shifts = np.array([3 * (15 - r) for r in range(1, resolution + 1)], dtype=np.uint64)
+    return ((cells[:, None] >> shifts[None, :]) & np.uint64(7)).astype(np.uint8)
+
+
+def cells_to_words(cells: np.ndarray, resolution: int, spelling: str) -> list[str]:
+    """Spell each cell (uint64, all at `resolution`) as one word."""
+    cells = np.asarray(cells, dtype=np.uint64)
+    if check_spelling(spelling) == "hex":
+        width = hex_width(resolution)
+        return [format(c, "015x")[:width] for c in cells.tolist()]
+    bases = ((cells >> np.uint64(45)) & np.uint64(0x7F)).astype(np.int64)
+    digit_bytes = (_digits(cells, resolution) + ord("0")).tobytes()
+    return [
+        chr(BASE_CELL_OFFSET + int(b)) + digit_bytes[i * resolution : (i + 1) * resolution].decode("ascii")
+        for i, b in enumerate(bases.tolist())
+    ]
+
+
+def words_to_cells(words: Iterable[str], resolution: int, spelling: str) -> np.ndarray:
+    """Inverse of `cells_to_words`; raises ValueError on a word that is not a cell of this spelling."""
+    words = list(words)
+    if check_spelling(spelling) == "hex":
+        width = hex_width(resolution)
+        out = []
+        for w in words:
+            if len(w) != width or any(ch not in HEX_DIGITS for ch in w):
+                raise ValueError(f"{w!r} is not a resolution-{resolution} cell in the hex spelling.")
+            out.append(int(w.ljust(15, "f"), 16))
+        return np.array(out, dtype=np.uint64)
+    cells = np.empty(len(words), dtype=np.uint64)
+    header = (_H3_CELL_MODE << 59) | (resolution << 52)
+    unused = sum(7 << (3 * (15 - r)) for r in range(resolution + 1, 16))
+    for i, w in enumerate(words):
+        base = ord(w[0]) - BASE_CELL_OFFSET if w else -1
+        if len(w) != resolution + 1 or not 0 <= base < NUM_BASE_CELLS or any(ch not in "0123456" for ch in w[1:]):
+            raise ValueError(f"{w!r} is not a resolution-{resolution} cell in the hierarchy spelling.")
+        value = header | (base << 45) | unused
+        for r, ch in enumerate(w[1:], start=1):
+            value |= int(ch) << (3 * (15 - r))
+        cells[i] = value
+    return cells
+
+
+def build_wordpiece(vocab: dict[str, int]) -> Tokenizer:
+    """A WordPiece tokenizer over whitespace-separated cell words (no normalizer: spellings are case-sensitive)."""
+    tokenizer = Tokenizer(WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix=CONTINUATION))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tokenizer
+
+
+def train_vocab(words: Iterable[str], counts: Iterable[int], spelling: str, vocab_size: int) -> dict[str, int]:
+    """Train a WordPiece vocabulary on cell words weighted by how often each occurs in the corpus."""
+    minimum = minimum_vocab_size(spelling)
+    if vocab_size < minimum:
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small for the {spelling!r} spelling: it needs at least {minimum} "
+            "entries (special tokens plus every single character in both word positions)."
+        )
+    initial, continuation = alphabet(spelling)
+    trainer = WordPieceTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=initial,
+        continuing_subword_prefix=CONTINUATION,
+        show_progress=False,
+    )
+    tokenizer = Tokenizer(WordPiece(unk_token="[UNK]", continuing_subword_prefix=CONTINUATION))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+
+    def weighted_lines():
+        for word, count in zip(words, counts):
+            yield (word + " ") * int(count)
+
+    tokenizer.train_from_iterator(weighted_lines(), trainer)
+    vocab = tokenizer.get_vocab()
+    required = list(SPECIAL_TOKENS) + initial + [CONTINUATION + ch for ch in continuation]
+    ordered = [t for t in SPECIAL_TOKENS] + sorted(
+        (t for t in vocab if t not in SPECIAL_TOKENS), key=lambda t: vocab[t]
+    )
+    learned = [t for t in ordered if t not in required]
+    room = max(vocab_size - len(required), 0)
+    tokens = required + learned[:room]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+class CellEncoder:
+    """Cells → sub-hash token ids in CSR form, tokenizing each distinct cell once."""
+
+    def __init__(self, wordpiece: Tokenizer, resolution: int, spelling: str):
+        self.wordpiece = wordpiece
+        self.resolution = resolution
+        self.spelling = spelling
+
+    def encode_unique(self, unique_cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of distinct cells: (flat ids int64, offsets of length n+1)."""
+        words = cells_to_words(unique_cells, self.resolution, self.spelling)
+        encodings = self.wordpiece.encode_batch_fast(words, add_special_tokens=False)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        offsets = np.zeros(len(encodings) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.fromiter((i for e in encodings for i in e.ids), dtype=np.int64, count=int(offsets[-1]))
+        return flat, offsets
+
+    def max_cell_tokens(self) -> int:
+        """Most tokens one cell can take: every character its own piece."""
+        return hex_width(self.resolution) if self.spelling == "hex" else self.resolution + 1
+
+    def split_points(self, cells: np.ndarray, budget: int) -> list[int]:
+        """Start indices of consecutive runs of whole cells of at most `budget` tokens each."""
+        unique, inverse = np.unique(np.asarray(cells, dtype=np.uint64), return_inverse=True)
+        _, offsets = self.encode_unique(unique)
+        ends = np.cumsum(np.diff(offsets)[inverse])
+        starts, used = [0], 0
+        while True:
+            nxt = int(np.searchsorted(ends, used + budget, side="right"))
+            if nxt >= ends.size:
+                return starts
+            starts.append(nxt)
+            used = int(ends[nxt - 1])
+
+    def encode(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-token arrays for a sequence of cells: (ids, owner visit index, position inside the cell)."""
+        cells = np.asarray(cells, dtype=np.uint64)
+        unique, inverse = np.unique(cells, return_inverse=True)
+        flat, offsets = self.encode_unique(unique)
+        lengths = np.diff(offsets)[inverse]
+        owner = np.repeat(np.arange(cells.size), lengths)
+        visit_first_token = np.cumsum(lengths) - lengths
+        within = np.arange(owner.size) - visit_first_token[owner]
+        ids = flat[offsets[:-1][inverse][owner] + within]
+        return ids, owner, within

@@ -1,0 +1,568 @@
+"""TrajTokenizer: trajectories (points or H3 cells) → sub-hash token ids plus the per-token features TrajBert uses.
+
+This file and the modules it imports with ``from .x import y`` are copied next to pushed checkpoints, so they only
+depend on numpy, h3, tokenizers and transformers.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from transformers import BatchEncoding, PreTrainedTokenizer
+from transformers.utils import PaddingStrategy
+
+from .cluster import visit_starts
+from .h3cells import cell_centers, cells_from_any, check_resolution, encode_cells
+from .subhash import (
+    CONTINUATION,
+    SPECIAL_TOKENS,
+    CellEncoder,
+    alphabet,
+    build_wordpiece,
+    cells_to_words,
+    check_spelling,
+    train_vocab,
+    words_to_cells,
+)
+
+VOCAB_FILES_NAMES = {"vocab_file": "vocab.json"}
+FEATURE_KEYS = ("hexagon_ids", "level_ids", "hour_ids", "gap_ids")
+_LAT_KEYS = ("latitude", "lat")
+_LON_KEYS = ("longitude", "lon", "lng")
+_TIME_KEYS = ("timestamp", "timestamps", "time", "times", "t")
+_HOURS_PER_WEEK = 168
+_MAX_GAP_BUCKET = 22
+
+
+def _first_key(mapping: Mapping, keys: Sequence[str]) -> str | None:
+    return next((k for k in keys if k in mapping), None)
+
+
+def to_epoch_seconds(values: Any, where: str) -> np.ndarray | None:
+    """Timestamps (numbers = epoch seconds, datetimes, numpy datetime64, ISO strings) → int64 epoch seconds.
+
+    Returns None when every value is missing; a partly missing column is an error naming the first bad point.
+    """
+    if values is None:
+        return None
+    array = np.asarray(values)
+    if array.dtype.kind == "M":
+        if np.isnat(array).any():
+            raise ValueError(f"{where}: timestamp of point {int(np.flatnonzero(np.isnat(array))[0])} is missing.")
+        return array.astype("datetime64[s]").astype(np.int64)
+    if array.dtype.kind in "iuf":
+        if not np.isfinite(array).all():
+            raise ValueError(f"{where}: timestamp of point {int(np.flatnonzero(~np.isfinite(array))[0])} is not finite.")
+        return np.floor(array).astype(np.int64)
+    seconds = []
+    missing = []
+    for position, value in enumerate(array.tolist()):
+        if value is None:
+            missing.append(position)
+            seconds.append(0)
+        elif isinstance(value, _dt.datetime):
+            value = value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)
+            seconds.append(int(value.timestamp()))
+        elif isinstance(value, (int, float)):
+            seconds.append(int(value))
+        else:
+            try:
+                parsed = _dt.datetime.fromisoformat(str(value))
+            except ValueError:
+                raise ValueError(
+                    f"{where}: cannot parse timestamp {value!r} of point {position}; use epoch seconds, datetime "
+                    "objects or ISO-8601 strings."
+                ) from None
+            parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=_dt.timezone.utc)
+            seconds.append(int(parsed.timestamp()))
+    if len(missing) == len(seconds):
+        return None
+    if missing:
+        raise ValueError(f"{where}: timestamp of point {missing[0]} is missing while others are given.")
+    return np.asarray(seconds, dtype=np.int64)
+
+
+class TrajTokenizer(PreTrainedTokenizer):
+    """Sub-hash WordPiece tokenizer over H3 cells (see `subhash` for the two spellings).
+
+    Call it on one trajectory or a batch. A trajectory is a list of `(lat, lon[, timestamp])` points, a mapping of
+    columns (`latitude`/`longitude`/`timestamp`), an `(n, 2|3)` array, or already-encoded visits with `cells=`.
+    Raw points are H3-encoded and clustered (same cell, within `window_minutes`) first; `cells=` are taken as given.
+    Outputs `input_ids`, `attention_mask`, `token_type_ids` and, per token, `hexagon_ids`, `level_ids`, `hour_ids`,
+    `gap_ids` (see docs/design.md). Truncation and padding never split a hexagon.
+    """
+
+    vocab_files_names = VOCAB_FILES_NAMES
+    model_input_names = ["input_ids", "token_type_ids", "attention_mask", *FEATURE_KEYS]
+
+    def __init__(
+        self,
+        vocab_file: str | None = None,
+        resolution: int = 8,
+        spelling: str = "hex",
+        window_minutes: float = 10.0,
+        utc_offset_minutes: int = 0,
+        time_features: bool = True,
+        max_levels: int = 16,
+        unk_token: str = "[UNK]",
+        sep_token: str = "[SEP]",
+        pad_token: str = "[PAD]",
+        cls_token: str = "[CLS]",
+        mask_token: str = "[MASK]",
+        vocab: dict[str, int] | None = None,
+        **kwargs,
+    ):
+        self.resolution = check_resolution(resolution)
+        self.spelling = check_spelling(spelling)
+        if window_minutes < 0:
+            raise ValueError(f"window_minutes must be >= 0, got {window_minutes}.")
+        self.window_minutes = float(window_minutes)
+        self.utc_offset_minutes = int(utc_offset_minutes)
+        self.time_features = bool(time_features)
+        self.max_levels = int(max_levels)
+        if vocab is None and vocab_file is not None:
+            with open(vocab_file, encoding="utf-8") as handle:
+                vocab = json.load(handle)
+        if vocab is None:
+            initial, continuation = alphabet(self.spelling)
+            tokens = list(SPECIAL_TOKENS) + initial + [CONTINUATION + c for c in continuation]
+            vocab = {token: index for index, token in enumerate(tokens)}
+        self.vocab = dict(vocab)
+        self.ids_to_tokens = {index: token for token, index in self.vocab.items()}
+        self._cell_encoder = CellEncoder(build_wordpiece(self.vocab), self.resolution, self.spelling)
+        kwargs.setdefault("model_max_length", 512)
+        super().__init__(
+            resolution=self.resolution,
+            spelling=self.spelling,
+            window_minutes=self.window_minutes,
+            utc_offset_minutes=self.utc_offset_minutes,
+            time_features=self.time_features,
+            max_levels=self.max_levels,
+            unk_token=unk_token,
+            sep_token=sep_token,
+            pad_token=pad_token,
+            cls_token=cls_token,
+            mask_token=mask_token,
+            **kwargs,
+        )
+
+    # ----------------------------------------------------------------------------------------------- training
+    @classmethod
+    def train(
+        cls,
+        cells: Any,
+        vocab_size: int,
+        resolution: int = 8,
+        spelling: str = "hex",
+        **kwargs,
+    ) -> TrajTokenizer:
+        """Train the sub-hash vocabulary on a corpus of visits.
+
+        `cells` is a trajectory table (its `cells` column), a datasets.Dataset with a `cells` column, or a flat
+        array of H3 cells; each occurrence counts, so frequent places get their own tokens first.
+        """
+        flat = _flatten_cells(cells)
+        if flat.size == 0:
+            raise ValueError("Cannot train a tokenizer on an empty corpus: no cells were given.")
+        unique, counts = np.unique(flat, return_counts=True)
+        resolution = check_resolution(resolution)
+        words = cells_to_words(unique, resolution, check_spelling(spelling))
+        vocab = train_vocab(words, counts, spelling, vocab_size)
+        return cls(vocab=vocab, resolution=resolution, spelling=spelling, **kwargs)
+
+    # ------------------------------------------------------------------------------- vocabulary (base API)
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def get_vocab(self) -> dict[str, int]:
+        return {**self.vocab, **self.added_tokens_encoder}
+
+    def _tokenize(self, text: str, **kwargs) -> list[str]:
+        """Text of H3 cell strings (space separated) → sub-hash pieces."""
+        cells = cells_from_any(text.split(), self.resolution)
+        ids, _, _ = self._cell_encoder.encode(cells)
+        return [self.ids_to_tokens[i] for i in ids.tolist()]
+
+    def _convert_token_to_id(self, token: str) -> int:
+        return self.vocab.get(token, self.vocab[str(self.unk_token)])
+
+    def _convert_id_to_token(self, index: int) -> str:
+        return self.ids_to_tokens.get(index, str(self.unk_token))
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        """Sub-hash pieces → space-separated H3 cell strings."""
+        return " ".join(format(int(c), "x") for c in self._pieces_to_cells(tokens, strict=True))
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
+        name = (filename_prefix + "-" if filename_prefix else "") + VOCAB_FILES_NAMES["vocab_file"]
+        path = os.path.join(save_directory, name)
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(self.vocab, handle, ensure_ascii=False, indent=0)
+        return (path,)
+
+    # ----------------------------------------------------------------------------------------------- encoding
+    def __call__(
+        self,
+        trajectories: Any = None,
+        pair: Any = None,
+        *,
+        cells: Any = None,
+        timestamps: Any = None,
+        pair_cells: Any = None,
+        pair_timestamps: Any = None,
+        padding: bool | str | PaddingStrategy = False,
+        truncation: bool = True,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        return_tensors: str | None = None,
+        return_attention_mask: bool | None = None,
+        **kwargs,
+    ) -> BatchEncoding:
+        """Tokenize one trajectory or a batch (optionally paired with a second one, e.g. A → does B follow?)."""
+        if kwargs:
+            raise TypeError(f"TrajTokenizer got unexpected arguments {sorted(kwargs)}.")
+        first, batched = self._normalize(trajectories, cells, timestamps, "trajectories")
+        second = None
+        if pair is not None or pair_cells is not None:
+            second, pair_batched = self._normalize(pair, pair_cells, pair_timestamps, "pair")
+            if len(second) != len(first) or pair_batched != batched:
+                raise ValueError(f"Got {len(first)} trajectories but {len(second)} pair trajectories.")
+        max_length = max_length if max_length is not None else self.model_max_length
+        encoded = self.encode_visits(first, second, max_length=max_length if truncation else None)
+        if not batched:
+            encoded = {key: value[0] for key, value in encoded.items()}
+        return self.pad(
+            encoded,
+            padding=padding,
+            max_length=max_length if padding in ("max_length", PaddingStrategy.MAX_LENGTH) else None,
+            pad_to_multiple_of=pad_to_multiple_of,
+            return_tensors=return_tensors,
+            return_attention_mask=return_attention_mask,
+        )
+
+    def _normalize(self, trajectories: Any, cells: Any, timestamps: Any, name: str):
+        """→ (list of (visit cells uint64, visit start epoch seconds or None), whether the input was a batch)."""
+        if cells is not None:
+            if trajectories is not None:
+                raise ValueError(f"Pass either {name} or cells=, not both.")
+            batched = _is_batch_of_cells(cells)
+            cell_lists = cells if batched else [cells]
+            time_lists = timestamps if (batched and timestamps is not None) else [timestamps] * len(cell_lists)
+            if not batched:
+                time_lists = [timestamps]
+            out = []
+            for i, (c, t) in enumerate(zip(cell_lists, time_lists)):
+                where = f"{name}[{i}]"
+                visit_cells = cells_from_any(c, self.resolution)
+                visit_times = to_epoch_seconds(t, where)
+                _check_nonempty(visit_cells, where)
+                if visit_times is not None and visit_times.size != visit_cells.size:
+                    raise ValueError(f"{where}: {visit_cells.size} cells but {visit_times.size} timestamps.")
+                out.append(_sorted_by_time(visit_cells, visit_times))
+            return out, batched
+        if trajectories is None:
+            raise ValueError("Nothing to tokenize: pass trajectories (points) or cells=.")
+        batched = _is_batch_of_points(trajectories)
+        items = trajectories if batched else [trajectories]
+        return [self._points_to_visits(item, f"{name}[{i}]") for i, item in enumerate(items)], batched
+
+    def _points_to_visits(self, trajectory: Any, where: str) -> tuple[np.ndarray, np.ndarray | None]:
+        lat, lon, times = _columns(trajectory, where)
+        _check_nonempty(lat, where)
+        for column, values, limit in (("latitude", lat, 90.0), ("longitude", lon, 180.0)):
+            bad = ~(np.abs(values) <= limit)
+            if bad.any():
+                j = int(np.flatnonzero(bad)[0])
+                raise ValueError(f"{where}: {column} {values[j]!r} of point {j} is not a number in [-{limit}, {limit}].")
+        seconds = to_epoch_seconds(times, where)
+        if seconds is not None:
+            order = np.argsort(seconds, kind="stable")
+            lat, lon, seconds = lat[order], lon[order], seconds[order]
+        point_cells = encode_cells(lat, lon, self.resolution)
+        starts = visit_starts(point_cells, seconds, self.window_minutes * 60)
+        return point_cells[starts], (seconds[starts] if seconds is not None else None)
+
+    def encode_visits(
+        self,
+        first: list[tuple[np.ndarray, np.ndarray | None]],
+        second: list[tuple[np.ndarray, np.ndarray | None]] | None = None,
+        max_length: int | None = None,
+    ) -> dict[str, list[list[int]]]:
+        """Visits → unpadded token ids and features, truncating whole hexagons to fit `max_length`."""
+        segments = [first] if second is None else [first, second]
+        specials = len(segments) + 1
+        budget = None if max_length is None else max_length - specials
+        all_cells = np.concatenate([c for seg in segments for c, _ in seg]) if first else np.empty(0, np.uint64)
+        ids, owner, within = self._cell_encoder.encode(all_cells)
+        visit_token_counts = np.bincount(owner, minlength=all_cells.size)
+        visit_offsets = np.concatenate(([0], np.cumsum([c.size for seg in segments for c, _ in seg])))
+        token_offsets = np.concatenate(([0], np.cumsum(visit_token_counts)))
+        levels = np.minimum(within + 1, self.max_levels - 1)
+        out: dict[str, list[list[int]]] = {k: [] for k in ("input_ids", "token_type_ids", *FEATURE_KEYS)}
+        n = len(first)
+        for row in range(n):
+            parts = [(s, seg[row]) for s, seg in enumerate(segments)]
+            slots = [s * n + row for s in range(len(segments))]
+            counts = [visit_token_counts[visit_offsets[k] : visit_offsets[k + 1]] for k in slots]
+            keep = _fit_hexagons(counts, budget)
+            row_out = {k: [0] for k in out}
+            row_out["input_ids"] = [self.cls_token_id]
+            hexagon = 0
+            for (segment, (_, times)), k, n_visits in zip(parts, slots, keep):
+                lo = token_offsets[visit_offsets[k]]
+                hi = token_offsets[visit_offsets[k] + n_visits]
+                visit_of_token = owner[lo:hi] - visit_offsets[k]
+                row_out["input_ids"] += ids[lo:hi].tolist() + [self.sep_token_id]
+                row_out["token_type_ids"] += [segment] * (hi - lo + 1)
+                row_out["hexagon_ids"] += (visit_of_token + hexagon + 1).tolist() + [0]
+                row_out["level_ids"] += levels[lo:hi].tolist() + [0]
+                hours, gaps = self._time_ids(times, n_visits)
+                row_out["hour_ids"] += hours[visit_of_token].tolist() + [0]
+                row_out["gap_ids"] += gaps[visit_of_token].tolist() + [0]
+                hexagon += n_visits
+            for key in out:
+                out[key].append(row_out[key])
+        return out
+
+    def _time_ids(self, times: np.ndarray | None, n_visits: int) -> tuple[np.ndarray, np.ndarray]:
+        if times is None or not self.time_features:
+            zeros = np.zeros(n_visits, dtype=np.int64)
+            return zeros, zeros
+        return time_feature_ids(times[:n_visits], self.utc_offset_minutes)
+
+    def _pad(
+        self,
+        encoded_inputs: dict | BatchEncoding,
+        max_length: int | None = None,
+        padding_strategy: PaddingStrategy = PaddingStrategy.DO_NOT_PAD,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_attention_mask: bool | None = None,
+    ) -> dict:
+        """Pad the per-token features with 0 alongside what the base class pads."""
+        before = len(encoded_inputs["input_ids"])
+        encoded_inputs = super()._pad(
+            encoded_inputs, max_length, padding_strategy, pad_to_multiple_of, padding_side, return_attention_mask
+        )
+        difference = len(encoded_inputs["input_ids"]) - before
+        if difference:
+            side = padding_side if padding_side is not None else self.padding_side
+            for key in FEATURE_KEYS:
+                if key in encoded_inputs:
+                    values = list(encoded_inputs[key])
+                    encoded_inputs[key] = values + [0] * difference if side == "right" else [0] * difference + values
+        return encoded_inputs
+
+    # ----------------------------------------------------------------------------------------- corpus path
+    def tokenize_dataset(
+        self,
+        dataset: Any,
+        max_length: int | None = None,
+        overflow: str = "split",
+        num_proc: int | None = None,
+        batch_size: int = 1000,
+        desc: str = "Tokenizing trajectories",
+    ) -> Any:
+        """Tokenize a `datasets.Dataset` of trajectories (`cells`, `timestamps` columns) in batches.
+
+        `overflow="split"` cuts a trajectory longer than `max_length` into consecutive sequences of whole
+        hexagons (nothing is lost); `"truncate"` keeps the first part. Other columns (e.g. `user_id`) are kept,
+        repeated for every piece.
+        """
+        if overflow not in ("split", "truncate"):
+            raise ValueError(f"overflow={overflow!r}: choose 'split' or 'truncate'.")
+        max_length = max_length or self.model_max_length
+        longest = self._cell_encoder.max_cell_tokens()
+        if max_length - 2 < longest:
+            raise ValueError(
+                f"max_length={max_length} cannot hold one hexagon: the longest cell takes {longest} tokens plus 2 "
+                f"special tokens. Use max_length >= {longest + 2}."
+            )
+        return dataset.map(
+            self._encode_table,
+            batched=True,
+            batch_size=batch_size,
+            num_proc=num_proc,
+            fn_kwargs={"max_length": max_length, "split": overflow == "split"},
+            remove_columns=dataset.column_names,
+            desc=desc,
+        )
+
+    def _encode_table(self, batch: dict[str, list], max_length: int, split: bool) -> dict[str, list]:
+        times = batch.get("timestamps") or [None] * len(batch["cells"])
+        visits = []
+        source = []
+        budget = max_length - 2
+        for row, (cells, stamps) in enumerate(zip(batch["cells"], times)):
+            cells = np.asarray(cells, dtype=np.uint64)
+            stamps = None if stamps is None else np.asarray(stamps, dtype=np.int64)
+            pieces = self._cell_encoder.split_points(cells, budget) if split else [0]
+            for k, start in enumerate(pieces):
+                end = pieces[k + 1] if k + 1 < len(pieces) else cells.size
+                visits.append((cells[start:end], None if stamps is None else stamps[start:end]))
+                source.append(row)
+        encoded = self.encode_visits(visits, max_length=max_length)
+        encoded["attention_mask"] = [[1] * len(ids) for ids in encoded["input_ids"]]
+        for key, values in batch.items():
+            if key not in ("cells", "timestamps", "n_points"):
+                encoded[key] = [values[row] for row in source]
+        return encoded
+
+    # ----------------------------------------------------------------------------------------------- decoding
+    def decode_cells(self, token_ids: Any, as_int: bool = False, strict: bool = True) -> list:
+        """Token ids → one H3 cell per hexagon (hex strings, or ints with `as_int`). Special tokens are skipped.
+
+        A hexagon starts at every token without the `##` prefix. With `strict=False` a run of pieces that is not a
+        valid cell (possible in model predictions) gives None instead of raising.
+        """
+        if hasattr(token_ids, "tolist"):
+            token_ids = token_ids.tolist()
+        tokens = [self._convert_id_to_token(int(i)) for i in token_ids if int(i) not in self.all_special_ids]
+        cells = self._pieces_to_cells(tokens, strict)
+        return [c if c is None or as_int else format(int(c), "x") for c in cells]
+
+    def decode_coordinates(self, token_ids: Any) -> np.ndarray:
+        """Token ids → (n_hexagons, 2) cell-centre (lat, lon) in degrees."""
+        return cell_centers(np.asarray(self.decode_cells(token_ids, as_int=True), dtype=np.uint64))
+
+    def _pieces_to_cells(self, tokens: list[str], strict: bool) -> list:
+        words: list[str] = []
+        for token in tokens:
+            if token.startswith(CONTINUATION) and words:
+                words[-1] += token[len(CONTINUATION) :]
+            elif token.startswith(CONTINUATION):
+                if strict:
+                    raise ValueError(f"Token {token!r} continues a hexagon but no hexagon started before it.")
+                words.append("")
+            else:
+                words.append(token)
+        out = []
+        for word in words:
+            try:
+                out.append(int(words_to_cells([word], self.resolution, self.spelling)[0]))
+            except (ValueError, IndexError):
+                if strict:
+                    raise
+                out.append(None)
+        return out
+
+    def cell_token_ids(self, cells: Any) -> list[list[int]]:
+        """Sub-hash token ids of each given cell (used to build hexagon-prediction label sets)."""
+        cells = cells_from_any(cells, self.resolution)
+        flat, offsets = self._cell_encoder.encode_unique(cells)
+        return [flat[offsets[i] : offsets[i + 1]].tolist() for i in range(cells.size)]
+
+
+def time_feature_ids(times: np.ndarray, utc_offset_minutes: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Visit start times (epoch s) → (1 + hour of week from Monday 00h local, 1 + log2 bucket of the gap)."""
+    local_hours = (times + utc_offset_minutes * 60) // 3600
+    hours = 1 + (local_hours + 72) % _HOURS_PER_WEEK  # 1970-01-01 was a Thursday: 72 h after Monday 00h
+    gaps = np.zeros(times.size, dtype=np.int64)
+    if times.size > 1:
+        minutes = np.maximum(np.diff(times), 0) / 60.0
+        gaps[1:] = 1 + np.minimum(np.floor(np.log2(1.0 + minutes)), _MAX_GAP_BUCKET).astype(np.int64)
+    return hours.astype(np.int64), gaps
+
+
+def _fit_hexagons(counts: list[np.ndarray], budget: int | None) -> list[int]:
+    """How many leading visits of each segment fit in `budget` tokens (longest segment loses visits first)."""
+    keep = [c.size for c in counts]
+    if budget is None:
+        return keep
+    totals = [int(c.sum()) for c in counts]
+    while sum(totals) > budget:
+        longest = max(range(len(keep)), key=lambda s: totals[s])
+        if keep[longest] == 0:
+            break
+        keep[longest] -= 1
+        totals[longest] -= int(counts[longest][keep[longest]])
+    if sum(totals) > budget or any(k == 0 for k, c in zip(keep, counts) if c.size):
+        need = max(int(c[0]) for c in counts if c.size) * len(counts)
+        raise ValueError(
+            f"max_length leaves {budget} tokens after special tokens, too few to hold a whole hexagon of every "
+            f"segment (need {need}); raise max_length."
+        )
+    return keep
+
+
+def _flatten_cells(cells: Any) -> np.ndarray:
+    if hasattr(cells, "column_names") and "cells" in cells.column_names:  # Arrow table or datasets.Dataset
+        column = cells.data.column("cells") if hasattr(cells, "data") else cells.column("cells")
+        return np.asarray(column.combine_chunks().flatten(), dtype=np.uint64)
+    return np.asarray(cells, dtype=np.uint64).ravel()
+
+
+def _check_nonempty(values: np.ndarray, where: str) -> None:
+    if values.size == 0:
+        raise ValueError(f"{where} is empty: a trajectory needs at least one point.")
+
+
+def _sorted_by_time(cells: np.ndarray, times: np.ndarray | None):
+    if times is None:
+        return cells, None
+    order = np.argsort(times, kind="stable")
+    return cells[order], times[order]
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float, str, np.integer, np.floating, np.str_))
+
+
+def _is_batch_of_cells(cells: Any) -> bool:
+    if isinstance(cells, np.ndarray):
+        return cells.dtype == object or cells.ndim > 1
+    items = list(cells) if not isinstance(cells, (str, bytes)) else [cells]
+    return bool(items) and not _is_scalar(items[0])
+
+
+def _is_batch_of_points(trajectories: Any) -> bool:
+    if isinstance(trajectories, Mapping) or hasattr(trajectories, "column_names"):
+        return False
+    if isinstance(trajectories, np.ndarray):
+        return trajectories.dtype == object or trajectories.ndim == 3
+    if not isinstance(trajectories, Sequence) or not trajectories:
+        return False
+    head = trajectories[0]
+    if isinstance(head, Mapping) or hasattr(head, "column_names"):
+        return True
+    if isinstance(head, np.ndarray):
+        return head.ndim == 2
+    return isinstance(head, Sequence) and bool(head) and not _is_scalar(head[0])
+
+
+def _columns(trajectory: Any, where: str) -> tuple[np.ndarray, np.ndarray, Any]:
+    """(lat, lon, raw times or None) of one trajectory given as a mapping, table, array or list of points."""
+    if hasattr(trajectory, "column_names") and not isinstance(trajectory, Mapping):
+        trajectory = {name: trajectory[name] for name in trajectory.column_names}
+    if isinstance(trajectory, Mapping):
+        lat_key, lon_key, time_key = (_first_key(trajectory, keys) for keys in (_LAT_KEYS, _LON_KEYS, _TIME_KEYS))
+        if lat_key is None or lon_key is None:
+            raise ValueError(f"{where}: a mapping needs latitude/longitude columns, got keys {list(trajectory)}.")
+        columns = [trajectory[lat_key], trajectory[lon_key], trajectory[time_key] if time_key else None]
+        columns = [c.to_numpy() if hasattr(c, "to_numpy") and not isinstance(c, np.ndarray) else c for c in columns]
+        lat, lon = (np.asarray(c, dtype=np.float64) for c in columns[:2])
+        if lat.shape != lon.shape:
+            raise ValueError(f"{where}: {lat.size} latitudes but {lon.size} longitudes.")
+        return lat, lon, columns[2]
+    if isinstance(trajectory, np.ndarray) and trajectory.dtype != object:
+        if trajectory.ndim != 2 or trajectory.shape[1] not in (2, 3):
+            raise ValueError(f"{where}: an array trajectory must have shape (n, 2) or (n, 3), got {trajectory.shape}.")
+        times = trajectory[:, 2] if trajectory.shape[1] == 3 else None
+        return trajectory[:, 0].astype(np.float64), trajectory[:, 1].astype(np.float64), times
+    points = list(trajectory)
+    widths = {len(p) for p in points}
+    if not widths <= {2, 3} or len(widths) > 1:
+        raise ValueError(f"{where}: every point must be (lat, lon) or (lat, lon, timestamp), all the same.")
+    try:
+        lat = np.array([p[0] for p in points], dtype=np.float64)
+        lon = np.array([p[1] for p in points], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: latitude and longitude must be numbers.") from None
+    times = [p[2] for p in points] if widths == {3} else None
+    return lat, lon, times
