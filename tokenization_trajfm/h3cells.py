@@ -56,7 +56,8 @@ def cells_from_any(cells, resolution: int) -> np.ndarray:
         if h3.get_resolution(cell) != resolution:
             raise ValueError(
                 f"cells[{position}] = {format(cell, 'x')!r} has resolution {h3.get_resolution(cell)}, but this "
-                f"tokenizer works at resolution {resolution}: re-encode the points or use a tokenizer of that resolution."
+                f"tokenizer works at resolution {resolution}: re-encode the points or use a tokenizer of that "
+                "resolution."
             )
     return out
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from .cluster import visit_spans, visit_starts
 from .h3cells import check_resolution, encode_cells
 from .report import PipelineReport
-from .schema import LATITUDE, LONGITUDE, TIMESTAMP, USER_ID
 from .segment import SegmentationConfig, filter_trajectories, trajectory_starts
-from .validation import clean_checkins
+from .validation import checkin_order
 
 _US_PER_MINUTE = 60_000_000
 
@@ -46,14 +44,12 @@ def build_trajectories(
         raise ValueError(f"window_minutes must be >= 0, got {window_minutes}.")
     segmentation = segmentation or SegmentationConfig()
     report = PipelineReport(points_read=checkins.num_rows)
-    clean, report.points_dropped = clean_checkins(checkins, invalid=invalid)
-    report.points_valid = clean.num_rows
-
-    users = pc.dictionary_encode(clean[USER_ID].combine_chunks())
-    user_codes = users.indices.to_numpy().astype(np.int64)
-    report.users = len(pc.unique(users.indices)) if clean.num_rows else 0
-    times = clean[TIMESTAMP].combine_chunks().cast(pa.int64()).to_numpy()
-    cells = encode_cells(clean[LATITUDE].to_numpy(), clean[LONGITUDE].to_numpy(), resolution)
+    clean = checkin_order(checkins, invalid=invalid)
+    report.points_dropped = clean.drops
+    report.points_valid = int(clean.user_codes.size)
+    user_codes, times = clean.user_codes, clean.times_us
+    report.users = int(np.unique(user_codes).size)
+    cells = encode_cells(clean.latitude, clean.longitude, resolution)
 
     first = visit_starts(cells, times, window_minutes * _US_PER_MINUTE, users=user_codes)
     last, merged = visit_spans(first, cells.size)
@@ -77,7 +73,7 @@ def build_trajectories(
 
     table = pa.table(
         {
-            "user_id": users.dictionary.take(pa.array(kept_users)),
+            "user_id": clean.users.take(pa.array(kept_users)),
             "traj_id": pa.array(np.arange(report.trajectories_kept, dtype=np.int64)),
             "cells": _list_column(v_cell[visit_keep], offsets, pa.uint64()),
             "timestamps": _list_column(v_start[visit_keep] // 1_000_000, offsets, pa.int64()),

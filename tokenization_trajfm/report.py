@@ -50,13 +50,14 @@ class PipelineReport:
             return ", ".join(f"{reason}={n:,}" for reason, n in counts.items() if n) or "none"
 
         merged = self.points_valid - self.visits
+        dropped_trajectories = sum(self.trajectories_dropped.values())
         lines = [
             f"points read           {self.points_read:>12,}",
             f"  dropped             {sum(self.points_dropped.values()):>12,}  ({drops(self.points_dropped)})",
             f"points valid          {self.points_valid:>12,}  from {self.users:,} users",
             f"visits (clustered)    {self.visits:>12,}  ({merged:,} points merged into earlier visits)",
             f"trajectories formed   {self.trajectories_formed:>12,}",
-            f"  dropped             {sum(self.trajectories_dropped.values()):>12,}  ({drops(self.trajectories_dropped)})",
+            f"  dropped             {dropped_trajectories:>12,}  ({drops(self.trajectories_dropped)})",
             f"trajectories kept     {self.trajectories_kept:>12,}  ({self.visits_kept:,} visits, "
             f"{self.points_kept:,} points, {self.users_kept:,} users)",
         ]

@@ -8,6 +8,8 @@ order of first appearance) and then time: real files are often unsorted within a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,6 +18,7 @@ from .schema import CHECKIN_COLUMNS, CHECKIN_TYPES, LATITUDE, LONGITUDE, TIMESTA
 
 INVALID_MODES = ("raise", "drop")
 DROP_REASONS = ("missing_user", "missing_timestamp", "invalid_coordinates", "duplicate")
+TIMESTAMP_US = pa.timestamp("us", tz="UTC")
 
 
 def _check_schema(table: pa.Table) -> None:
@@ -38,86 +41,122 @@ def _check_schema(table: pa.Table) -> None:
             raise ValueError(f"Column {name!r} must be {expected}, got {actual}.")
 
 
-def _null_mask(column: pa.ChunkedArray) -> np.ndarray:
+def _null_mask(column: pa.ChunkedArray) -> np.ndarray | None:
+    if column.null_count == 0:
+        return None
     return pc.is_null(column).to_numpy(zero_copy_only=False)
 
 
-def _first_problem(mask: np.ndarray, reason: str, column: str, values) -> str:
+def _first_problem(mask: np.ndarray, reason: str, column: str, values: pa.ChunkedArray) -> str:
     rows = np.flatnonzero(mask)
     row = int(rows[0])
-    value = values[row].as_py() if hasattr(values, "__getitem__") else None
     return (
         f"{rows.size:,} row(s) have {reason.replace('_', ' ')} in column {column!r}; the first is row {row} "
-        f"(0-based) with value {value!r}. Fix the input, or pass invalid='drop' to drop such rows and count them."
+        f"(0-based) with value {values[row].as_py()!r}. Fix the input, or pass invalid='drop' to drop such rows "
+        "and count them."
     )
 
 
-def clean_checkins(table: pa.Table, invalid: str = "raise") -> tuple[pa.Table, dict[str, int]]:
-    """Validate, de-duplicate and sort a canonical check-in table; returns (clean table, drops by reason)."""
+@dataclass
+class CleanCheckins:
+    """Kept rows of a check-in table in (user, time) order, as index and arrays, without copying the table."""
+
+    rows: np.ndarray | None  # indices into the input table in output order; None: all rows, as they are
+    user_codes: np.ndarray  # int64 code per kept row; `users` maps code → user id
+    users: pa.Array
+    times_us: np.ndarray
+    latitude: np.ndarray
+    longitude: np.ndarray
+    drops: dict[str, int]
+
+
+def checkin_order(table: pa.Table, invalid: str = "raise") -> CleanCheckins:
+    """Validate and order check-ins without materializing a new table (the pipeline's fast path)."""
     if invalid not in INVALID_MODES:
         raise ValueError(f"invalid={invalid!r}: choose one of {INVALID_MODES}.")
     _check_schema(table)
-    lat = table[LATITUDE].to_numpy(zero_copy_only=False)
-    lon = table[LONGITUDE].to_numpy(zero_copy_only=False)
+    lat = table[LATITUDE].to_numpy()
+    lon = table[LONGITUDE].to_numpy()
     with np.errstate(invalid="ignore"):
-        bad_lat = ~(np.abs(lat) <= 90.0)  # NaN fails every comparison, so it is caught too
+        bad_lat = ~(np.abs(lat) <= 90.0)  # NaN (and null, read as NaN) fails every comparison, so it is caught too
         bad_lon = ~(np.abs(lon) <= 180.0)
     checks = [
         ("missing_user", USER_ID, _null_mask(table[USER_ID])),
         ("missing_timestamp", TIMESTAMP, _null_mask(table[TIMESTAMP])),
-        ("invalid_coordinates", LATITUDE, bad_lat),
-        ("invalid_coordinates", LONGITUDE, bad_lon),
+        ("invalid_coordinates", LATITUDE, bad_lat if bad_lat.any() else None),
+        ("invalid_coordinates", LONGITUDE, bad_lon if bad_lon.any() else None),
     ]
     drops = dict.fromkeys(DROP_REASONS, 0)
-    bad = np.zeros(table.num_rows, dtype=bool)
+    bad = None
     for reason, column, mask in checks:
-        fresh = mask & ~bad
+        if mask is None:
+            continue
+        fresh = mask if bad is None else mask & ~bad
         if fresh.any():
             if invalid == "raise":
                 raise ValueError(_first_problem(fresh, reason, column, table[column]))
             drops[reason] += int(fresh.sum())
-            bad |= fresh
-    if bad.any():
-        table = table.filter(pa.array(~bad))
+            bad = fresh if bad is None else bad | fresh
 
-    users = pc.dictionary_encode(table[USER_ID].combine_chunks())
-    codes = users.indices.to_numpy().astype(np.int64)
-    times = table[TIMESTAMP].cast(pa.timestamp("us", tz="UTC")).combine_chunks().cast(pa.int64()).to_numpy()
-    order = _sort_order(codes, times, table[LATITUDE].to_numpy(), table[LONGITUDE].to_numpy())
+    encoded = pc.dictionary_encode(table[USER_ID].combine_chunks())
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    times = table[TIMESTAMP].combine_chunks()
+    if times.type != TIMESTAMP_US:
+        times = times.cast(TIMESTAMP_US)
+    times = times.cast(pa.int64())
+    times = (times.fill_null(0) if times.null_count else times).to_numpy()
+    rows = None  # identity until rows are dropped or reordered: saves index arrays on clean, sorted input
+    if bad is not None:
+        rows = np.flatnonzero(~bad)
+        codes, times, lat, lon = codes[rows], times[rows], lat[rows], lon[rows]
+    order, tie = _sort_order(codes, times, lat, lon)
     if order is not None:
-        table, codes, times = table.take(pa.array(order)), codes[order], times[order]
-    lat = table[LATITUDE].to_numpy()
-    lon = table[LONGITUDE].to_numpy()
-    duplicate = np.zeros(table.num_rows, dtype=bool)
-    duplicate[1:] = (codes[1:] == codes[:-1]) & (times[1:] == times[:-1]) & (lat[1:] == lat[:-1]) & (lon[1:] == lon[:-1])
-    if duplicate.any():
-        drops["duplicate"] = int(duplicate.sum())
-        table = table.filter(pa.array(~duplicate))
-    return table, drops
+        rows = order if rows is None else rows[order]
+        codes, times, lat, lon = codes[order], times[order], lat[order], lon[order]
+    # duplicates tie on (user, time), so only tied neighbours need the coordinate comparison
+    tied = np.flatnonzero(tie) + 1
+    duplicate_rows = tied[(lat[tied] == lat[tied - 1]) & (lon[tied] == lon[tied - 1])]
+    if duplicate_rows.size:
+        drops["duplicate"] = int(duplicate_rows.size)
+        keep = np.ones(codes.size, dtype=bool)
+        keep[duplicate_rows] = False
+        rows = np.flatnonzero(keep) if rows is None else rows[keep]
+        codes, times, lat, lon = codes[keep], times[keep], lat[keep], lon[keep]
+    return CleanCheckins(rows, codes.astype(np.int64), encoded.dictionary, times, lat, lon, drops)
 
 
-def _sort_order(codes: np.ndarray, times: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray | None:
-    """Order rows by (user, time, lat, lon) so duplicates are adjacent; None when already in that order.
+def clean_checkins(table: pa.Table, invalid: str = "raise") -> tuple[pa.Table, dict[str, int]]:
+    """Validate, de-duplicate and sort a canonical check-in table; returns (clean table, drops by reason)."""
+    clean = checkin_order(table, invalid)
+    return (table if clean.rows is None else table.take(pa.array(clean.rows))), clean.drops
+
+
+def _sort_order(
+    codes: np.ndarray, times: np.ndarray, lat: np.ndarray, lon: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Order rows by (user, time, lat, lon) so duplicates are adjacent (None: already in that order), and the mask
+    of rows (from the second) that tie with their predecessor on (user, time) in that order.
 
     Real files are mostly sorted, so the full sort is skipped when a linear check passes; rows that tie on
     (user, time) are then ordered among themselves only.
     """
     n = codes.size
     if n < 2:
-        return None
-    step_user = np.diff(codes)
-    step_time = np.diff(times)
-    in_order = (step_user > 0) | ((step_user == 0) & (step_time >= 0))
-    if not in_order.all():
-        return np.lexsort((lon, lat, times, codes))
-    tie = (step_user == 0) & (step_time == 0)
+        return None, np.zeros(max(n - 1, 0), dtype=bool)
+    step_user = codes[1:].astype(np.int64) - codes[:-1]
+    step_time = times[1:] - times[:-1]
+    same_user = step_user == 0
+    if (step_user < 0).any() or (same_user & (step_time < 0)).any():
+        order = np.lexsort((lon, lat, times, codes))
+        codes, times = codes[order], times[order]
+        return order, (codes[1:] == codes[:-1]) & (times[1:] == times[:-1])
+    tie = same_user & (step_time == 0)
     if not tie.any():
-        return None
-    group = np.concatenate(([0], np.cumsum(~tie)))
+        return None, tie
     in_tie = np.zeros(n, dtype=bool)
     in_tie[1:] |= tie
     in_tie[:-1] |= tie
     rows = np.flatnonzero(in_tie)
     order = np.arange(n)
-    order[rows] = rows[np.lexsort((lon[rows], lat[rows], group[rows]))]
-    return order
+    order[rows] = rows[np.lexsort((lon[rows], lat[rows], times[rows], codes[rows]))]
+    return order, tie
