@@ -57,7 +57,9 @@ def to_epoch_seconds(values: Any, where: str) -> np.ndarray | None:
         return array.astype("datetime64[s]").astype(np.int64)
     if array.dtype.kind in "iuf":
         if not np.isfinite(array).all():
-            raise ValueError(f"{where}: timestamp of point {int(np.flatnonzero(~np.isfinite(array))[0])} is not finite.")
+            raise ValueError(
+                f"{where}: timestamp of point {int(np.flatnonzero(~np.isfinite(array))[0])} is not finite."
+            )
         return np.floor(array).astype(np.int64)
     seconds = []
     missing = []
@@ -279,7 +281,9 @@ class TrajTokenizer(PreTrainedTokenizer):
             bad = ~(np.abs(values) <= limit)
             if bad.any():
                 j = int(np.flatnonzero(bad)[0])
-                raise ValueError(f"{where}: {column} {values[j]!r} of point {j} is not a number in [-{limit}, {limit}].")
+                raise ValueError(
+                    f"{where}: {column} {float(values[j])!r} of point {j} is not a number in [-{limit}, {limit}]."
+                )
         seconds = to_epoch_seconds(times, where)
         if seconds is not None:
             order = np.argsort(seconds, kind="stable")

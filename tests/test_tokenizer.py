@@ -1,0 +1,195 @@
+"""TrajTokenizer: input forms, clustering, whole-hexagon truncation/padding, features, save/load, bad input."""
+
+import datetime as dt
+
+import datasets
+import h3.api.basic_int as h3
+import numpy as np
+import pyarrow as pa
+import pytest
+from transformers import AutoTokenizer
+
+from tokenization_trajfm import TrajTokenizer, build_trajectories
+from tokenization_trajfm.synthetic import generate_checkins
+from tokenization_trajfm.tokenization_trajfm import time_feature_ids
+
+MONDAY = int(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc).timestamp())  # 2024-01-01 was a Monday
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    table, _ = build_trajectories(generate_checkins(n_users=60, days=14, seed=3))
+    return table
+
+
+@pytest.fixture(scope="module", params=["hex", "hierarchy"])
+def tokenizer(request, corpus):
+    return TrajTokenizer.train(corpus, vocab_size=300, spelling=request.param, model_max_length=64)
+
+
+def walk(n=6, start=MONDAY, step=1800):
+    """n points 1.5 km apart, `step` seconds apart: n distinct hexagons."""
+    return [(40.70 + 0.015 * i, -74.0, start + step * i) for i in range(n)]
+
+
+def test_input_forms_agree(tokenizer):
+    points = walk()
+    as_list = tokenizer(points)
+    lat, lon, t = (list(c) for c in zip(*points))
+    assert tokenizer({"latitude": lat, "longitude": lon, "timestamp": t}) == as_list
+    assert tokenizer({"lat": np.array(lat), "lng": np.array(lon), "time": np.array(t)}) == as_list
+    assert tokenizer(np.array(points, dtype=np.float64)) == as_list
+    assert tokenizer(pa.table({"latitude": lat, "longitude": lon, "timestamp": t})) == as_list
+    iso = [(a, b, dt.datetime.fromtimestamp(c, dt.timezone.utc).isoformat()) for a, b, c in points]
+    assert tokenizer(iso) == as_list
+    cells = [h3.latlng_to_cell(a, b, 8) for a, b, _ in points]
+    assert tokenizer(cells=cells, timestamps=t) == as_list
+    batch = tokenizer([points, points[:3]])
+    assert batch["input_ids"][0] == as_list["input_ids"]
+    assert len(batch["input_ids"]) == 2
+
+
+def test_structure_and_features(tokenizer):
+    encoded = tokenizer(walk(4))
+    ids, hexagons, levels = encoded["input_ids"], encoded["hexagon_ids"], encoded["level_ids"]
+    assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    assert hexagons[0] == hexagons[-1] == 0 and levels[0] == 0
+    assert sorted(set(hexagons) - {0}) == [1, 2, 3, 4]
+    for hexagon in (1, 2, 3, 4):
+        positions = [i for i, h in enumerate(hexagons) if h == hexagon]
+        assert positions == list(range(positions[0], positions[-1] + 1)), "a hexagon's tokens are contiguous"
+        assert [levels[i] for i in positions] == list(range(1, len(positions) + 1))
+    assert encoded["hour_ids"][1] == 1  # Monday 00:00 UTC → first hour of the week
+    assert encoded["gap_ids"][1] == 0  # first visit has no gap
+    assert len(tokenizer.decode_cells(ids)) == 4
+
+
+def test_time_feature_ids():
+    times = np.array([MONDAY, MONDAY + 3600, MONDAY + 3600 + 60, MONDAY + 7 * 86400 - 3600])
+    hours, gaps = time_feature_ids(times)
+    assert hours.tolist() == [1, 2, 2, 168]
+    assert gaps.tolist()[:3] == [0, 1 + 5, 1 + 1]  # log2(61) → 5, log2(2) → 1
+    local_hours, _ = time_feature_ids(times[:1], utc_offset_minutes=-300)  # New York in winter: Sunday 19h
+    assert local_hours.tolist() == [1 + 6 * 24 + 19]
+
+
+def test_clustering_merges_within_window_only(tokenizer):
+    base = (40.75, -73.98)
+    close = [(*base, MONDAY), (*base, MONDAY + 300), (*base, MONDAY + 540)]  # chained: each within 10 min
+    assert max(tokenizer(close)["hexagon_ids"]) == 1
+    apart = [(*base, MONDAY), (*base, MONDAY + 601)]
+    assert max(tokenizer(apart)["hexagon_ids"]) == 2
+    unsorted = [(40.70, -74.0, MONDAY + 60), (40.80, -74.0, MONDAY)]
+    decoded = tokenizer.decode_cells(tokenizer(unsorted)["input_ids"], as_int=True)
+    assert decoded == [h3.latlng_to_cell(40.80, -74.0, 8), h3.latlng_to_cell(40.70, -74.0, 8)]
+
+
+def test_truncation_and_padding_keep_whole_hexagons(tokenizer):
+    points = walk(40)
+    full = tokenizer(points, max_length=1000)
+    for max_length in (9, 12, 17, 30):
+        cut = tokenizer(points, max_length=max_length, padding="max_length")
+        n_real = sum(cut["attention_mask"])
+        assert len(cut["input_ids"]) == max_length and n_real <= max_length
+        kept = max(cut["hexagon_ids"])
+        # the kept hexagons are exactly the first `kept` hexagons of the untruncated sequence, token for token
+        prefix = [i for i, h in zip(full["input_ids"], full["hexagon_ids"]) if 0 < h <= kept]
+        assert cut["input_ids"][1 : n_real - 1] == prefix
+        padded = range(n_real, max_length)
+        for key in ("hexagon_ids", "level_ids", "hour_ids", "gap_ids", "token_type_ids", "input_ids"):
+            assert all(cut[key][i] == 0 for i in padded)
+    with pytest.raises(ValueError, match="raise max_length"):
+        tokenizer(points, max_length=3)
+
+
+def test_pairs_and_tensors(tokenizer):
+    a, b = walk(3), walk(2, start=MONDAY + 86400)
+    encoded = tokenizer([a, b], pair=[b, a], padding=True, return_tensors="pt")
+    assert encoded["input_ids"].shape == encoded["hexagon_ids"].shape == encoded["token_type_ids"].shape
+    row = encoded["token_type_ids"][0].tolist()
+    n_a = len(tokenizer(a)["input_ids"])
+    assert row[:n_a] == [0] * n_a and set(row[n_a:]) <= {0, 1} and 1 in row
+    assert int(encoded["hexagon_ids"][0].max()) == 5
+    assert (encoded["input_ids"] == tokenizer.sep_token_id).sum(dim=1).tolist() == [2, 2]
+
+
+def test_save_load_round_trips_every_setting(tmp_path, corpus):
+    tokenizer = TrajTokenizer.train(
+        corpus,
+        vocab_size=280,
+        spelling="hierarchy",
+        resolution=9,
+        window_minutes=5,
+        utc_offset_minutes=-300,
+        model_max_length=48,
+    )
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert type(loaded) is TrajTokenizer
+    for name in ("resolution", "spelling", "window_minutes", "utc_offset_minutes", "model_max_length", "vocab"):
+        assert getattr(loaded, name) == getattr(tokenizer, name), name
+    points = walk(30)
+    assert loaded(points) == tokenizer(points)
+    assert loaded([points, points[:2]], padding=True) == tokenizer([points, points[:2]], padding=True)
+
+
+def test_tokenize_dataset_matches_call_and_loses_nothing(tokenizer, corpus):
+    dataset = datasets.Dataset(corpus.slice(0, 40))
+    single = tokenizer.tokenize_dataset(dataset, max_length=32, overflow="split")
+    parallel = tokenizer.tokenize_dataset(dataset, max_length=32, overflow="split", num_proc=2)
+    assert single["input_ids"] == parallel["input_ids"]
+    assert set(single.column_names) >= {"input_ids", "hexagon_ids", "hour_ids", "user_id", "traj_id"}
+    assert max(len(ids) for ids in single["input_ids"]) <= 32
+    visits_in = sum(len(c) for c in dataset["cells"])
+    visits_out = sum(max(h) for h in single["hexagon_ids"])
+    assert visits_out == visits_in, "splitting must keep every visit"
+    first = dataset[0]
+    direct = tokenizer(cells=first["cells"], timestamps=first["timestamps"], max_length=10_000)
+    pieces = [row for row in single if row["traj_id"] == first["traj_id"]]
+    stitched = [i for row in pieces for i in row["input_ids"][1:-1]]
+    assert stitched == direct["input_ids"][1:-1]
+    truncated = tokenizer.tokenize_dataset(dataset, max_length=32, overflow="truncate")
+    assert len(truncated) == len(dataset)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ([(float("nan"), -74.0, MONDAY)], r"latitude nan of point 0"),
+        ([(40.0, -74.0, MONDAY), (40.0, 181.0, MONDAY)], r"longitude 181.0 of point 1"),
+        ([(40.0, -74.0, "yesterday")], r"cannot parse timestamp 'yesterday' of point 0"),
+        ([(40.0, -74.0, MONDAY), (40.0, -74.0, None)], r"timestamp of point 1 is missing"),
+        ([], r"Nothing to tokenize|is empty"),
+        ([(40.0,)], r"every point must be"),
+    ],
+)
+def test_bad_points_name_the_problem(tokenizer, bad, message):
+    with pytest.raises(ValueError, match=message):
+        tokenizer([bad, walk(2)]) if bad else tokenizer(bad)
+
+
+def test_bad_cells_name_the_problem(tokenizer):
+    with pytest.raises(ValueError, match=r"cells\[0\].*resolution 9.*resolution 8"):
+        tokenizer(cells=[h3.latlng_to_cell(40.0, -74.0, 9)])
+    with pytest.raises(ValueError, match="not a valid H3 cell"):
+        tokenizer(cells=[12345])
+    with pytest.raises(ValueError, match="2 cells but 1 timestamps"):
+        tokenizer(cells=[h3.latlng_to_cell(40.0, -74.0, 8)] * 2, timestamps=[MONDAY])
+
+
+def test_single_point_and_no_times(tokenizer):
+    one = tokenizer([(40.0, -74.0, MONDAY)])
+    assert max(one["hexagon_ids"]) == 1
+    untimed = tokenizer([(40.0, -74.0), (40.1, -74.0)])
+    assert set(untimed["hour_ids"]) == {0} and set(untimed["gap_ids"]) == {0}
+
+
+def test_decode_round_trip_and_coordinates(tokenizer):
+    points = walk(5)
+    ids = tokenizer(points)["input_ids"]
+    cells = tokenizer.decode_cells(ids)
+    assert cells == [format(h3.latlng_to_cell(a, b, 8), "x") for a, b, _ in points]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == " ".join(cells)
+    coords = tokenizer.decode_coordinates(ids)
+    assert coords.shape == (5, 2) and np.allclose(coords[:, 0], [p[0] for p in points], atol=0.01)
+    assert tokenizer.decode_cells([tokenizer.vocab["##1"]], strict=False) == [None]
