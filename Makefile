@@ -1,0 +1,31 @@
+# Two commands do all set-up on a fresh machine (see README):
+#   make demo   pre-train on the embedded synthetic city, then fine-tune and compare on the three tasks
+#   make test   run the test suite
+# Both create (or reuse) the project-local virtual environment .venv with the pinned CPU dependencies.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test lint bench
+
+$(VENV)/.installed: requirements-cpu.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-cpu.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) run_mtm.py
+	$(PY) run_finetune.py --compare --model_name_or_path trajfm-base --output_dir trajfm-compare
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+bench: $(VENV)/.installed
+	$(PY) bench/bench_tokenizer.py
+	$(PY) bench/bench_model.py
