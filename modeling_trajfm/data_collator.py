@@ -1,0 +1,197 @@
+"""Collators for TrajBert: whole-hexagon masking for pre-training and plain padding for fine-tuning.
+
+They rely only on `tokenizer.pad_token_id`, `tokenizer.mask_token_id`, `len(tokenizer)` and `tokenizer.all_special_ids`,
+so any tokenizer exposing those works.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+#: Per-token keys of the TrajTokenizer output (see docs/design.md); all are padded, `input_ids` with the PAD id.
+TOKEN_FEATURE_KEYS: tuple[str, ...] = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "hexagon_ids",
+    "level_ids",
+    "hour_ids",
+    "gap_ids",
+)
+
+
+def _as_list(value: Any) -> list:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if hasattr(value, "tolist"):  # numpy
+        return value.tolist()
+    return list(value)
+
+
+def pad_trajectory_features(
+    features: Sequence[Mapping[str, Any]], pad_token_id: int, pad_to_multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-pad every known per-token key to the longest sequence (rounded up to `pad_to_multiple_of`).
+
+    `input_ids` is padded with `pad_token_id`, every other feature with 0 (the "special / padding" id of the extra
+    embeddings). An `attention_mask` is built from the lengths if the features have none.
+    """
+    if len(features) == 0:
+        raise ValueError("Cannot collate an empty list of features.")
+    if "input_ids" not in features[0]:
+        raise ValueError(f"Features need an `input_ids` entry; got keys {sorted(features[0].keys())}.")
+    rows = {key: [_as_list(f[key]) for f in features] for key in TOKEN_FEATURE_KEYS if key in features[0]}
+    lengths = [len(ids) for ids in rows["input_ids"]]
+    if "attention_mask" not in rows:
+        rows["attention_mask"] = [[1] * n for n in lengths]
+    max_len = max(lengths)
+    if pad_to_multiple_of:
+        max_len = -(-max_len // pad_to_multiple_of) * pad_to_multiple_of
+
+    batch = {}
+    for key, values in rows.items():
+        pad_value = pad_token_id if key == "input_ids" else 0
+        tensor = torch.full((len(values), max_len), pad_value, dtype=torch.long)
+        for i, row in enumerate(values):
+            if len(row) != lengths[i]:
+                raise ValueError(
+                    f"Feature `{key}` of example {i} has {len(row)} entries but `input_ids` has {lengths[i]}: "
+                    "every per-token feature needs one entry per token."
+                )
+            if row:
+                tensor[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        batch[key] = tensor
+    return batch
+
+
+@dataclass
+class DataCollatorWithTrajectoryPadding:
+    """Pads all per-token trajectory features for fine-tuning; stacks `labels` (or `label`) if present.
+
+    Integer labels become `torch.long` (classification, hexagon index), floats `torch.float` (regression, multi-hot).
+    """
+
+    tokenizer: Any
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = pad_trajectory_features(features, self.tokenizer.pad_token_id, self.pad_to_multiple_of)
+        label_key = "labels" if "labels" in features[0] else "label" if "label" in features[0] else None
+        if label_key is not None:
+            labels = [f[label_key] for f in features]
+            if isinstance(labels[0], torch.Tensor):
+                batch["labels"] = torch.stack(labels)
+            else:
+                flat = labels[0][0] if isinstance(labels[0], (list, tuple)) and labels[0] else labels[0]
+                dtype = torch.float if isinstance(flat, float) else torch.long
+                batch["labels"] = torch.tensor(labels, dtype=dtype)
+        return batch
+
+
+@dataclass
+class DataCollatorForWholeHexagonMasking:
+    """Pads trajectories and masks whole hexagons (visits) for masked trajectory modeling.
+
+    Per sequence, each hexagon (a distinct `hexagon_ids` value > 0) is chosen with probability `mlm_probability`, and at
+    least one is chosen when the sequence has any. All sub-tokens of a chosen hexagon get `labels` = original id (-100
+    elsewhere); per chosen hexagon, `mask_replace_prob` of them become all `[MASK]`, `random_replace_prob` all random
+    non-special tokens, the rest stay unchanged. Masking a whole hexagon stops the model from reading a cell off its
+    own coarser sub-tokens. The hexagon / level / hour / gap features stay visible: the model knows when, not where.
+
+    Args:
+        tokenizer: anything with `pad_token_id`, `mask_token_id`, `all_special_ids` and `__len__`.
+        mlm_probability: chance of choosing each hexagon, in (0, 1).
+        mask_replace_prob / random_replace_prob: shares of chosen hexagons replaced by `[MASK]` / random tokens.
+        pad_to_multiple_of: round the padded length up to a multiple of this.
+        seed: seed of a private `torch.Generator` (reproducible masks); `generator` may be passed instead.
+    """
+
+    tokenizer: Any
+    mlm_probability: float = 0.2
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    pad_to_multiple_of: int | None = None
+    seed: int | None = None
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mlm_probability < 1:
+            raise ValueError(f"`mlm_probability` must be in (0, 1), got {self.mlm_probability}.")
+        for name in ("mask_replace_prob", "random_replace_prob"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"`{name}` must be in [0, 1], got {value}.")
+        if self.mask_replace_prob + self.random_replace_prob > 1 + 1e-9:
+            raise ValueError(
+                f"`mask_replace_prob` + `random_replace_prob` must be <= 1 (the rest stays unchanged), got "
+                f"{self.mask_replace_prob} + {self.random_replace_prob}."
+            )
+        if self.tokenizer.mask_token_id is None or self.tokenizer.pad_token_id is None:
+            raise ValueError("The tokenizer needs a mask token and a pad token for whole-hexagon masking.")
+        if self.generator is None and self.seed is not None:
+            self.generator = torch.Generator().manual_seed(self.seed)
+        special = set(self.tokenizer.all_special_ids)
+        self._special_ids = torch.tensor(sorted(special), dtype=torch.long)
+        # Random replacements are drawn from ordinary tokens only: a random [CLS]/[SEP] would corrupt the structure.
+        self._random_pool = torch.tensor([i for i in range(len(self.tokenizer)) if i not in special], dtype=torch.long)
+        if self.random_replace_prob > 0 and len(self._random_pool) == 0:
+            raise ValueError("The tokenizer has no non-special tokens to use as random replacements.")
+
+    def _rand(self, *shape: int) -> torch.Tensor:
+        return torch.rand(shape, generator=self.generator)
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = pad_trajectory_features(features, self.tokenizer.pad_token_id, self.pad_to_multiple_of)
+        if "hexagon_ids" not in batch:
+            raise ValueError("Whole-hexagon masking needs `hexagon_ids` in every feature (see docs/design.md).")
+        batch["input_ids"], batch["labels"] = self.mask_hexagons(batch["input_ids"], batch["hexagon_ids"])
+        return batch
+
+    def mask_hexagons(self, input_ids: torch.Tensor, hexagon_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return `(masked_input_ids, labels)` for a padded `(batch, seq)` batch; inputs are not modified."""
+        input_ids = input_ids.clone()
+        batch_size = input_ids.shape[0]
+        special = torch.isin(input_ids, self._special_ids)
+        hex_ids = torch.where(special, torch.zeros_like(hexagon_ids), hexagon_ids.clamp(min=0))
+        n_slots = int(hex_ids.max()) + 1 if hex_ids.numel() else 1
+
+        # present[b, h]: hexagon h occurs (on a non-special token) in sequence b; slot 0 is "no hexagon".
+        present = torch.zeros(batch_size, n_slots, dtype=torch.bool)
+        present.scatter_(1, hex_ids, True)
+        present[:, 0] = False
+
+        chosen = (self._rand(batch_size, n_slots) < self.mlm_probability) & present
+        # Guarantee one masked hexagon per sequence that has any: pick a random present one.
+        needs_one = present.any(dim=1) & ~chosen.any(dim=1)
+        if needs_one.any():
+            scores = self._rand(batch_size, n_slots).masked_fill(~present, -1.0)
+            pick = scores.argmax(dim=1)
+            chosen[needs_one, pick[needs_one]] = True
+
+        # One action per hexagon, so all its sub-tokens are treated alike.
+        action = self._rand(batch_size, n_slots)
+        to_mask = chosen & (action < self.mask_replace_prob)
+        keep_from = self.mask_replace_prob + self.random_replace_prob
+        to_random = chosen & (action >= self.mask_replace_prob) & (action < keep_from)
+
+        token_chosen = chosen.gather(1, hex_ids) & (hex_ids > 0)
+        labels = torch.where(token_chosen, input_ids, torch.full_like(input_ids, -100))
+
+        token_mask = to_mask.gather(1, hex_ids) & token_chosen
+        input_ids[token_mask] = self.tokenizer.mask_token_id
+        token_random = to_random.gather(1, hex_ids) & token_chosen
+        n_random = int(token_random.sum())
+        if n_random:
+            picks = torch.randint(len(self._random_pool), (n_random,), generator=self.generator)
+            input_ids[token_random] = self._random_pool[picks]
+        return input_ids, labels
+
+
+__all__ = [
+    "TOKEN_FEATURE_KEYS",
+    "pad_trajectory_features",
+    "DataCollatorWithTrajectoryPadding",
+    "DataCollatorForWholeHexagonMasking",
+]

@@ -1,0 +1,700 @@
+# Copyright 2025 The trajfm authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""PyTorch TrajBert: a BERT encoder over H3 sub-hash tokens with optional trajectory feature embeddings.
+
+This file is copied next to saved weights (remote code): it only imports `transformers`, `torch` and, relatively,
+`configuration_trajbert`.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.loss.loss_utils import ForMaskedLMLoss
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPooling,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, logging
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_trajbert import TrajBertConfig
+
+logger = logging.get_logger(__name__)
+
+
+class TrajBertEmbeddings(nn.Module):
+    """Word + position + segment embeddings (exactly BERT's), plus optional trajectory feature embeddings.
+
+    Every feature table uses `padding_idx=0`, so id 0 (special tokens, padding, unknown time) adds a zero vector and
+    the feature only acts where the tokenizer provided it.
+    """
+
+    def __init__(self, config: TrajBertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        # A sequence of max_position_embeddings tokens has at most that many hexagons, numbered from 1.
+        self.hexagon_embeddings = (
+            nn.Embedding(config.max_position_embeddings + 1, config.hidden_size, padding_idx=0)
+            if config.use_hexagon_embeddings
+            else None
+        )
+        self.level_embeddings = (
+            nn.Embedding(config.max_levels, config.hidden_size, padding_idx=0) if config.use_level_embeddings else None
+        )
+        if config.use_time_embeddings:
+            self.hour_embeddings = nn.Embedding(config.num_hour_buckets, config.hidden_size, padding_idx=0)
+            self.gap_embeddings = nn.Embedding(config.num_gap_buckets, config.hidden_size, padding_idx=0)
+        else:
+            self.hour_embeddings = None
+            self.gap_embeddings = None
+
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.position_ids = nn.Buffer(torch.arange(config.max_position_embeddings).expand((1, -1)), persistent=False)
+        self.token_type_ids = nn.Buffer(torch.zeros(self.position_ids.size(), dtype=torch.long), persistent=False)
+
+    @staticmethod
+    def _lookup(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+        # Clamp instead of crashing: a longer-than-expected trajectory or a deeper H3 level maps to the last row.
+        return table(ids.clamp(0, table.num_embeddings - 1))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        hexagon_ids: torch.LongTensor | None = None,
+        level_ids: torch.LongTensor | None = None,
+        hour_ids: torch.LongTensor | None = None,
+        gap_ids: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
+        input_shape = input_ids.size() if input_ids is not None else inputs_embeds.size()[:-1]
+        batch_size, seq_length = input_shape
+
+        if position_ids is None:
+            position_ids = self.position_ids[:, :seq_length]
+        if token_type_ids is None:
+            token_type_ids = self.token_type_ids[:, :seq_length].expand(batch_size, seq_length)
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+
+        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        embeddings = embeddings + self.position_embeddings(position_ids)
+        # Features are ignored when their table is off, so one collator output feeds every model variant. A missing
+        # feature whose table is on reads as all-0 ("unknown", a zero row): the table still takes part in the graph,
+        # which DDP without `find_unused_parameters` needs (otherwise gradients are silently not all-reduced).
+        for table, ids in (
+            (self.hexagon_embeddings, hexagon_ids),
+            (self.level_embeddings, level_ids),
+            (self.hour_embeddings, hour_ids),
+            (self.gap_embeddings, gap_ids),
+        ):
+            if table is not None:
+                if ids is None:
+                    ids = self.token_type_ids[:, :seq_length].expand(batch_size, seq_length)  # zeros buffer
+                embeddings = embeddings + self._lookup(table, ids)
+
+        embeddings = self.LayerNorm(embeddings)
+        embeddings = self.dropout(embeddings)
+        return embeddings
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Unpack[TransformersKwargs],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference attention; the only implementation that returns attention probabilities."""
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value)
+    attn_output = attn_output.transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class TrajBertSelfAttention(nn.Module):
+    def __init__(self, config: TrajBertConfig):
+        super().__init__()
+        self.config = config
+        self.num_attention_heads = config.num_attention_heads
+        self.attention_head_size = config.hidden_size // config.num_attention_heads
+        self.all_head_size = self.num_attention_heads * self.attention_head_size
+        self.scaling = self.attention_head_size**-0.5
+
+        self.query = nn.Linear(config.hidden_size, self.all_head_size)
+        self.key = nn.Linear(config.hidden_size, self.all_head_size)
+        self.value = nn.Linear(config.hidden_size, self.all_head_size)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        # SDPA defaults to causal when this attribute is missing: an encoder must say it is not.
+        self.is_causal = False
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.attention_head_size)
+
+        query_layer = self.query(hidden_states).view(hidden_shape).transpose(1, 2)
+        key_layer = self.key(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_layer = self.value(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_layer,
+            key_layer,
+            value_layer,
+            attention_mask,
+            dropout=0.0 if not self.training else self.dropout.p,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        return attn_output, attn_weights
+
+
+class TrajBertSelfOutput(nn.Module):
+    def __init__(self, config: TrajBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.dense(hidden_states)
+        hidden_states = self.dropout(hidden_states)
+        return self.LayerNorm(hidden_states + input_tensor)
+
+
+class TrajBertAttention(nn.Module):
+    def __init__(self, config: TrajBertConfig):
+        super().__init__()
+        self.self = TrajBertSelfAttention(config)
+        self.output = TrajBertSelfOutput(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attention_output, attn_weights = self.self(hidden_states, attention_mask=attention_mask, **kwargs)
+        attention_output = self.output(attention_output, hidden_states)
+        return attention_output, attn_weights
+
+
+class TrajBertIntermediate(nn.Module):
+    def __init__(self, config: TrajBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class TrajBertOutput(nn.Module):
+    def __init__(self, config: TrajBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.dense(hidden_states)
+        hidden_states = self.dropout(hidden_states)
+        return self.LayerNorm(hidden_states + input_tensor)
+
+
+class TrajBertLayer(GradientCheckpointingLayer):
+    """One post-LN transformer block; a `GradientCheckpointingLayer` so activation checkpointing can wrap it."""
+
+    def __init__(self, config: TrajBertConfig):
+        super().__init__()
+        self.attention = TrajBertAttention(config)
+        self.intermediate = TrajBertIntermediate(config)
+        self.output = TrajBertOutput(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        attention_output, _ = self.attention(hidden_states, attention_mask, **kwargs)
+        return self.output(self.intermediate(attention_output), attention_output)
+
+
+class TrajBertEncoder(nn.Module):
+    def __init__(self, config: TrajBertConfig):
+        super().__init__()
+        self.config = config
+        self.layer = nn.ModuleList([TrajBertLayer(config) for _ in range(config.num_hidden_layers)])
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutput:
+        for layer_module in self.layer:
+            hidden_states = layer_module(hidden_states, attention_mask, **kwargs)
+        return BaseModelOutput(last_hidden_state=hidden_states)
+
+
+class TrajBertPooler(nn.Module):
+    """BERT pooler: tanh(dense([CLS] hidden state)), the sequence summary used by classification."""
+
+    def __init__(self, config: TrajBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden_states[:, 0]))
+
+
+class TrajBertPredictionHeadTransform(nn.Module):
+    """dense + activation + LayerNorm, mapping hidden states into the space of the (tied) word embeddings."""
+
+    def __init__(self, config: TrajBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
+
+
+class TrajBertLMPredictionHead(nn.Module):
+    def __init__(self, config: TrajBertConfig):
+        super().__init__()
+        self.transform = TrajBertPredictionHeadTransform(config)
+        # The decoder weight is tied to the input word embeddings; the bias is output-only.
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(hidden_states))
+
+
+class TrajBertOnlyMTMHead(nn.Module):
+    def __init__(self, config: TrajBertConfig):
+        super().__init__()
+        self.predictions = TrajBertLMPredictionHead(config)
+
+    def forward(self, sequence_output: torch.Tensor) -> torch.Tensor:
+        return self.predictions(sequence_output)
+
+
+class TrajBertHexagonHead(nn.Module):
+    """Scores a fixed set of candidate cells against the [CLS] state, through the shared word embeddings.
+
+    Holds the padded candidate sub-token matrix as non-persistent buffers rebuilt from `config.hexagon_candidates`,
+    so a saved model reloads exactly and the candidate set lives in the config (next to `id2label`).
+    """
+
+    def __init__(self, config: TrajBertConfig):
+        super().__init__()
+        if not config.hexagon_candidates:
+            raise ValueError(
+                "TrajBertForHexagonPrediction needs `config.hexagon_candidates`: one list of sub-token ids per "
+                "candidate cell (and `id2label` with the cell strings in the same order)."
+            )
+        self.transform = TrajBertPredictionHeadTransform(config)
+        candidate_ids, candidate_mask = self.build_candidates(config.hexagon_candidates)
+        self.bias = nn.Parameter(torch.zeros(candidate_ids.shape[0]))
+        self.candidate_ids = nn.Buffer(candidate_ids, persistent=False)
+        self.candidate_mask = nn.Buffer(candidate_mask, persistent=False)
+
+    @staticmethod
+    def build_candidates(candidates: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad the candidates' sub-token id lists into a `(num_candidates, max_len)` id matrix and 0/1 mask."""
+        max_len = max(len(ids) for ids in candidates)
+        candidate_ids = torch.zeros(len(candidates), max_len, dtype=torch.long)
+        candidate_mask = torch.zeros(len(candidates), max_len)
+        for i, ids in enumerate(candidates):
+            candidate_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            candidate_mask[i, : len(ids)] = 1.0
+        return candidate_ids, candidate_mask
+
+    def candidate_embeddings(self, word_embeddings: nn.Embedding) -> torch.Tensor:
+        """Mean of the word embeddings of each candidate's sub-tokens: `(num_candidates, hidden_size)`."""
+        embeds = word_embeddings(self.candidate_ids)
+        mask = self.candidate_mask.to(embeds.dtype).unsqueeze(-1)
+        return (embeds * mask).sum(dim=1) / mask.sum(dim=1)
+
+    def forward(self, cls_hidden_state: torch.Tensor, word_embeddings: nn.Embedding) -> torch.Tensor:
+        query = self.transform(cls_hidden_state)
+        return query @ self.candidate_embeddings(word_embeddings).T + self.bias
+
+
+class TrajBertPreTrainedModel(PreTrainedModel):
+    """Weight init, attention-backend support and output capture shared by every TrajBert model."""
+
+    config_class = TrajBertConfig
+    config: TrajBertConfig
+    base_model_prefix = "trajbert"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["TrajBertEmbeddings", "TrajBertLayer"]
+    _can_record_outputs = {
+        "hidden_states": TrajBertLayer,
+        "attentions": TrajBertSelfAttention,
+    }
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, (TrajBertLMPredictionHead, TrajBertHexagonHead)):
+            init.zeros_(module.bias)
+        if isinstance(module, TrajBertEmbeddings):
+            # Non-persistent buffers are not in the checkpoint: rebuild them (models are created on the meta device).
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+            init.zeros_(module.token_type_ids)
+        elif isinstance(module, TrajBertHexagonHead):
+            candidate_ids, candidate_mask = module.build_candidates(self.config.hexagon_candidates)
+            init.copy_(module.candidate_ids, candidate_ids)
+            init.copy_(module.candidate_mask, candidate_mask)
+
+
+class TrajBertModel(TrajBertPreTrainedModel):
+    """The bare TrajBert encoder; returns hidden states and (optionally) the BERT-style pooled [CLS] output."""
+
+    def __init__(self, config: TrajBertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.config = config
+        self.embeddings = TrajBertEmbeddings(config)
+        self.encoder = TrajBertEncoder(config)
+        self.pooler = TrajBertPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        hexagon_ids: torch.Tensor | None = None,
+        level_ids: torch.Tensor | None = None,
+        hour_ids: torch.Tensor | None = None,
+        gap_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor] | BaseModelOutputWithPooling:
+        r"""
+        hexagon_ids / level_ids / hour_ids / gap_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+            Per-token trajectory features from `TrajTokenizer` (0 on special tokens and padding). Each is used only
+            when its embedding is enabled in the config, and ignored otherwise.
+        """
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+
+        embedding_output = self.embeddings(
+            input_ids=input_ids,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            hexagon_ids=hexagon_ids,
+            level_ids=level_ids,
+            hour_ids=hour_ids,
+            gap_ids=gap_ids,
+        )
+        attention_mask = create_bidirectional_mask(
+            config=self.config,
+            inputs_embeds=embedding_output,
+            attention_mask=attention_mask,
+        )
+        encoder_outputs = self.encoder(embedding_output, attention_mask=attention_mask, **kwargs)
+        sequence_output = encoder_outputs.last_hidden_state
+        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled_output)
+
+
+class TrajBertForMaskedTrajectoryModeling(TrajBertPreTrainedModel):
+    """TrajBert with BERT's masked-LM head, for masked trajectory modeling (whole-hexagon masking) pre-training.
+
+    The loss honours Trainer's `num_items_in_batch`, so under DDP it is the per-token mean over the global batch and
+    is not scaled by the number of processes.
+    """
+
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "trajbert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
+
+    def __init__(self, config: TrajBertConfig):
+        super().__init__(config)
+        # Not derivable from the class name; without it `loss_function` would fall back to the shifted causal loss.
+        self.loss_type = "ForMaskedLM"
+        self.trajbert = TrajBertModel(config, add_pooling_layer=False)
+        self.cls = TrajBertOnlyMTMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.cls.predictions.decoder = new_embeddings
+        self.cls.predictions.bias = new_embeddings.bias
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        hexagon_ids: torch.Tensor | None = None,
+        level_ids: torch.Tensor | None = None,
+        hour_ids: torch.Tensor | None = None,
+        gap_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor] | MaskedLMOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Original token ids at masked positions, -100 elsewhere (what `DataCollatorForWholeHexagonMasking` returns).
+        """
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        outputs = self.trajbert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            hexagon_ids=hexagon_ids,
+            level_ids=level_ids,
+            hour_ids=hour_ids,
+            gap_ids=gap_ids,
+            inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **kwargs,
+        )
+        prediction_scores = self.cls(outputs.last_hidden_state)
+
+        loss = None
+        if labels is not None:
+            # Explicit masked-LM loss: `self.loss_function` would pick the (shifted) causal loss for this class name.
+            loss = ForMaskedLMLoss(
+                prediction_scores, labels, self.config.vocab_size, num_items_in_batch=num_items_in_batch
+            )
+
+        return MaskedLMOutput(
+            loss=loss,
+            logits=prediction_scores,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class TrajBertForSequenceClassification(TrajBertPreTrainedModel):
+    """Pooled [CLS] → dropout → linear, with BERT's regression / single-label / multi-label losses.
+
+    Trajectory pairs are encoded as `[CLS] A [SEP] B [SEP]` with `token_type_ids`.
+    """
+
+    # The loss is a plain mean: Trainer must not rescale it by num_items_in_batch / world size.
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: TrajBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.trajbert = TrajBertModel(config)
+        classifier_dropout = (
+            config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        )
+        self.dropout = nn.Dropout(classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        hexagon_ids: torch.Tensor | None = None,
+        level_ids: torch.Tensor | None = None,
+        hour_ids: torch.Tensor | None = None,
+        gap_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor] | SequenceClassifierOutput:
+        r"""
+        labels (`torch.Tensor` of shape `(batch_size,)` or `(batch_size, num_labels)`, *optional*):
+            Class ids (single label), floats (regression) or multi-hot floats (multi-label); see `config.problem_type`.
+        """
+        kwargs.pop("num_items_in_batch", None)
+        outputs = self.trajbert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            hexagon_ids=hexagon_ids,
+            level_ids=level_ids,
+            hour_ids=hour_ids,
+            gap_ids=gap_ids,
+            inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+
+        loss = None
+        if labels is not None:
+            labels = labels.to(logits.device)
+            if self.config.problem_type is None:
+                if self.num_labels == 1:
+                    self.config.problem_type = "regression"
+                elif self.num_labels > 1 and (labels.dtype == torch.long or labels.dtype == torch.int):
+                    self.config.problem_type = "single_label_classification"
+                else:
+                    self.config.problem_type = "multi_label_classification"
+
+            if self.config.problem_type == "regression":
+                loss_fct = MSELoss()
+                if self.num_labels == 1:
+                    loss = loss_fct(logits.squeeze(), labels.squeeze())
+                else:
+                    loss = loss_fct(logits, labels)
+            elif self.config.problem_type == "single_label_classification":
+                loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
+            elif self.config.problem_type == "multi_label_classification":
+                loss = BCEWithLogitsLoss()(logits, labels)
+
+        return SequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class TrajBertForHexagonPrediction(TrajBertPreTrainedModel):
+    """Predicts one H3 cell (destination, next location) from a fixed candidate set kept in the config.
+
+    `config.hexagon_candidates[i]` lists the sub-token ids of candidate cell `i` (`config.id2label[i]` is its cell
+    string). A candidate's embedding is the mean of the input word embeddings of its sub-tokens (shared with the
+    encoder, so pre-trained sub-hash embeddings are used directly and cells sharing sub-hashes share statistical
+    strength); the query is the MTM-style transform (dense + activation + LayerNorm) of the [CLS] hidden state; logits
+    are `query @ candidates.T + bias` and the loss is cross entropy over candidates.
+
+    No Auto class fits this head: load it with `TrajBertForHexagonPrediction.from_pretrained(path)`.
+    """
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: TrajBertConfig):
+        super().__init__(config)
+        self.num_labels = len(config.hexagon_candidates) if config.hexagon_candidates else 0
+        self.trajbert = TrajBertModel(config, add_pooling_layer=False)
+        self.hexagon_head = TrajBertHexagonHead(config)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        hexagon_ids: torch.Tensor | None = None,
+        level_ids: torch.Tensor | None = None,
+        hour_ids: torch.Tensor | None = None,
+        gap_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor] | SequenceClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Index of the true cell in `config.hexagon_candidates` (-100 to ignore an example).
+        """
+        kwargs.pop("num_items_in_batch", None)
+        outputs = self.trajbert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            hexagon_ids=hexagon_ids,
+            level_ids=level_ids,
+            hour_ids=hour_ids,
+            gap_ids=gap_ids,
+            inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.hexagon_head(outputs.last_hidden_state[:, 0], self.trajbert.get_input_embeddings())
+
+        loss = None
+        if labels is not None:
+            loss = CrossEntropyLoss()(logits.float(), labels.to(logits.device).view(-1))
+
+        return SequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+__all__ = [
+    "TrajBertPreTrainedModel",
+    "TrajBertModel",
+    "TrajBertForMaskedTrajectoryModeling",
+    "TrajBertForSequenceClassification",
+    "TrajBertForHexagonPrediction",
+]

@@ -1,0 +1,614 @@
+"""Tests of modeling_trajfm: TrajBert config, models, heads, save/load (in-process and remote code) and collators."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+
+import pytest
+import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForMaskedLM,
+)
+
+from modeling_trajfm import (
+    DataCollatorForWholeHexagonMasking,
+    DataCollatorWithTrajectoryPadding,
+    TrajBertConfig,
+    TrajBertForHexagonPrediction,
+    TrajBertForMaskedTrajectoryModeling,
+    TrajBertForSequenceClassification,
+    TrajBertModel,
+    set_auto_map,
+)
+
+CONFIG_ERRORS = (ValueError, StrictDataclassClassValidationError)
+SPECIAL_IDS = [0, 1, 2, 3, 4]
+PAD, CLS, SEP, MASK = 0, 2, 3, 4
+VOCAB = 100
+ALL_FEATURES = dict(use_hexagon_embeddings=True, use_level_embeddings=True, use_time_embeddings=True)
+
+
+class FakeTokenizer:
+    """The attributes the model config and collators rely on, nothing more."""
+
+    pad_token_id = PAD
+    mask_token_id = MASK
+    all_special_ids = SPECIAL_IDS
+
+    def __init__(self, size: int = VOCAB, model_max_length: int = 64, time_features: bool = True):
+        self.size = size
+        self.model_max_length = model_max_length
+        self.time_features = time_features
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def tiny_config(**kwargs) -> TrajBertConfig:
+    defaults = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    defaults.update(kwargs)
+    return TrajBertConfig(**defaults)
+
+
+def make_trajectory(gen: torch.Generator, n_hex: int, max_sub: int = 4) -> dict[str, list[int]]:
+    """`[CLS] visit tokens… [SEP]` with the per-token features of docs/design.md."""
+    ids, hexes, levels, hours, gaps = [CLS], [0], [0], [0], [0]
+    for h in range(1, n_hex + 1):
+        n_sub = int(torch.randint(1, max_sub + 1, (1,), generator=gen))
+        hour = int(torch.randint(1, 169, (1,), generator=gen))
+        gap = 0 if h == 1 else int(torch.randint(1, 24, (1,), generator=gen))
+        for level in range(1, n_sub + 1):
+            ids.append(int(torch.randint(5, VOCAB, (1,), generator=gen)))
+            hexes.append(h)
+            levels.append(level)
+            hours.append(hour)
+            gaps.append(gap)
+    ids.append(SEP)
+    hexes.append(0)
+    levels.append(0)
+    hours.append(0)
+    gaps.append(0)
+    n = len(ids)
+    return dict(
+        input_ids=ids,
+        attention_mask=[1] * n,
+        token_type_ids=[0] * n,
+        hexagon_ids=hexes,
+        level_ids=levels,
+        hour_ids=hours,
+        gap_ids=gaps,
+    )
+
+
+def make_batch(batch_size: int = 3, seed: int = 0, n_hex: tuple[int, ...] = (6, 3, 5)) -> dict[str, torch.Tensor]:
+    """A padded batch (sequences of different lengths, so padding is present)."""
+    gen = torch.Generator().manual_seed(seed)
+    feats = [make_trajectory(gen, n_hex[i % len(n_hex)]) for i in range(batch_size)]
+    batch = DataCollatorWithTrajectoryPadding(FakeTokenizer())(feats)
+    assert (batch["attention_mask"] == 0).any()
+    return batch
+
+
+def real_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return batch["attention_mask"].bool()
+
+
+# ---------------------------------------------------------------------------------------------------------- config
+
+
+def test_config_validation_errors():
+    with pytest.raises(CONFIG_ERRORS, match="multiple of `num_attention_heads`"):
+        tiny_config(hidden_size=30)
+    with pytest.raises(CONFIG_ERRORS, match="positive"):
+        tiny_config(num_hidden_layers=0)
+    with pytest.raises(CONFIG_ERRORS, match=r"\[0, 1\)"):
+        tiny_config(hidden_dropout_prob=1.0)
+    with pytest.raises(CONFIG_ERRORS, match="outside"):
+        tiny_config(hexagon_candidates=[[5, 6], [VOCAB]])
+    with pytest.raises(CONFIG_ERRORS, match="same candidate cells"):
+        tiny_config(hexagon_candidates=[[5], [6]], id2label={0: "a", 1: "b", 2: "c"})
+    # Overriding a field afterwards is checked by validate().
+    config = tiny_config()
+    config.num_attention_heads = 5
+    with pytest.raises(CONFIG_ERRORS, match="multiple"):
+        config.validate()
+    assert tiny_config(hexagon_candidates=[[5], [6], [7, 8]]).num_labels == 3
+
+
+def test_check_tokenizer_compatibility():
+    tiny_config().check_tokenizer_compatibility(FakeTokenizer())
+    with pytest.raises(ValueError, match="vocab_size >= 120"):
+        tiny_config().check_tokenizer_compatibility(FakeTokenizer(size=120))
+    with pytest.raises(ValueError, match="provides no visit times"):
+        tiny_config(use_time_embeddings=True).check_tokenizer_compatibility(FakeTokenizer(time_features=False))
+    tiny_config(use_time_embeddings=False).check_tokenizer_compatibility(FakeTokenizer(time_features=False))
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        tiny_config().check_tokenizer_compatibility(FakeTokenizer(model_max_length=65))
+
+
+# ------------------------------------------------------------------------------------------------------ model math
+
+
+def test_plain_model_is_exactly_bert():
+    """All options off: same parameter names/shapes and same outputs as transformers' BertForMaskedLM."""
+    torch.manual_seed(0)
+    bert = BertForMaskedLM(
+        BertConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    ).eval()
+    model = TrajBertForMaskedTrajectoryModeling(tiny_config()).eval()
+    state = {("trajbert." + k[5:] if k.startswith("bert.") else k): v for k, v in bert.state_dict().items()}
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in model.state_dict().items()}
+    model.load_state_dict(state, strict=True)
+    batch = make_batch()
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    with torch.no_grad():
+        ours = model(**inputs, hexagon_ids=batch["hexagon_ids"]).logits  # ignored: option off
+        ref = bert(**inputs).logits
+    torch.testing.assert_close(ours, ref, atol=0, rtol=0)
+
+
+def test_sdpa_matches_eager_with_padding():
+    torch.manual_seed(0)
+    config = tiny_config(**ALL_FEATURES)
+    sdpa = TrajBertModel(config).eval()
+    assert sdpa.config._attn_implementation == "sdpa"
+    eager_config = tiny_config(**ALL_FEATURES)
+    eager_config._attn_implementation = "eager"
+    eager = TrajBertModel(eager_config).eval()
+    eager.load_state_dict(sdpa.state_dict())
+    batch = make_batch()
+    with torch.no_grad():
+        a = sdpa(**batch).last_hidden_state
+        b = eager(**batch).last_hidden_state
+    mask = real_positions(batch)
+    torch.testing.assert_close(a[mask], b[mask], atol=1e-5, rtol=0)
+    # An encoder must not silently become causal: the first token sees later tokens.
+    changed = dict(batch, input_ids=batch["input_ids"].clone())
+    changed["input_ids"][:, 2] = 7
+    with torch.no_grad():
+        c = sdpa(**changed).last_hidden_state
+    assert not torch.allclose(a[:, 0], c[:, 0])
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_padding_tokens_change_nothing(attn):
+    torch.manual_seed(0)
+    config = tiny_config(**ALL_FEATURES)
+    config._attn_implementation = attn
+    model = TrajBertModel(config).eval()
+    batch = make_batch()
+    pad = ~real_positions(batch)
+    changed = {k: v.clone() for k, v in batch.items()}
+    for key in ("input_ids", "hexagon_ids", "level_ids", "hour_ids", "gap_ids", "token_type_ids"):
+        changed[key][pad] = torch.randint(1, 2 if key == "token_type_ids" else 9, (int(pad.sum()),))
+    with torch.no_grad():
+        a = model(**batch).last_hidden_state
+        b = model(**changed).last_hidden_state
+    mask = real_positions(batch)
+    torch.testing.assert_close(a[mask], b[mask], atol=1e-6, rtol=0)
+
+
+def test_feature_embeddings_change_outputs_and_padding_rows_are_zero():
+    torch.manual_seed(0)
+    model = TrajBertModel(tiny_config(**ALL_FEATURES)).eval()
+    emb = model.embeddings
+    for table in (emb.hexagon_embeddings, emb.level_embeddings, emb.hour_embeddings, emb.gap_embeddings):
+        assert table.padding_idx == 0
+        assert torch.count_nonzero(table.weight[0]) == 0
+    assert emb.hexagon_embeddings.num_embeddings == 65
+    assert emb.level_embeddings.num_embeddings == 16
+    assert emb.hour_embeddings.num_embeddings == 169
+    assert emb.gap_embeddings.num_embeddings == 24
+
+    batch = make_batch()
+    base_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    with torch.no_grad():
+        full = model(**batch).last_hidden_state
+        for key in ("hexagon_ids", "level_ids", "hour_ids", "gap_ids"):
+            without = model(**{k: v for k, v in batch.items() if k != key}).last_hidden_state
+            assert not torch.allclose(full, without), key
+            # All-zero features add nothing: same as not passing them.
+            zeros = model(**base_inputs, **{key: torch.zeros_like(batch[key])}).last_hidden_state
+            torch.testing.assert_close(zeros, model(**base_inputs).last_hidden_state, atol=0, rtol=0)
+        # Out-of-range ids are clamped, not an index error.
+        big = dict(batch, hexagon_ids=batch["hexagon_ids"] + 1000, level_ids=batch["level_ids"] + 50)
+        assert torch.isfinite(model(**big).last_hidden_state).all()
+
+    # Options off: no tables, features ignored.
+    plain = TrajBertModel(tiny_config()).eval()
+    assert plain.embeddings.hexagon_embeddings is None and plain.embeddings.hour_embeddings is None
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**batch).last_hidden_state, plain(**base_inputs).last_hidden_state)
+
+
+def test_output_hidden_states_and_attentions():
+    config = tiny_config()
+    config._attn_implementation = "eager"
+    model = TrajBertForMaskedTrajectoryModeling(config).eval()
+    batch = make_batch()
+    out = model(**batch, output_hidden_states=True, output_attentions=True)
+    assert len(out.hidden_states) == config.num_hidden_layers + 1
+    assert len(out.attentions) == config.num_hidden_layers
+    b, n = batch["input_ids"].shape
+    assert out.attentions[0].shape == (b, 4, n, n)
+    # Padding keys get zero attention.
+    pad = ~real_positions(batch)
+    key_is_pad = pad[:, None, None, :].expand_as(out.attentions[0])
+    assert out.attentions[0][key_is_pad].abs().max() == 0
+    as_tuple = model(**batch, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+
+
+def test_bf16_forward():
+    model = TrajBertForMaskedTrajectoryModeling(tiny_config(**ALL_FEATURES)).to(torch.bfloat16)
+    batch = make_batch()
+    labels = torch.where(batch["hexagon_ids"] == 1, batch["input_ids"], -100)
+    out = model(**batch, labels=labels)
+    assert out.logits.dtype == torch.bfloat16 and out.loss.dtype == torch.float32
+    out.loss.backward()
+
+
+# ----------------------------------------------------------------------------------------------------------- heads
+
+
+def test_mtm_decoder_tied_and_loss_ignores_minus_100():
+    model = TrajBertForMaskedTrajectoryModeling(tiny_config()).eval()
+    word = model.trajbert.embeddings.word_embeddings.weight
+    assert model.cls.predictions.decoder.weight.data_ptr() == word.data_ptr()
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    batch = make_batch()
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[:, 1] = batch["input_ids"][:, 1]
+    out = model(**batch, labels=labels)
+    expected = torch.nn.functional.cross_entropy(out.logits[:, 1].float(), labels[:, 1])
+    torch.testing.assert_close(out.loss, expected)
+    # With Trainer's num_items_in_batch the loss is sum / that count.
+    out2 = model(**batch, labels=labels, num_items_in_batch=torch.tensor(6))
+    torch.testing.assert_close(out2.loss, expected * 3 / 6)
+
+
+def test_sequence_classification_problem_types():
+    batch = make_batch()
+    single = TrajBertForSequenceClassification(tiny_config(num_labels=3))
+    out = single(**batch, labels=torch.tensor([0, 2, 1]))
+    assert single.config.problem_type == "single_label_classification" and out.loss.ndim == 0
+    assert out.logits.shape == (3, 3)
+
+    regression = TrajBertForSequenceClassification(tiny_config(num_labels=1))
+    out = regression(**batch, labels=torch.tensor([0.5, -1.0, 2.0]))
+    assert regression.config.problem_type == "regression" and torch.isfinite(out.loss)
+
+    multi = TrajBertForSequenceClassification(tiny_config(num_labels=4))
+    out = multi(**batch, labels=torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 1], [1, 1, 1, 1]]))
+    assert multi.config.problem_type == "multi_label_classification" and torch.isfinite(out.loss)
+    out.loss.backward()
+
+    # Pairs: segment B changes the pooled output.
+    pair = {k: v.clone() for k, v in batch.items()}
+    pair["token_type_ids"][:, 3:] = 1
+    pair["token_type_ids"][~real_positions(batch)] = 0
+    single.eval()
+    with torch.no_grad():
+        assert not torch.allclose(single(**batch).logits, single(**pair).logits)
+
+
+def test_hexagon_prediction():
+    candidates = [[5, 6, 7], [5, 6, 8], [9], [10, 11]]
+    config = tiny_config(hexagon_candidates=candidates, id2label={i: f"cell{i}" for i in range(4)})
+    model = TrajBertForHexagonPrediction(config).eval()
+    assert model.hexagon_head.candidate_ids.shape == (4, 3)
+    assert "hexagon_head.candidate_ids" not in model.state_dict()
+    batch = make_batch()
+    out = model(**batch, labels=torch.tensor([0, 3, 2]))
+    assert out.logits.shape == (3, 4) and out.loss.ndim == 0
+    # Logits are query @ mean(sub-token embeddings).T + bias.
+    word = model.trajbert.embeddings.word_embeddings.weight
+    with torch.no_grad():
+        cls_state = model.trajbert(**batch).last_hidden_state[:, 0]
+        query = model.hexagon_head.transform(cls_state)
+        cand = torch.stack([word[ids].mean(0) for ids in candidates])
+        torch.testing.assert_close(out.logits, query @ cand.T + model.hexagon_head.bias)
+    out.loss.backward()
+    assert (
+        model.hexagon_head.bias.grad is not None
+        and model.trajbert.embeddings.word_embeddings.weight.grad[5].abs().sum() > 0
+    )
+    with pytest.raises(ValueError, match="hexagon_candidates"):
+        TrajBertForHexagonPrediction(tiny_config())
+
+
+def test_activation_checkpointing_same_gradients():
+    torch.manual_seed(0)
+    config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **ALL_FEATURES)
+    batch = make_batch()
+    labels = torch.where(batch["level_ids"] == 1, batch["input_ids"], -100)
+    grads = []
+    model = TrajBertForMaskedTrajectoryModeling(config)
+    state = model.state_dict()
+    for checkpointing in (False, True):
+        model = TrajBertForMaskedTrajectoryModeling(config)
+        model.load_state_dict(state)
+        model.train()
+        if checkpointing:
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
+            assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
+        model(**batch, labels=labels).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------ save / load
+
+
+def _heads_config() -> TrajBertConfig:
+    return tiny_config(num_labels=3, **ALL_FEATURES)
+
+
+@pytest.mark.parametrize(
+    "model_cls, auto_cls",
+    [
+        (TrajBertModel, AutoModel),
+        (TrajBertForMaskedTrajectoryModeling, AutoModelForMaskedLM),
+        (TrajBertForSequenceClassification, AutoModelForSequenceClassification),
+    ],
+)
+def test_save_load_auto_classes(tmp_path, model_cls, auto_cls):
+    torch.manual_seed(0)
+    model = model_cls(_heads_config()).eval()
+    set_auto_map(model.config)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "configuration_trajbert.py").exists() and (tmp_path / "modeling_trajbert.py").exists()
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map == {
+        "AutoConfig": "configuration_trajbert.TrajBertConfig",
+        "AutoModel": "modeling_trajbert.TrajBertModel",
+        "AutoModelForMaskedLM": "modeling_trajbert.TrajBertForMaskedTrajectoryModeling",
+        "AutoModelForSequenceClassification": "modeling_trajbert.TrajBertForSequenceClassification",
+        "AutoTokenizer": ["tokenization_trajfm.TrajTokenizer", None],
+    }
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), TrajBertConfig)
+    loaded = auto_cls.from_pretrained(tmp_path).eval()
+    assert type(loaded) is model_cls
+    batch = make_batch()
+    with torch.no_grad():
+        a, b = model(**batch), loaded(**batch)
+    key = "last_hidden_state" if model_cls is TrajBertModel else "logits"
+    assert torch.equal(a[key], b[key])
+    if model_cls is TrajBertForMaskedTrajectoryModeling:
+        dec = loaded.cls.predictions.decoder.weight
+        assert dec.data_ptr() == loaded.trajbert.embeddings.word_embeddings.weight.data_ptr()
+
+
+def test_hexagon_prediction_save_load(tmp_path):
+    config = tiny_config(hexagon_candidates=[[5, 6, 7], [9], [10, 11]], id2label={0: "a", 1: "b", 2: "c"})
+    model = TrajBertForHexagonPrediction(config).eval()
+    model.save_pretrained(tmp_path)
+    loaded = TrajBertForHexagonPrediction.from_pretrained(tmp_path).eval()
+    assert torch.equal(loaded.hexagon_head.candidate_ids, model.hexagon_head.candidate_ids)
+    assert torch.equal(loaded.hexagon_head.candidate_mask, model.hexagon_head.candidate_mask)
+    batch = make_batch()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, loaded(**batch).logits)
+    assert loaded.config.id2label == {0: "a", 1: "b", 2: "c"}
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    # a user without the package: drop the editable install's import hook (the project may be pip install -e'd)
+    sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    import importlib.util
+
+    assert importlib.util.find_spec("modeling_trajfm") is None, sys.path
+    batch = torch.load("batch.pt")
+    outputs = {}
+    for name, auto, path in [
+        ("model", AutoModel, "ckpt"),
+        ("mlm", AutoModelForMaskedLM, "ckpt"),
+        ("cls", AutoModelForSequenceClassification, "ckpt_cls"),
+    ]:
+        model = auto.from_pretrained(path, trust_remote_code=True).eval()
+        assert model.__class__.__module__.startswith("transformers_modules"), model.__class__.__module__
+        with torch.no_grad():
+            out = model(**batch)
+        outputs[name] = out.last_hidden_state if name == "model" else out.logits
+        if name == "mlm":
+            assert model.cls.predictions.decoder.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    assert "modeling_trajfm" not in sys.modules
+    assert type(AutoConfig.from_pretrained("ckpt", trust_remote_code=True)).__name__ == "TrajBertConfig"
+    torch.save(outputs, "outputs.pt")
+    """
+)
+
+
+def test_remote_code_load_in_fresh_process(tmp_path):
+    """A copied checkpoint loads with trust_remote_code where modeling_trajfm is not importable."""
+    torch.manual_seed(0)
+    mlm = TrajBertForMaskedTrajectoryModeling(_heads_config()).eval()
+    classifier = TrajBertForSequenceClassification(_heads_config()).eval()
+    work = tmp_path / "fresh"
+    for model, folder in ((mlm, "ckpt"), (classifier, "ckpt_cls")):
+        set_auto_map(model.config)
+        model.save_pretrained(tmp_path / folder)
+        shutil.copytree(tmp_path / folder, work / folder)
+    batch = make_batch()
+    torch.save(batch, work / "batch.pt")
+    (work / "check.py").write_text(REMOTE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, "-I", "check.py"], cwd=work, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    remote = torch.load(work / "outputs.pt")
+
+    with torch.no_grad():
+        assert torch.equal(mlm(**batch).logits, remote["mlm"])
+        assert torch.equal(mlm.trajbert(**batch).last_hidden_state, remote["model"])
+        assert torch.equal(classifier(**batch).logits, remote["cls"])
+
+
+# ------------------------------------------------------------------------------------------------------ collators
+
+
+def _collator_features(n: int, seed: int, n_hex: int = 30) -> list[dict[str, list[int]]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [make_trajectory(gen, n_hex - (i % 5)) for i in range(n)]
+
+
+def test_collator_validation():
+    tok = FakeTokenizer()
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="mlm_probability"):
+            DataCollatorForWholeHexagonMasking(tok, mlm_probability=bad)
+    with pytest.raises(ValueError, match="mask_replace_prob"):
+        DataCollatorForWholeHexagonMasking(tok, mask_replace_prob=1.2)
+    with pytest.raises(ValueError, match="<= 1"):
+        DataCollatorForWholeHexagonMasking(tok, mask_replace_prob=0.8, random_replace_prob=0.3)
+
+
+def test_collator_padding_and_features_visible():
+    feats = _collator_features(4, seed=1, n_hex=8)
+    collator = DataCollatorForWholeHexagonMasking(FakeTokenizer(), pad_to_multiple_of=8, seed=0)
+    batch = collator(feats)
+    assert set(batch) == {
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+        "hexagon_ids",
+        "level_ids",
+        "hour_ids",
+        "gap_ids",
+        "labels",
+    }
+    assert batch["input_ids"].shape[1] % 8 == 0
+    for i, f in enumerate(feats):
+        n = len(f["input_ids"])
+        for key in ("hexagon_ids", "level_ids", "hour_ids", "gap_ids", "attention_mask"):
+            assert batch[key][i, :n].tolist() == f[key]
+            assert (batch[key][i, n:] == 0).all()
+        assert (batch["input_ids"][i, n:] == PAD).all()
+        assert (batch["labels"][i, n:] == -100).all()
+
+
+def test_collator_masking_statistics():
+    p = 0.2
+    collator = DataCollatorForWholeHexagonMasking(FakeTokenizer(), mlm_probability=p, seed=123)
+    chosen_total = hexes_total = 0
+    actions = Counter()
+    for rep in range(12):
+        feats = _collator_features(32, seed=rep)
+        batch = collator(feats)
+        for i, f in enumerate(feats):
+            n = len(f["input_ids"])
+            orig = torch.tensor(f["input_ids"])
+            ids, labels, hexes = batch["input_ids"][i, :n], batch["labels"][i, :n], batch["hexagon_ids"][i, :n]
+            special = torch.isin(orig, torch.tensor(SPECIAL_IDS))
+            # Special tokens are never masked, replaced or labelled.
+            assert torch.equal(ids[special], orig[special]) and (labels[special] == -100).all()
+            assert not torch.isin(ids[~special], torch.tensor([0, 1, 2, 3])).any()
+            seq_chosen = 0
+            for h in hexes.unique().tolist():
+                if h == 0:
+                    continue
+                pos = hexes == h
+                hexes_total += 1
+                lab = labels[pos]
+                if (lab == -100).all():
+                    assert torch.equal(ids[pos], orig[pos])
+                    continue
+                # Whole hexagon: every sub-token labelled with its original id.
+                assert torch.equal(lab, orig[pos])
+                chosen_total += 1
+                seq_chosen += 1
+                if (ids[pos] == MASK).all():
+                    actions["mask"] += 1
+                elif torch.equal(ids[pos], orig[pos]):
+                    actions["keep"] += 1
+                else:
+                    assert not (ids[pos] == MASK).any()
+                    actions["random"] += 1
+            assert seq_chosen >= 1
+            # Labels only where a chosen hexagon is.
+            assert ((labels != -100) == (labels == orig) & (labels != -100)).all()
+    frac = chosen_total / hexes_total
+    assert abs(frac - p) < 0.02, frac
+    total = sum(actions.values())
+    # A random replacement can draw the original id for 1-token hexagons; that lands in "keep" (rare with 95 ids).
+    assert abs(actions["mask"] / total - 0.8) < 0.04, actions
+    assert abs(actions["random"] / total - 0.1) < 0.03, actions
+    assert abs(actions["keep"] / total - 0.1) < 0.03, actions
+
+
+def test_collator_at_least_one_hexagon_and_reproducible():
+    feats = _collator_features(64, seed=5, n_hex=6)  # 2..6 hexagons
+    a = DataCollatorForWholeHexagonMasking(FakeTokenizer(), mlm_probability=0.05, seed=7)(feats)
+    b = DataCollatorForWholeHexagonMasking(FakeTokenizer(), mlm_probability=0.05, seed=7)(feats)
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+    assert ((a["labels"] != -100).sum(dim=1) > 0).all()
+    # A sequence with no hexagon ([CLS] [SEP] only) gets no labels and no crash.
+    empty = {k: v[:1] + v[-1:] for k, v in feats[0].items()}
+    out = DataCollatorForWholeHexagonMasking(FakeTokenizer(), seed=0)([empty, feats[1]])
+    assert (out["labels"][0] == -100).all()
+
+
+def test_padding_collator_labels():
+    feats = _collator_features(3, seed=2, n_hex=4)
+    collator = DataCollatorWithTrajectoryPadding(FakeTokenizer())
+    batch = collator([dict(f, labels=i) for i, f in enumerate(feats)])
+    assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [0, 1, 2]
+    batch = collator([dict(f, label=0.5) for f in feats])
+    assert batch["labels"].dtype == torch.float
+    batch = collator([dict(f, labels=[1.0, 0.0]) for f in feats])
+    assert batch["labels"].shape == (3, 2) and batch["labels"].dtype == torch.float
+
+
+def test_collator_output_trains_mtm_model():
+    model = TrajBertForMaskedTrajectoryModeling(tiny_config(**ALL_FEATURES))
+    batch = DataCollatorForWholeHexagonMasking(FakeTokenizer(), seed=0)(_collator_features(4, seed=0, n_hex=6))
+    out = model(**batch)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+
+
+def test_every_parameter_gets_a_gradient_even_with_missing_features():
+    """DDP without find_unused_parameters needs every parameter in the graph; a missing feature reads as 0."""
+    model = TrajBertForMaskedTrajectoryModeling(tiny_config(**ALL_FEATURES))
+    batch = make_batch()
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    model(**inputs, labels=torch.where(batch["hexagon_ids"] > 0, batch["input_ids"], -100)).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert missing == []
+    assert model.loss_type == "ForMaskedLM"
