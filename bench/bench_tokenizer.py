@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tokenization_trajfm import SegmentationConfig, TrajTokenizer, build_trajectories  # noqa: E402
 from tokenization_trajfm.readers import read_geolife  # noqa: E402
-from tokenization_trajfm.subhash import cells_to_words  # noqa: E402
+from tokenization_trajfm.subhash import build_wordpiece, cells_to_words  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "geolife" / "geolife_15s.csv.gz"
 
@@ -81,7 +81,7 @@ def python_per_point(table, tokenizer: TrajTokenizer, segmentation: Segmentation
         for t in trajectories
         if len({v[1] for v in t}) >= segmentation.min_cells and sum(v[4] for v in t) >= segmentation.min_points
     ]
-    wordpiece = tokenizer._cell_encoder.wordpiece
+    wordpiece = build_wordpiece(tokenizer.vocab)
     ids = []
     for trajectory in kept:
         for visit in trajectory:

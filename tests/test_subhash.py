@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 
 from tokenization_trajfm import TrajTokenizer
 from tokenization_trajfm.h3cells import encode_cells
-from tokenization_trajfm.subhash import SPELLINGS, alphabet, cells_to_words, hex_width, train_vocab, words_to_cells
+from tokenization_trajfm.subhash import (
+    SPELLINGS,
+    alphabet,
+    build_wordpiece,
+    cells_to_words,
+    hex_width,
+    train_vocab,
+    words_to_cells,
+)
 
 latitudes = st.floats(min_value=-90, max_value=90, allow_nan=False)
 longitudes = st.floats(min_value=-180, max_value=180, allow_nan=False)
@@ -96,3 +104,18 @@ def test_unknown_spelling_and_resolution_are_clear_errors():
         TrajTokenizer(spelling="base32")
     with pytest.raises(ValueError, match="resolution must be an integer in 0..15"):
         TrajTokenizer(resolution=16)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 15), st.sampled_from(SPELLINGS), st.integers(0, 10_000))
+def test_vectorized_encoder_matches_tokenizers_wordpiece(resolution, spelling, seed):
+    tokenizer = tokenizer_for(resolution, spelling)
+    rng = np.random.default_rng(seed)
+    near = encode_cells(rng.normal(40.75, 0.05, 200), rng.normal(-73.97, 0.05, 200), resolution)
+    anywhere = encode_cells(rng.uniform(-90, 90, 200), rng.uniform(-180, 180, 200), resolution)
+    cells = np.unique(np.concatenate([near, anywhere]))
+    flat, offsets = tokenizer._cell_encoder.encode_unique(cells)
+    reference = build_wordpiece(tokenizer.vocab).encode_batch(
+        cells_to_words(cells, resolution, spelling), add_special_tokens=False
+    )
+    assert [flat[offsets[i] : offsets[i + 1]].tolist() for i in range(cells.size)] == [e.ids for e in reference]

@@ -27,7 +27,9 @@ CONTINUATION = "##"
 HEX_DIGITS = "0123456789abcdef"
 NUM_BASE_CELLS = 122
 BASE_CELL_OFFSET = 0x100  # base cell b is spelled chr(0x100 + b): one letter each, outside ASCII
-_STRING_HEADER_BITS = 15  # mode (low 3 bits shown), reserved, resolution, base cell: the 15-char string starts at bit 59
+_STRING_HEADER_BITS = (
+    15  # mode (low 3 bits shown), reserved, resolution, base cell: the 15-char string starts at bit 59
+)
 _H3_CELL_MODE = 1
 
 
@@ -141,23 +143,87 @@ def train_vocab(words: Iterable[str], counts: Iterable[int], spelling: str, voca
     return {token: index for index, token in enumerate(tokens)}
 
 
-class CellEncoder:
-    """Cells → sub-hash token ids in CSR form, tokenizing each distinct cell once."""
+def cell_symbols(cells: np.ndarray, resolution: int, spelling: str) -> np.ndarray:
+    """(n, word length) symbol codes of each cell's word, straight from the bits (no strings)."""
+    cells = np.asarray(cells, dtype=np.uint64)
+    if spelling == "hex":
+        shifts = np.array([4 * (14 - j) for j in range(hex_width(resolution))], dtype=np.uint64)
+        return ((cells[:, None] >> shifts[None, :]) & np.uint64(0xF)).astype(np.int64)
+    bases = ((cells >> np.uint64(45)) & np.uint64(0x7F)).astype(np.int64)
+    return np.concatenate([bases[:, None], _digits(cells, resolution).astype(np.int64)], axis=1)
 
-    def __init__(self, wordpiece: Tokenizer, resolution: int, spelling: str):
-        self.wordpiece = wordpiece
+
+class CellEncoder:
+    """Cells → sub-hash token ids in CSR form, tokenizing each distinct cell once.
+
+    WordPiece's greedy longest-match-first, vectorized over cells: a piece is looked up as the integer packing its
+    symbols (4 bits per hex character; 7 bits for a base cell, 3 per digit), so no cell is ever turned into a string.
+    Gives exactly what `tokenizers`' WordPiece gives on the words (tested).
+    """
+
+    def __init__(self, vocab: dict[str, int], resolution: int, spelling: str):
         self.resolution = resolution
         self.spelling = spelling
+        self.width = hex_width(resolution) if spelling == "hex" else resolution + 1
+        initial, continuation = alphabet(spelling)
+        codes = {ch: i for i, ch in enumerate(initial)}, {ch: i for i, ch in enumerate(continuation)}
+        pieces: dict[tuple[bool, int], list[tuple[int, int]]] = {}
+        for token, token_id in vocab.items():
+            later = token.startswith(CONTINUATION)
+            body = token[len(CONTINUATION) :] if later else token
+            if not body or token in SPECIAL_TOKENS:
+                continue
+            try:
+                symbols = [codes[1][ch] if (later or k > 0) else codes[0][ch] for k, ch in enumerate(body)]
+            except KeyError:
+                continue  # not a piece of this spelling: it can never match a cell word
+            pieces.setdefault((later, len(symbols)), []).append((self._pack(np.array([symbols]), later)[0], token_id))
+        self.tables = {}
+        for key, entries in pieces.items():
+            entries.sort()
+            self.tables[key] = (np.array([k for k, _ in entries], dtype=np.int64), np.array([i for _, i in entries]))
+
+    def _pack(self, symbols: np.ndarray, later: bool) -> np.ndarray:
+        """Integer key of each row of symbols; in the hierarchy spelling a word-initial first symbol is a base cell."""
+        bits = 4 if self.spelling == "hex" else 3
+        key = np.zeros(symbols.shape[0], dtype=np.int64)
+        for k in range(symbols.shape[1]):
+            width = 7 if (self.spelling == "hierarchy" and k == 0 and not later) else bits
+            key = (key << width) | symbols[:, k]
+        return key
 
     def encode_unique(self, unique_cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Token ids of distinct cells: (flat ids int64, offsets of length n+1)."""
-        words = cells_to_words(unique_cells, self.resolution, self.spelling)
-        encodings = self.wordpiece.encode_batch_fast(words, add_special_tokens=False)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        offsets = np.zeros(len(encodings) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        flat = np.fromiter((i for e in encodings for i in e.ids), dtype=np.int64, count=int(offsets[-1]))
-        return flat, offsets
+        symbols = cell_symbols(unique_cells, self.resolution, self.spelling)
+        n, width = symbols.shape
+        position = np.zeros(n, dtype=np.int64)
+        rows, ids = [], []
+        active = np.arange(n)
+        while active.size:
+            start = position[active]
+            found = np.full(active.size, -1, dtype=np.int64)
+            length = np.zeros(active.size, dtype=np.int64)
+            for span in range(width - int(start.min()), 0, -1):
+                for later in (False, True):
+                    table = self.tables.get((later, span))
+                    todo = np.flatnonzero((found < 0) & ((start > 0) == later) & (start + span <= width))
+                    if table is None or todo.size == 0:
+                        continue
+                    take = start[todo, None] + np.arange(span)[None, :]
+                    keys = self._pack(symbols[active[todo, None], take], later)
+                    slot = np.minimum(np.searchsorted(table[0], keys), table[0].size - 1)
+                    hit = table[0][slot] == keys
+                    found[todo[hit]] = table[1][slot[hit]]
+                    length[todo[hit]] = span
+            rows.append(active)
+            ids.append(found)
+            position[active] += length
+            active = active[position[active] < width]
+        rows, ids = np.concatenate(rows), np.concatenate(ids)
+        order = np.argsort(rows, kind="stable")  # steps were appended in order, so a stable sort keeps piece order
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=n), out=offsets[1:])
+        return ids[order], offsets
 
     def max_cell_tokens(self) -> int:
         """Most tokens one cell can take: every character its own piece."""

@@ -23,7 +23,6 @@ from .subhash import (
     SPECIAL_TOKENS,
     CellEncoder,
     alphabet,
-    build_wordpiece,
     cells_to_words,
     check_spelling,
     train_vocab,
@@ -136,7 +135,7 @@ class TrajTokenizer(PreTrainedTokenizer):
             vocab = {token: index for index, token in enumerate(tokens)}
         self.vocab = dict(vocab)
         self.ids_to_tokens = {index: token for token, index in self.vocab.items()}
-        self._cell_encoder = CellEncoder(build_wordpiece(self.vocab), self.resolution, self.spelling)
+        self._cell_encoder = CellEncoder(self.vocab, self.resolution, self.spelling)
         kwargs.setdefault("model_max_length", 512)
         super().__init__(
             resolution=self.resolution,
@@ -254,10 +253,15 @@ class TrajTokenizer(PreTrainedTokenizer):
             if trajectories is not None:
                 raise ValueError(f"Pass either {name} or cells=, not both.")
             batched = _is_batch_of_cells(cells)
-            cell_lists = cells if batched else [cells]
-            time_lists = timestamps if (batched and timestamps is not None) else [timestamps] * len(cell_lists)
+            cell_lists = list(cells) if batched else [cells]
             if not batched:
                 time_lists = [timestamps]
+            elif timestamps is None:
+                time_lists = [None] * len(cell_lists)
+            elif len(timestamps) != len(cell_lists):
+                raise ValueError(f"Got {len(cell_lists)} cell sequences but {len(timestamps)} timestamp sequences.")
+            else:
+                time_lists = list(timestamps)
             out = []
             for i, (c, t) in enumerate(zip(cell_lists, time_lists)):
                 where = f"{name}[{i}]"
