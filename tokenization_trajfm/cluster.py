@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def visit_starts(cells: np.ndarray, times: np.ndarray | None, window: float, users: np.ndarray | None = None) -> np.ndarray:
+def visit_starts(
+    cells: np.ndarray, times: np.ndarray | None, window: float, users: np.ndarray | None = None
+) -> np.ndarray:
     """Indices of the first point of each visit. `times` and `window` share a unit; no times → cells alone decide."""
     n = cells.size
     if n == 0:

@@ -1,0 +1,187 @@
+"""run_mtm.py end to end on a tiny synthetic corpus: metrics, loadable checkpoint, split, resume, 2-process DDP, and
+start-up failures on bad arguments."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may touch the network
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from transformers import AutoModelForMaskedLM, AutoTokenizer, TrainerCallback  # noqa: E402
+
+import run_mtm  # noqa: E402
+from modeling_trajfm import DataCollatorWithTrajectoryPadding  # noqa: E402
+from tokenization_trajfm import UserSplit  # noqa: E402
+
+TINY = [
+    "--synthetic_users", "60", "--synthetic_days", "14",
+    "--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--intermediate_size", "64",
+    "--vocab_size", "100", "--max_seq_length", "64",
+    "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
+    "--learning_rate", "3e-3", "--disable_tqdm", "true", "--use_cpu", "--dataloader_num_workers", "0",
+]
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+TORCHRUN = str(TORCHRUN) if TORCHRUN.exists() else shutil.which("torchrun")
+
+
+def _args(out: Path, *extra: str) -> list[str]:
+    return [*TINY, "--output_dir", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def basic_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mtm") / "out"
+    result = run_mtm.main(_args(out, "--max_steps", "12", "--eval_steps", "6", "--save_steps", "6",
+                                "--logging_steps", "2"))
+    return out, result
+
+
+def test_metrics_and_outputs(basic_run):
+    out, result = basic_run
+    metrics = json.loads((out / "all_results.json").read_text())
+    assert 1 < metrics["eval_perplexity"] < float("inf")
+    assert abs(metrics["eval_perplexity"] - torch.tensor(metrics["eval_loss"]).exp().item()) < 1e-3
+    assert 1 < metrics["init_eval_perplexity"] < float("inf")  # step-0 (random init) perplexity
+    top1, top5 = metrics["eval_hexagon_acc_top1"], metrics["eval_hexagon_acc_top5"]
+    assert 0 <= top1 <= top5 <= 1
+    state = json.loads((out / "trainer_state.json").read_text())
+    evals = [e for e in state["log_history"] if "eval_perplexity" in e]
+    assert evals[0]["step"] == 0 and len(evals) >= 3  # step 0, 6, 12
+    for name in ("training_curves.png", "README.md", "trajfm_split.json", "trajfm_pretraining.json",
+                 "config.json", "model.safetensors", "tokenizer_config.json", "vocab.json", "training_args.bin",
+                 "configuration_trajbert.py", "modeling_trajbert.py", "tokenization_trajfm.py"):
+        assert (out / name).is_file(), name
+    assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = (out / "README.md").read_text()
+    assert "model-index" in card and "perplexity" in card and f"{metrics['eval_perplexity']:.4g}" in card
+    auto_map = json.loads((out / "config.json").read_text())["auto_map"]
+    assert {"AutoConfig", "AutoModel", "AutoModelForMaskedLM", "AutoModelForSequenceClassification",
+            "AutoTokenizer"} <= set(auto_map)
+
+
+def test_checkpoint_reloads_identically(basic_run):
+    out, result = basic_run
+    model = AutoModelForMaskedLM.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.get_vocab() == result.tokenizer.get_vocab()
+    validation = result.datasets["validation"]
+    features = [validation[i] for i in range(min(8, len(validation)))]
+    batch = DataCollatorWithTrajectoryPadding(tokenizer)(features)
+    batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids", "hexagon_ids",
+                                                     "level_ids", "hour_ids", "gap_ids")}
+    with torch.no_grad():
+        expected = result.model.eval()(**batch).logits
+        got = model(**batch).logits
+    torch.testing.assert_close(got, expected)
+    # The tokenizer from the folder encodes like the in-memory one.
+    cells = [[int(c) for c in tokenizer.decode_cells(features[0]["input_ids"], as_int=True)]]
+    assert tokenizer(cells=cells)["input_ids"] == result.tokenizer(cells=cells)["input_ids"]
+
+
+def test_user_split(basic_run):
+    out, result = basic_run
+    split = UserSplit.load(out)
+    assert split is not None and split.heldout_users == result.split["heldout"]
+    heldout = set(split.heldout_users)
+    train_users = set(result.datasets["train"]["user_id"])
+    validation_users = set(result.datasets["validation"]["user_id"])
+    assert heldout and train_users and validation_users
+    assert not heldout & train_users and not heldout & validation_users
+    assert not train_users & validation_users
+    info = json.loads((out / "trajfm_pretraining.json").read_text())
+    assert set(info["validation_users"]) == validation_users
+
+
+class _CrashAfterSave(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_kill_and_resume_matches_uninterrupted(tmp_path):
+    common = ("--max_steps", "12", "--save_steps", "6", "--eval_steps", "6", "--logging_steps", "1")
+    full = run_mtm.main(_args(tmp_path / "full", *common))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_mtm.main(_args(tmp_path / "crashed", *common), callbacks=[_CrashAfterSave(6)])
+    assert (tmp_path / "crashed" / "checkpoint-6").is_dir()
+    assert not (tmp_path / "crashed" / "checkpoint-12").exists()
+    resumed = run_mtm.main(_args(tmp_path / "crashed", *common))  # finds checkpoint-6 by itself
+    state_full = json.loads((tmp_path / "full" / "trainer_state.json").read_text())
+    state_resumed = json.loads((tmp_path / "crashed" / "trainer_state.json").read_text())
+    assert state_full["global_step"] == state_resumed["global_step"] == 12
+
+    def last_loss(state):
+        return [e["loss"] for e in state["log_history"] if "loss" in e and e["step"] == 12][-1]
+
+    assert abs(last_loss(state_resumed) - last_loss(state_full)) <= 0.01 * last_loss(state_full)
+    assert abs(resumed.metrics["eval_loss"] - full.metrics["eval_loss"]) <= 0.01 * full.metrics["eval_loss"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed")
+def test_torchrun_two_processes_same_format(basic_run, tmp_path):
+    single, _ = basic_run
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [TORCHRUN, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           str(ROOT / "run_mtm.py"), *_args(out, "--max_steps", "4", "--eval_steps", "2", "--save_steps", "2",
+                                           "--ddp_find_unused_parameters", "false")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    def files(folder: Path) -> set[str]:
+        return {p.name for p in folder.iterdir() if p.is_file()}
+
+    assert files(out) == files(single)
+    config_single = json.loads((single / "config.json").read_text())
+    config_ddp = json.loads((out / "config.json").read_text())
+    assert set(config_ddp) == set(config_single)
+    metrics = json.loads((out / "all_results.json").read_text())
+    assert set(metrics) == set(json.loads((single / "all_results.json").read_text()))
+    AutoModelForMaskedLM.from_pretrained(out)
+    AutoTokenizer.from_pretrained(out)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--data", "x.csv", "--reader", "nope"], "Unknown --reader 'nope'"),
+        (["--data", "/nonexistent/checkins.csv"], "no such file"),
+        (["--mlm_probability", "1.5"], "--mlm_probability must be in (0, 1)"),
+        (["--mlm_probability", "0"], "--mlm_probability must be in (0, 1)"),
+        (["--mask_replace_prob", "0.8", "--random_replace_prob", "0.3"], "must be <= 1"),
+        (["--max_seq_length", "8"], "--max_seq_length >= 12"),
+        (["--streaming"], "--max_steps"),
+        (["--push_to_hub", "--hub_model_id", "user/x"], "offline mode"),
+    ],
+)
+def test_bad_arguments_fail_at_startup(tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if "x.csv" in extra:
+        (tmp_path / "x.csv").write_text("user_id,latitude,longitude,timestamp\n")
+        extra = [str(tmp_path / "x.csv") if e == "x.csv" else e for e in extra]
+    with pytest.raises(SystemExit) as exit_info:
+        run_mtm.main(_args(tmp_path / "out", *extra))
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing was trained or written
