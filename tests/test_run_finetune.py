@@ -1,0 +1,279 @@
+"""run_finetune.py end to end on a tiny synthetic corpus and a tiny (untrained) checkpoint.
+
+The checkpoint is built the way run_mtm.py leaves one (model + tokenizer + trajfm_split.json), without training:
+a TrajTokenizer trained on the pre-training users only and a tiny TrajBertForMaskedTrajectoryModeling.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test must never reach the network
+
+import run_finetune  # noqa: E402
+from modeling_trajfm import (  # noqa: E402
+    TrajBertConfig,
+    TrajBertForHexagonPrediction,
+    TrajBertForMaskedTrajectoryModeling,
+    set_auto_map,
+)
+from tokenization_trajfm import (  # noqa: E402
+    SegmentationConfig,
+    TrajTokenizer,
+    UserSplit,
+    build_trajectories,
+    load_checkins,
+    select_users,
+    split_users,
+)
+
+SYNTHETIC = dict(synthetic_users=36, synthetic_days=21, synthetic_seed=3)
+DATA_ARGS = ["--synthetic_users", "36", "--synthetic_days", "21", "--synthetic_seed", "3", "--max_gap_minutes", "360"]
+TINY_TRAINING = ["--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--max_steps", "3",
+                 "--logging_steps", "1", "--max_seq_length", "64", "--max_input_visits", "16",
+                 "--max_segment_visits", "6", "--use_cpu", "--disable_tqdm", "true", "--dataloader_num_workers", "0"]
+
+
+def make_tiny_checkpoint(folder) -> dict:
+    """model + tokenizer + trajfm_split.json, as run_mtm.py leaves them, without training."""
+    checkins = load_checkins(None, **_synthetic_kwargs())
+    users = checkins.column("user_id").unique().to_pylist()
+    pretrain_users, heldout = split_users(users, 0.5, seed=0)
+    table, _ = build_trajectories(select_users(checkins, pretrain_users), 8, 10.0,
+                                  SegmentationConfig(max_gap_minutes=360))
+    tokenizer = TrajTokenizer.train(table, vocab_size=120, model_max_length=64)
+    config = TrajBertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=64, use_hexagon_embeddings=True,
+                            use_level_embeddings=True, use_time_embeddings=True)
+    torch.manual_seed(0)
+    model = TrajBertForMaskedTrajectoryModeling(config)
+    set_auto_map(model.config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    UserSplit(seed=0, heldout_fraction=0.5, heldout_users=heldout).save(folder)
+    return {"path": folder, "heldout": heldout, "pretrain": pretrain_users}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+def _run(checkpoint, out, *extra):
+    argv = ["--model_name_or_path", str(checkpoint["path"]), "--output_dir", str(out), *DATA_ARGS, *TINY_TRAINING,
+            *extra]
+    return run_finetune.main(argv)
+
+
+def _read(path):
+    return json.loads(path.read_text())
+
+
+def _in_unit(value):
+    return isinstance(value, float) and 0.0 <= value <= 1.0
+
+
+@pytest.mark.parametrize(
+    "task, form, keys",
+    [
+        ("next_subtrajectory", "linking", ["test_f1", "test_accuracy", "test_f1_same_user_negatives",
+                                           "test_f1_other_user_negatives"]),
+        ("user_association", "linking", ["test_accuracy@1", "test_accuracy@5", "test_macro_f1", "test_mrr"]),
+        ("user_association", "binary", ["test_f1", "test_accuracy"]),
+    ],
+)
+def test_classification_tasks(checkpoint, tmp_path, task, form, keys):
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "run"
+    _run(checkpoint, out, "--task", task, "--association_form", form)
+    results = _read(out / "all_results.json")
+    for key in keys:
+        assert _in_unit(results[key]), (key, results)
+    assert results["test_samples"] > 0 and "train_loss" in results
+    assert (out / "README.md").read_text().count("model-index") == 1
+    assert (out / "task_report.json").is_file() and (out / "task_data.json").is_file()
+
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    report = _read(out / "task_report.json")
+    n_labels = 2 if report["task"].endswith(("binary", "subtrajectory")) else report["split"]["num_users"]
+    assert model.config.num_labels == n_labels
+    tokenizer = TrajTokenizer.from_pretrained(out)
+    batch = tokenizer(cells=[_some_cells(checkpoint)], return_tensors="pt")
+    again = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, again(**batch).logits)
+
+
+def _synthetic_kwargs():
+    return dict(synthetic_users=SYNTHETIC["synthetic_users"], synthetic_days=SYNTHETIC["synthetic_days"],
+                seed=SYNTHETIC["synthetic_seed"])
+
+
+def _some_cells(checkpoint):
+    checkins = load_checkins(None, **_synthetic_kwargs())
+    table, _ = build_trajectories(select_users(checkins, checkpoint["heldout"][:2]), 8, 10.0,
+                                  SegmentationConfig(max_gap_minutes=360))
+    return table.column("cells").to_pylist()[0][:10]
+
+
+def test_destination(checkpoint, tmp_path):
+    out = tmp_path / "dest"
+    _run(checkpoint, out, "--task", "destination", "--prefix_fraction", "0.25")
+    results = _read(out / "all_results.json")
+    for key in ("test_accuracy@1", "test_accuracy@5", "test_mrr", "test_macro_f1"):
+        assert _in_unit(results[key]), (key, results)
+    assert results["test_accuracy@1"] <= results["test_accuracy@5"]
+    assert results["test_distance_km_mean"] >= 0 and results["test_distance_km_median"] >= 0
+    info = _read(out / "task_report.json")["split"]
+    assert info["num_candidates"] >= 2 and 0 <= info["test_destinations_not_in_candidates"] <= info["test_examples"]
+
+    model = TrajBertForHexagonPrediction.from_pretrained(out).eval()
+    assert len(model.config.hexagon_candidates) == info["num_candidates"] == model.num_labels
+    tokenizer = TrajTokenizer.from_pretrained(out)
+    batch = tokenizer(cells=[_some_cells(checkpoint)], return_tensors="pt")
+    again = TrajBertForHexagonPrediction.from_pretrained(out).eval()
+    with torch.no_grad():
+        logits = model(**batch).logits
+        torch.testing.assert_close(logits, again(**batch).logits)
+    assert logits.shape[-1] == info["num_candidates"]
+
+
+def test_compare_report(checkpoint, tmp_path):
+    out = tmp_path / "cmp"
+    _run(checkpoint, out, "--compare", "--tasks", "user_association")
+    report = _read(out / "compare_report.json")
+    assert set(report["tasks"]) == {"user_association_linking", "user_association_binary"}
+    for entry, t in report["tasks"].items():
+        assert {"pretrained", "random", "baselines"} <= set(t)
+        assert "majority" in t["baselines"]
+        assert ("cell_profile_knn" if entry.endswith("linking") else "cell_profile_similarity") in t["baselines"]
+        assert (out / entry / "pretrained" / "config.json").is_file()
+        assert (out / entry / "random" / "config.json").is_file()
+    # Recompute the documented formula from the JSON.
+    f1 = {init: np.mean([t[init][t["primary_metric"]] for t in report["tasks"].values()])
+          for init in ("pretrained", "random")}
+    expected = 100 * (f1["pretrained"] - f1["random"]) / f1["random"] if f1["random"] else None
+    if expected is None:
+        assert report["avg_f1_improvement_pct"] is None
+    else:
+        assert math.isclose(report["avg_f1_improvement_pct"], expected, rel_tol=1e-9, abs_tol=1e-9)
+    assert (out / "compare_report.md").read_text().startswith("# Fine-tuning")
+    assert (out / "compare_report.png").stat().st_size > 1000
+    # Same data and seeds for both inits: the two runs saw identical splits.
+    pre = _read(out / "user_association_linking" / "pretrained" / "task_report.json")["split"]
+    rand = _read(out / "user_association_linking" / "random" / "task_report.json")["split"]
+    assert pre == rand
+
+
+def test_split_hygiene(checkpoint, tmp_path):
+    """Fine-tuning uses exactly the held-out users; no trajectory is in both train and test."""
+    from tokenization_trajfm import tasks as T
+
+    out = tmp_path / "hyg"
+    out.mkdir()
+    model_args, data_args, training_args = run_finetune.parse_args(
+        ["--model_name_or_path", str(checkpoint["path"]), "--output_dir", str(out), *DATA_ARGS])
+    tokenizer, _ = run_finetune.load_tokenizer_and_config(model_args.model_name_or_path)
+    heldout, _ = run_finetune.resolve_heldout_users(model_args.model_name_or_path, None)
+    assert sorted(heldout) == sorted(checkpoint["heldout"])
+    table, *_ = run_finetune.load_heldout_trajectories(data_args, tokenizer, heldout, str(checkpoint["path"]))
+    records = T.trajectory_records(table)
+    used = {r.user_id for r in records}
+    assert used <= set(heldout) and not used & set(checkpoint["pretrain"])
+    # Exactly the held-out users that have trajectories under these data arguments.
+    checkins = load_checkins(None, **_synthetic_kwargs())
+    full, _ = build_trajectories(checkins, 8, 10.0, SegmentationConfig(max_gap_minutes=360))
+    with_trajectories = set(full.column("user_id").to_pylist())
+    assert used == with_trajectories & set(heldout)
+
+    for entry, builder in run_finetune.BUILDERS.items():
+        task = builder(records, data_args, seed=0)
+        if task.kind == "pair":
+            train = set(task.train["traj_id_a"]) | set(task.train["traj_id_b"])
+            test = set(task.test["traj_id_a"]) | set(task.test["traj_id_b"])
+        else:
+            train, test = set(task.train["traj_id"]), set(task.test["traj_id"])
+        assert train and test and not train & test, entry
+        assert task.info["train_examples"] > 0 and task.info["test_examples"] > 0
+
+
+# ----------------------------------------------------------------------------------------------- bad arguments
+def _fails(checkpoint, tmp_path, match, *extra, model=None):
+    argv = ["--model_name_or_path", str(model or checkpoint["path"]), "--output_dir", str(tmp_path / "bad"),
+            *DATA_ARGS, *TINY_TRAINING, *extra]
+    with pytest.raises(ValueError, match=match):
+        run_finetune.main(argv)
+    assert not (tmp_path / "bad" / "all_results.json").exists()
+
+
+def test_unknown_task(checkpoint, tmp_path):
+    _fails(checkpoint, tmp_path, "Unknown task 'trip_purpose'", "--task", "trip_purpose")
+    _fails(checkpoint, tmp_path, "Unknown task 'nope'", "--compare", "--tasks", "destination", "nope")
+
+
+def test_prefix_fraction_out_of_range(checkpoint, tmp_path):
+    for value in ("0", "1", "1.5"):
+        _fails(checkpoint, tmp_path, r"--prefix_fraction must be in \(0, 1\)", "--task", "destination",
+               "--prefix_fraction", value)
+
+
+def test_too_many_users(checkpoint, tmp_path):
+    _fails(checkpoint, tmp_path, "lower --num_users", "--task", "user_association", "--num_users", "500")
+
+
+def test_missing_tokenizer(checkpoint, tmp_path):
+    bare = tmp_path / "no_tokenizer"
+    shutil.copytree(checkpoint["path"], bare)
+    for name in ("vocab.json", "tokenizer_config.json"):
+        (bare / name).unlink()
+    _fails(checkpoint, tmp_path, "no compatible tokenizer", "--task", "destination", model=bare)
+
+
+def test_incompatible_tokenizer(checkpoint, tmp_path):
+    small = tmp_path / "small_vocab"
+    shutil.copytree(checkpoint["path"], small)
+    config = json.loads((small / "config.json").read_text())
+    config["vocab_size"] = 40
+    (small / "config.json").write_text(json.dumps(config))
+    _fails(checkpoint, tmp_path, "incompatible", "--task", "destination", model=small)
+
+
+def test_missing_split_file(checkpoint, tmp_path):
+    no_split = tmp_path / "no_split"
+    shutil.copytree(checkpoint["path"], no_split)
+    (no_split / "trajfm_split.json").unlink()
+    _fails(checkpoint, tmp_path, "--heldout_users", "--task", "destination", model=no_split)
+
+
+def test_data_arguments_mirror_run_mtm():
+    """The data arguments must keep run_mtm.py's names and defaults, or the held-out users' data would differ."""
+    import dataclasses
+
+    import run_mtm
+
+    mtm = {f.name: f for f in dataclasses.fields(run_mtm.DataTrainingArguments)}
+    ours = {f.name: f for f in dataclasses.fields(run_finetune.DataArguments)}
+    for name in run_finetune.MTM_DATA_FIELDS:
+        assert name in mtm and name in ours, name
+        assert ours[name].default == mtm[name].default, name
+
+
+def test_data_arguments_default_to_the_checkpoint(checkpoint, tmp_path):
+    """Arguments not given are taken from run_mtm.py's trajfm_pretraining.json; given ones win."""
+    folder = tmp_path / "recorded"
+    shutil.copytree(checkpoint["path"], folder)
+    (folder / run_finetune.PRETRAINING_FILE).write_text(json.dumps({"data_arguments": {
+        "synthetic_users": 36, "synthetic_days": 21, "synthetic_seed": 3, "max_gap_minutes": 360, "min_points": 7}}))
+    _, data_args, _ = run_finetune.parse_args(["--model_name_or_path", str(folder), "--min_points", "9"])
+    values, origin = run_finetune.pretraining_data_arguments(str(folder), data_args)
+    assert values["synthetic_users"] == 36 and origin["synthetic_users"] == "checkpoint"
+    assert values["min_points"] == 9 and origin["min_points"] == "argument"
+    assert values["min_cells"] == 3 and origin["min_cells"] == "default"

@@ -1,0 +1,211 @@
+"""Task construction (tokenization_trajfm.tasks), baselines and task metrics on hand-made data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from modeling_trajfm.task_metrics import (
+    accuracy_at_k,
+    binary_f1,
+    distance_errors_km,
+    macro_f1,
+    mean_reciprocal_rank,
+    ranking_metrics,
+)
+from tokenization_trajfm import baselines as bl
+from tokenization_trajfm import tasks as T
+
+
+def _records(n_users=4, per_user=3, length=10, seed=0):
+    """Every user has its own cell range, so any visit says whose trajectory it is; cells are distinct per visit."""
+    records = []
+    traj_id = 0
+    for u in range(n_users):
+        for k in range(per_user):
+            cells = np.arange(length, dtype=np.uint64) + np.uint64(1000 * u + 100 * k)
+            times = 1_700_000_000 + 600 * np.arange(length, dtype=np.int64) + 86_400 * traj_id
+            records.append(T.Record(f"u{u}", traj_id, cells, times))
+            traj_id += 1
+    return records
+
+
+def _locate(records, cells):
+    """(traj_id, start) of the visit window equal to `cells`."""
+    for r in records:
+        for start in range(len(r) - len(cells) + 1):
+            if np.array_equal(r.cells[start : start + len(cells)], cells):
+                return r.traj_id, start
+    raise AssertionError("window not found")
+
+
+# ------------------------------------------------------------------------------------------- next sub-trajectory
+def test_next_subtrajectory_positives_follow_and_negatives_do_not():
+    records = _records()
+    pairs = T.next_subtrajectory_pairs(records, seed=1, min_segment_visits=2, max_segment_visits=4)
+    by_id = {r.traj_id: r for r in records}
+    n = len(pairs["label"])
+    assert n == 2 * len(records)  # one positive and one negative per trajectory
+    assert sum(pairs["label"]) == n // 2
+    for i in range(n):
+        a, b = np.asarray(pairs["cells_a"][i], np.uint64), np.asarray(pairs["cells_b"][i], np.uint64)
+        assert 2 <= len(a) <= 4 and 2 <= len(b) <= 4
+        traj_a, a_start = _locate(records, a)
+        assert traj_a == pairs["traj_id_a"][i] and a_start == pairs["a_start"][i]
+        a_end = a_start + len(a)
+        traj_b, b_start = pairs["traj_id_b"][i], pairs["b_start"][i]
+        assert np.array_equal(by_id[traj_b].cells[b_start : b_start + len(b)], b)
+        assert pairs["timestamps_b"][i] == by_id[traj_b].timestamps[b_start : b_start + len(b)].tolist()
+        follows = traj_b == traj_a and b_start == a_end
+        if pairs["label"][i] == 1:
+            assert follows and pairs["pair_kind"][i] == "positive"
+        else:
+            assert not follows
+            kind = pairs["pair_kind"][i]
+            same_user = pairs["user_id_b"][i] == pairs["user_id_a"][i]
+            assert kind == ("same_user" if same_user else "other_user")
+            assert pairs["difficulty"][i] == kind
+    kinds = T.class_balance(pairs["pair_kind"])
+    assert kinds["same_user"] > 0 and kinds["other_user"] > 0
+    assert abs(kinds["same_user"] - kinds["other_user"]) <= 1
+    # Each difficulty subset is balanced: one positive per negative.
+    for kind in ("same_user", "other_user"):
+        labels = [lab for lab, d in zip(pairs["label"], pairs["difficulty"]) if d == kind]
+        assert sum(labels) * 2 == len(labels)
+
+
+def test_next_subtrajectory_same_user_fallback_and_determinism():
+    # One trajectory per user: hard negatives come from another place of the same trajectory.
+    records = _records(n_users=3, per_user=1, length=12)
+    pairs = T.next_subtrajectory_pairs(records, seed=0)
+    for i, kind in enumerate(pairs["pair_kind"]):
+        if kind == "same_user":
+            assert pairs["traj_id_b"][i] == pairs["traj_id_a"][i]
+            assert pairs["b_start"][i] != pairs["a_start"][i] + len(pairs["cells_a"][i])
+    assert pairs == T.next_subtrajectory_pairs(records, seed=0)
+    assert pairs != T.next_subtrajectory_pairs(records, seed=5)
+
+
+# ------------------------------------------------------------------------------------------------ destination
+@pytest.mark.parametrize("length, fraction, expected", [(20, 0.25, 5), (10, 0.25, 2), (3, 0.25, 1), (2, 0.9, 1),
+                                                        (8, 0.5, 4)])
+def test_destination_prefix_and_label(length, fraction, expected):
+    records = _records(n_users=1, per_user=1, length=length)
+    out = T.destination_examples(records, fraction)
+    assert out["destination"] == [int(records[0].cells[-1])]
+    assert out["cells"] == [records[0].cells[:expected].tolist()]
+    assert out["timestamps"] == [records[0].timestamps[:expected].tolist()]
+    assert T.prefix_length(length, fraction) == expected
+
+
+def test_destination_candidates_and_unseen_labels():
+    candidates = T.destination_candidates([5, 3, 5, 9])
+    assert candidates == [3, 5, 9]
+    assert T.label_indices([9, 4, 3], candidates) == [2, T.IGNORE_INDEX, 0]
+    with pytest.raises(ValueError, match=r"prefix_fraction must be in \(0, 1\)"):
+        T.prefix_length(10, 1.0)
+
+
+# ------------------------------------------------------------------------------------------------ user association
+def test_linking_classes_are_users():
+    records = _records(n_users=5, per_user=3)
+    records += [T.Record("rare", 99, np.arange(5, dtype=np.uint64), np.arange(5, dtype=np.int64))]
+    users = T.linking_users(records, num_users=None, min_trajectories=2)
+    assert users == ["u0", "u1", "u2", "u3", "u4"]  # "rare" has one trajectory
+    examples = T.linking_examples(records, users)
+    assert [users[label] for label in examples["label"]] == examples["user_id"]
+    assert T.linking_users(records, num_users=3) == ["u0", "u1", "u2"]  # most trajectories, ties by id
+    with pytest.raises(ValueError, match="lower --num_users"):
+        T.linking_users(records, num_users=6)
+    train, test = T.split_trajectories_by_user([r for r in records if r.user_id in users], 0.34, seed=0)
+    assert not set(train) & set(test)
+    by_id = {r.traj_id: r.user_id for r in records}
+    assert {by_id[i] for i in train} == {by_id[i] for i in test} == set(users)
+
+
+def test_user_pairs_balanced_and_labelled():
+    records = _records(n_users=4, per_user=3)
+    pairs = T.user_pairs(records, seed=0)
+    assert len(pairs["label"]) == 2 * len(records) and sum(pairs["label"]) == len(records)
+    for a, b, ua, ub, label in zip(pairs["traj_id_a"], pairs["traj_id_b"], pairs["user_id_a"], pairs["user_id_b"],
+                                   pairs["label"]):
+        assert a != b
+        assert label == int(ua == ub)
+
+
+def test_split_trajectories_disjoint_and_seeded():
+    train, test = T.split_trajectories(range(50), 0.2, seed=3)
+    assert len(test) == 10 and not set(train) & set(test) and set(train) | set(test) == set(range(50))
+    assert (train, test) == T.split_trajectories(range(50), 0.2, seed=3)
+    assert test != T.split_trajectories(range(50), 0.2, seed=4)[1]
+
+
+# ---------------------------------------------------------------------------------------------------- baselines
+def test_markov_predicts_the_obvious_transition():
+    train = [[1, 2, 3], [1, 2, 3], [4, 5, 3], [7, 8, 9]]
+    destinations = [3, 3, 3, 9]
+    candidates = [3, 9]
+    scores = bl.MarkovDestination(candidates).fit(train, destinations).scores([[7, 8], [1, 2], [6]])
+    assert scores[0].argmax() == 1  # 8 -> 9
+    assert scores[1].argmax() == 0  # 2 -> 3
+    assert scores[2].argmax() == 0  # unseen 6: back off to popularity (3 is the most common destination)
+
+
+def test_user_most_frequent_cell():
+    model = bl.UserFrequentCell([10, 20, 30]).fit(["a", "b"], [[10, 10, 20], [30, 30]], [20, 30])
+    assert model.scores(["a", "b", "stranger"]).argmax(axis=1).tolist() == [0, 2, 1]
+
+
+def test_knn_identifies_user_by_unique_cell():
+    users = ["alice", "bob", "carol"]
+    train_users = ["alice", "bob", "carol", "alice"]
+    train_cells = [[1, 2, 3, 100], [1, 2, 3, 200], [1, 2, 3, 300], [2, 3, 1]]
+    knn = bl.CellProfileKNN(users).fit(train_users, train_cells)
+    scores = knn.scores([[1, 2, 200], [300, 3], [3, 100, 2, 1]])
+    assert scores.argmax(axis=1).tolist() == [1, 2, 0]
+
+
+def test_pair_similarity_threshold():
+    docs = [[1, 2], [3, 4], [5, 6]]
+    a = [[1, 2], [1, 2], [3, 4], [3, 4]]
+    b = [[1, 2, 9], [5, 6], [3, 4], [1, 2]]
+    labels = [1, 0, 1, 0]
+    model = bl.PairSimilarityThreshold().fit(docs, a, b, labels)
+    assert model.predict(a, b).tolist() == labels
+    assert bl.majority_label([0, 1, 1]) == 1 and bl.majority_label([0, 1]) == 0
+
+
+# ------------------------------------------------------------------------------------------------------ metrics
+def test_ranking_metrics():
+    scores = np.array([[0.9, 0.1, 0.0], [0.1, 0.2, 0.7], [0.3, 0.3, 0.4], [0.5, 0.4, 0.1]])
+    labels = np.array([0, 1, 2, -100])
+    acc = accuracy_at_k(scores, labels, ks=(1, 2))
+    assert acc == {"accuracy@1": 0.5, "accuracy@2": 0.75}  # the unknown label counts as wrong
+    assert math.isclose(mean_reciprocal_rank(scores, labels), (1 + 0.5 + 1 + 0) / 4)
+    # Ties count against the true class: a constant scorer ranks the truth last.
+    assert accuracy_at_k(np.zeros((2, 3)), np.array([0, 1]), ks=(1,))["accuracy@1"] == 0.0
+    out = ranking_metrics(scores, labels, class_values=np.array([10, 11, 12]), true_values=np.array([10, 11, 12, 99]))
+    assert set(out) == {"accuracy@1", "accuracy@5", "mrr", "macro_f1"}
+
+
+def test_f1_metrics():
+    assert binary_f1([1, 1, 0, 0], [1, 0, 1, 0]) == 0.5
+    assert binary_f1([0, 0], [0, 0]) == 0.0
+    # classes a (F1 1), b (precision 1/2, recall 1 -> 2/3), c (never predicted -> 0)
+    assert math.isclose(macro_f1(["a", "b", "b"], ["a", "b", "c"]), (1 + 2 / 3 + 0) / 3)
+    d = distance_errors_km(np.array([[0.0, 0.0], [0.0, 1.0]]), np.array([[0.0, 0.0], [0.0, 0.0]]))
+    assert d["distance_km_median"] == pytest.approx(111.195 / 2, rel=1e-3)
+    assert d["distance_km_mean"] == pytest.approx(111.195 / 2, rel=1e-3)
+
+
+def test_several_pairs_per_trajectory():
+    records = _records(n_users=3, per_user=2, length=12)
+    pairs = T.next_subtrajectory_pairs(records, seed=0, pairs_per_trajectory=3)
+    assert len(pairs["label"]) == 2 * 3 * len(records) and sum(pairs["label"]) == 3 * len(records)
+    cuts = [(a, s + len(c)) for a, s, c, lab in zip(pairs["traj_id_a"], pairs["a_start"], pairs["cells_a"],
+                                                    pairs["label"]) if lab]
+    assert len(set(cuts)) == len(cuts)  # distinct cut points
+    user = T.user_pairs(records, seed=0, pairs_per_trajectory=2)
+    assert len(user["label"]) == 4 * len(records) and sum(user["label"]) == 2 * len(records)
