@@ -93,7 +93,7 @@ from modeling_trajfm.metrics import compute_mtm_metrics, perplexity, preprocess_
 from modeling_trajfm.plotting import plot_training_curves  # noqa: E402
 from tokenization_trajfm import READERS, SegmentationConfig, TrajTokenizer, UserSplit  # noqa: E402
 from tokenization_trajfm.corpus import SPLIT_FILE, load_checkins, split_users, trajectories_with_report  # noqa: E402
-from tokenization_trajfm.subhash import SPELLINGS, hex_width  # noqa: E402
+from tokenization_trajfm.subhash import SPELLINGS, max_cell_tokens  # noqa: E402
 
 logger = logging.getLogger("run_mtm")
 
@@ -324,11 +324,6 @@ def parse_arguments(argv: list[str] | None = None):
     except ValueError as error:
         parser.error(str(error))
     return model_args, data_args, training_args
-
-
-def max_cell_tokens(resolution: int, spelling: str) -> int:
-    """Most sub-tokens one cell can take (every character its own piece), whatever the vocabulary."""
-    return hex_width(resolution) if spelling == "hex" else resolution + 1
 
 
 def check_arguments(model_args: ModelArguments, data_args: DataTrainingArguments, args: TrainingArguments) -> None:

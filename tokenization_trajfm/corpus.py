@@ -41,18 +41,26 @@ def load_checkins(
     return read_checkins(data, reader=reader, **mapping)
 
 
-def split_users(users: Iterable[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded split of distinct users into (rest, held out) with `fraction` of them held out (at least one)."""
+def seeded_split(items: Iterable, fraction: float, seed: int, what: str = "items") -> tuple[list, list]:
+    """Seeded split of distinct `items` into (rest, held out), `fraction` of them (at least one each side) held out.
+
+    A seeded permutation of the sorted distinct items: the same items and seed always give the same split.
+    """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"The held-out user fraction must be in (0, 1), got {fraction}.")
-    distinct = sorted(set(users))
+        raise ValueError(f"The held-out fraction of {what} must be in (0, 1), got {fraction}.")
+    distinct = sorted(set(items))
     if len(distinct) < 2:
-        raise ValueError(f"Need at least 2 users to split, got {len(distinct)}.")
+        raise ValueError(f"Need at least 2 {what} to split, got {len(distinct)}.")
     order = np.random.default_rng(seed).permutation(len(distinct))
     n_held = min(max(1, round(fraction * len(distinct))), len(distinct) - 1)
     held = sorted(distinct[i] for i in order[:n_held])
     held_set = set(held)
-    return [u for u in distinct if u not in held_set], held
+    return [item for item in distinct if item not in held_set], held
+
+
+def split_users(users: Iterable[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded split of distinct users into (rest, held out) with `fraction` of them held out (at least one)."""
+    return seeded_split(users, fraction, seed, "users")
 
 
 def select_users(table: pa.Table, users: Iterable[str]) -> pa.Table:

@@ -44,6 +44,11 @@ def hex_width(resolution: int) -> int:
     return -(-(_STRING_HEADER_BITS + 3 * resolution) // 4)
 
 
+def max_cell_tokens(resolution: int, spelling: str) -> int:
+    """Most sub-tokens one cell can take (every character its own piece), whatever the vocabulary."""
+    return hex_width(resolution) if check_spelling(spelling) == "hex" else resolution + 1
+
+
 def alphabet(spelling: str) -> tuple[list[str], list[str]]:
     """(initial characters, continuation characters) a word of this spelling can contain."""
     if check_spelling(spelling) == "hex":
@@ -164,7 +169,7 @@ class CellEncoder:
     def __init__(self, vocab: dict[str, int], resolution: int, spelling: str):
         self.resolution = resolution
         self.spelling = spelling
-        self.width = hex_width(resolution) if spelling == "hex" else resolution + 1
+        self.width = max_cell_tokens(resolution, spelling)
         initial, continuation = alphabet(spelling)
         codes = {ch: i for i, ch in enumerate(initial)}, {ch: i for i, ch in enumerate(continuation)}
         pieces: dict[tuple[bool, int], list[tuple[int, int]]] = {}
@@ -224,10 +229,6 @@ class CellEncoder:
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows, minlength=n), out=offsets[1:])
         return ids[order], offsets
-
-    def max_cell_tokens(self) -> int:
-        """Most tokens one cell can take: every character its own piece."""
-        return hex_width(self.resolution) if self.spelling == "hex" else self.resolution + 1
 
     def split_points(self, cells: np.ndarray, budget: int) -> list[int]:
         """Start indices of consecutive runs of whole cells of at most `budget` tokens each."""

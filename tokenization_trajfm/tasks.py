@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .corpus import seeded_split
+
 IGNORE_INDEX = -100
 TASKS = ("next_subtrajectory", "destination", "user_association")
 ASSOCIATION_FORMS = ("binary", "linking")
@@ -73,18 +75,12 @@ def _check_fraction(test_fraction: float) -> None:
 def split_trajectories(traj_ids: Iterable[int], test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Seeded split of distinct trajectory ids into (train, test), `test_fraction` of them (at least one) in test."""
     _check_fraction(test_fraction)
-    ids = sorted(set(int(i) for i in traj_ids))
-    if len(ids) < 2:
-        raise ValueError(f"Need at least 2 trajectories to split into train and test, got {len(ids)}.")
-    order = np.random.default_rng(seed).permutation(len(ids))
-    n_test = min(max(1, round(test_fraction * len(ids))), len(ids) - 1)
-    test = sorted(ids[i] for i in order[:n_test])
-    test_set = set(test)
-    return [i for i in ids if i not in test_set], test
+    return seeded_split((int(i) for i in traj_ids), test_fraction, seed, "trajectories")
 
 
-def split_trajectories_by_user(records: Sequence[Record], test_fraction: float,
-                               seed: int) -> tuple[list[int], list[int]]:
+def split_trajectories_by_user(
+    records: Sequence[Record], test_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
     """Per-user (stratified) seeded split: each user with >= 2 trajectories has at least one on each side."""
     _check_fraction(test_fraction)
     by_user: dict[str, list[int]] = defaultdict(list)
@@ -110,8 +106,17 @@ def select(records: Sequence[Record], traj_ids: Iterable[int]) -> list[Record]:
 
 
 # ----------------------------------------------------------------------------------------- next sub-trajectory
-PAIR_COLUMNS = ("cells_a", "timestamps_a", "cells_b", "timestamps_b", "label", "traj_id_a", "traj_id_b",
-                "user_id_a", "user_id_b")
+PAIR_COLUMNS = (
+    "cells_a",
+    "timestamps_a",
+    "cells_b",
+    "timestamps_b",
+    "label",
+    "traj_id_a",
+    "traj_id_b",
+    "user_id_a",
+    "user_id_b",
+)
 
 
 def _empty_pairs(*extra: str) -> dict[str, list]:
@@ -132,8 +137,13 @@ def _add_pair(out: dict[str, list], a: Record, a_slice: slice, b: Record, b_slic
         out[key].append(value)
 
 
-def next_subtrajectory_pairs(records: Sequence[Record], seed: int, min_segment_visits: int = 2,
-                             max_segment_visits: int = 16, pairs_per_trajectory: int = 1) -> dict[str, list]:
+def next_subtrajectory_pairs(
+    records: Sequence[Record],
+    seed: int,
+    min_segment_visits: int = 2,
+    max_segment_visits: int = 16,
+    pairs_per_trajectory: int = 1,
+) -> dict[str, list]:
     """Balanced (A, B) pairs of the records of one split; see the module docstring.
 
     Each trajectory is cut at up to `pairs_per_trajectory` distinct positions (one positive and one negative each).
@@ -143,8 +153,9 @@ def next_subtrajectory_pairs(records: Sequence[Record], seed: int, min_segment_v
     (visit offsets in their trajectories).
     """
     if min_segment_visits < 1 or max_segment_visits < min_segment_visits:
-        raise ValueError(f"Need 1 <= min_segment_visits <= max_segment_visits, got {min_segment_visits}, "
-                         f"{max_segment_visits}.")
+        raise ValueError(
+            f"Need 1 <= min_segment_visits <= max_segment_visits, got {min_segment_visits}, {max_segment_visits}."
+        )
     rng = np.random.default_rng(seed)
     out = _empty_pairs("pair_kind", "difficulty", "a_start", "b_start")
     anchors = [r for r in records if len(r) >= 2 * min_segment_visits]
@@ -204,8 +215,18 @@ def next_subtrajectory_pairs(records: Sequence[Record], seed: int, min_segment_v
             continue
         _add_pair(out, r, a, r, b, 1, pair_kind="positive", difficulty=kind, a_start=a.start, b_start=b.start)
         other, other_slice = negative
-        _add_pair(out, r, a, other, other_slice, 0, pair_kind=kind, difficulty=kind, a_start=a.start,
-                  b_start=other_slice.start)
+        _add_pair(
+            out,
+            r,
+            a,
+            other,
+            other_slice,
+            0,
+            pair_kind=kind,
+            difficulty=kind,
+            a_start=a.start,
+            b_start=other_slice.start,
+        )
     return out
 
 
@@ -316,8 +337,10 @@ def class_balance(labels: Iterable, names: Sequence[str] | None = None) -> dict[
     """Count per label (named by `names[label]` when given), sorted by label."""
     counts = Counter(labels)
     return {
-        (str(names[k]) if names is not None and isinstance(k, (int, np.integer)) and 0 <= k < len(names) else str(k)):
-        int(v) for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))
+        (
+            str(names[k]) if names is not None and isinstance(k, (int, np.integer)) and 0 <= k < len(names) else str(k)
+        ): int(v)
+        for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))
     }
 
 

@@ -386,7 +386,7 @@ class TrajTokenizer(PreTrainedTokenizer):
         if overflow not in ("split", "truncate"):
             raise ValueError(f"overflow={overflow!r}: choose 'split' or 'truncate'.")
         max_length = max_length or self.model_max_length
-        longest = self._cell_encoder.max_cell_tokens()
+        longest = self._cell_encoder.width
         if max_length - 2 < longest:
             raise ValueError(
                 f"max_length={max_length} cannot hold one hexagon: the longest cell takes {longest} tokens plus 2 "
