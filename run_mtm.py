@@ -504,8 +504,8 @@ def tokenize(tokenizer, dataset: datasets.Dataset, data_args: DataTrainingArgume
                                           desc=f"Tokenizing {name} trajectories")
     iterable = dataset.to_iterable_dataset(num_shards=max(1, min(64, dataset.num_rows)))
     iterable = iterable.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer_size)
-    # `_encode_table` is what `tokenize_dataset` maps (IterableDataset.map has no num_proc/desc arguments).
-    return iterable.map(tokenizer._encode_table, batched=True, remove_columns=keep,
+    # the batch function `tokenize_dataset` maps; IterableDataset.map has no num_proc/desc arguments
+    return iterable.map(tokenizer.encode_trajectory_batch, batched=True, remove_columns=keep,
                         fn_kwargs={"max_length": data_args.max_seq_length, "split": True})
 
 

@@ -26,11 +26,33 @@ from modeling_trajfm import DataCollatorWithTrajectoryPadding  # noqa: E402
 from tokenization_trajfm import UserSplit  # noqa: E402
 
 TINY = [
-    "--synthetic_users", "60", "--synthetic_days", "14",
-    "--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--intermediate_size", "64",
-    "--vocab_size", "100", "--max_seq_length", "64",
-    "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
-    "--learning_rate", "3e-3", "--disable_tqdm", "true", "--use_cpu", "--dataloader_num_workers", "0",
+    "--synthetic_users",
+    "60",
+    "--synthetic_days",
+    "14",
+    "--hidden_size",
+    "32",
+    "--num_hidden_layers",
+    "1",
+    "--num_attention_heads",
+    "2",
+    "--intermediate_size",
+    "64",
+    "--vocab_size",
+    "100",
+    "--max_seq_length",
+    "64",
+    "--per_device_train_batch_size",
+    "8",
+    "--per_device_eval_batch_size",
+    "16",
+    "--learning_rate",
+    "3e-3",
+    "--disable_tqdm",
+    "true",
+    "--use_cpu",
+    "--dataloader_num_workers",
+    "0",
 ]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 TORCHRUN = str(TORCHRUN) if TORCHRUN.exists() else shutil.which("torchrun")
@@ -43,8 +65,9 @@ def _args(out: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def basic_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("mtm") / "out"
-    result = run_mtm.main(_args(out, "--max_steps", "12", "--eval_steps", "6", "--save_steps", "6",
-                                "--logging_steps", "2"))
+    result = run_mtm.main(
+        _args(out, "--max_steps", "12", "--eval_steps", "6", "--save_steps", "6", "--logging_steps", "2")
+    )
     return out, result
 
 
@@ -59,16 +82,32 @@ def test_metrics_and_outputs(basic_run):
     state = json.loads((out / "trainer_state.json").read_text())
     evals = [e for e in state["log_history"] if "eval_perplexity" in e]
     assert evals[0]["step"] == 0 and len(evals) >= 3  # step 0, 6, 12
-    for name in ("training_curves.png", "README.md", "trajfm_split.json", "trajfm_pretraining.json",
-                 "config.json", "model.safetensors", "tokenizer_config.json", "vocab.json", "training_args.bin",
-                 "configuration_trajbert.py", "modeling_trajbert.py", "tokenization_trajfm.py"):
+    for name in (
+        "training_curves.png",
+        "README.md",
+        "trajfm_split.json",
+        "trajfm_pretraining.json",
+        "config.json",
+        "model.safetensors",
+        "tokenizer_config.json",
+        "vocab.json",
+        "training_args.bin",
+        "configuration_trajbert.py",
+        "modeling_trajbert.py",
+        "tokenization_trajfm.py",
+    ):
         assert (out / name).is_file(), name
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     card = (out / "README.md").read_text()
     assert "model-index" in card and "perplexity" in card and f"{metrics['eval_perplexity']:.4g}" in card
     auto_map = json.loads((out / "config.json").read_text())["auto_map"]
-    assert {"AutoConfig", "AutoModel", "AutoModelForMaskedLM", "AutoModelForSequenceClassification",
-            "AutoTokenizer"} <= set(auto_map)
+    assert {
+        "AutoConfig",
+        "AutoModel",
+        "AutoModelForMaskedLM",
+        "AutoModelForSequenceClassification",
+        "AutoTokenizer",
+    } <= set(auto_map)
 
 
 def test_checkpoint_reloads_identically(basic_run):
@@ -79,8 +118,11 @@ def test_checkpoint_reloads_identically(basic_run):
     validation = result.datasets["validation"]
     features = [validation[i] for i in range(min(8, len(validation)))]
     batch = DataCollatorWithTrajectoryPadding(tokenizer)(features)
-    batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids", "hexagon_ids",
-                                                     "level_ids", "hour_ids", "gap_ids")}
+    batch = {
+        k: v
+        for k, v in batch.items()
+        if k in ("input_ids", "attention_mask", "token_type_ids", "hexagon_ids", "level_ids", "hour_ids", "gap_ids")
+    }
     with torch.no_grad():
         expected = result.model.eval()(**batch).logits
         got = model(**batch).logits
@@ -143,9 +185,19 @@ def test_torchrun_two_processes_same_format(basic_run, tmp_path):
     single, _ = basic_run
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [TORCHRUN, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           str(ROOT / "run_mtm.py"), *_args(out, "--max_steps", "4", "--eval_steps", "2", "--save_steps", "2",
-                                           "--ddp_find_unused_parameters", "false")]
+    cmd = [
+        TORCHRUN,
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(ROOT / "run_mtm.py"),
+        *_args(
+            out, "--max_steps", "4", "--eval_steps", "2", "--save_steps", "2", "--ddp_find_unused_parameters", "false"
+        ),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -185,3 +237,27 @@ def test_bad_arguments_fail_at_startup(tmp_path, monkeypatch, capsys, extra, mes
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing was trained or written
+
+
+def test_streaming_trains_from_an_iterable_dataset(tmp_path):
+    out = tmp_path / "stream"
+    run_mtm.main(
+        _args(
+            out,
+            "--streaming",
+            "--max_steps",
+            "4",
+            "--eval_steps",
+            "4",
+            "--save_steps",
+            "4",
+            "--logging_steps",
+            "2",
+            "--shuffle_buffer_size",
+            "50",
+        )
+    )
+    metrics = json.loads((out / "all_results.json").read_text())
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+    assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
+    assert isinstance(AutoModelForMaskedLM.from_pretrained(out), run_mtm.TrajBertForMaskedTrajectoryModeling)

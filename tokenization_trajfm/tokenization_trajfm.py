@@ -393,7 +393,7 @@ class TrajTokenizer(PreTrainedTokenizer):
                 f"special tokens. Use max_length >= {longest + 2}."
             )
         return dataset.map(
-            self._encode_table,
+            self.encode_trajectory_batch,
             batched=True,
             batch_size=batch_size,
             num_proc=num_proc,
@@ -402,7 +402,11 @@ class TrajTokenizer(PreTrainedTokenizer):
             desc=desc,
         )
 
-    def _encode_table(self, batch: dict[str, list], max_length: int, split: bool) -> dict[str, list]:
+    def encode_trajectory_batch(self, batch: dict[str, list], max_length: int, split: bool = True) -> dict[str, list]:
+        """One `datasets` batch of trajectories (`cells`, `timestamps`, other columns) → unpadded sequences.
+
+        What `tokenize_dataset` maps; also usable with `IterableDataset.map(batched=True)` for streaming corpora.
+        """
         times = batch.get("timestamps") or [None] * len(batch["cells"])
         visits = []
         source = []
