@@ -42,6 +42,8 @@ def test_input_forms_agree(tokenizer):
     assert tokenizer(pa.table({"latitude": lat, "longitude": lon, "timestamp": t})) == as_list
     iso = [(a, b, dt.datetime.fromtimestamp(c, dt.timezone.utc).isoformat()) for a, b, c in points]
     assert tokenizer(iso) == as_list
+    mixed = [points[0][:2] + (iso[0][2],), points[1][:2] + (np.datetime64(points[1][2], "s"),), *points[2:]]
+    assert tokenizer(mixed) == as_list
     cells = [h3.latlng_to_cell(a, b, 8) for a, b, _ in points]
     assert tokenizer(cells=cells, timestamps=t) == as_list
     batch = tokenizer([points, points[:3]])

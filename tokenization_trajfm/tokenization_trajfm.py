@@ -50,6 +50,8 @@ def to_epoch_seconds(values: Any, where: str) -> np.ndarray | None:
     if values is None:
         return None
     array = np.asarray(values)
+    if array.dtype.kind in "US":  # numpy turns a list mixing numbers and strings into strings: keep each as given
+        array = np.array(list(values), dtype=object)
     if array.dtype.kind == "M":
         if np.isnat(array).any():
             raise ValueError(f"{where}: timestamp of point {int(np.flatnonzero(np.isnat(array))[0])} is missing.")
@@ -69,8 +71,10 @@ def to_epoch_seconds(values: Any, where: str) -> np.ndarray | None:
         elif isinstance(value, _dt.datetime):
             value = value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)
             seconds.append(int(value.timestamp()))
-        elif isinstance(value, (int, float)):
+        elif isinstance(value, (int, float, np.integer, np.floating)):
             seconds.append(int(value))
+        elif isinstance(value, np.datetime64):
+            seconds.append(int(value.astype("datetime64[s]").astype(np.int64)))
         else:
             try:
                 parsed = _dt.datetime.fromisoformat(str(value))
