@@ -119,3 +119,13 @@ def test_vectorized_encoder_matches_tokenizers_wordpiece(resolution, spelling, s
         cells_to_words(cells, resolution, spelling), add_special_tokens=False
     )
     assert [flat[offsets[i] : offsets[i + 1]].tolist() for i in range(cells.size)] == [e.ids for e in reference]
+
+
+def test_well_formed_words_that_name_no_cell_are_rejected():
+    with pytest.raises(ValueError, match="not a resolution-8 cell in the hex spelling"):
+        words_to_cells(["a" * hex_width(8)], 8, "hex")
+    pentagon = h3.get_pentagons(8)[0]
+    (word,) = cells_to_words(np.array([pentagon], dtype=np.uint64), 8, "hierarchy")
+    deleted = word[0] + "1" + word[2:]  # digit 1 under a pentagon base cell is the deleted subsequence
+    with pytest.raises(ValueError, match="hierarchy spelling"):
+        words_to_cells([deleted], 8, "hierarchy")

@@ -6,6 +6,7 @@ import datasets
 import h3.api.basic_int as h3
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest
 from transformers import AutoTokenizer
 
@@ -115,9 +116,10 @@ def test_pairs_and_tensors(tokenizer):
     assert (encoded["input_ids"] == tokenizer.sep_token_id).sum(dim=1).tolist() == [2, 2]
 
 
-def test_save_load_round_trips_every_setting(tmp_path, corpus):
+def test_save_load_round_trips_every_setting(tmp_path):
+    corpus_res9, _ = build_trajectories(generate_checkins(n_users=40, days=7, seed=4), resolution=9)
     tokenizer = TrajTokenizer.train(
-        corpus,
+        corpus_res9,
         vocab_size=280,
         spelling="hierarchy",
         resolution=9,
@@ -133,6 +135,21 @@ def test_save_load_round_trips_every_setting(tmp_path, corpus):
     points = walk(30)
     assert loaded(points) == tokenizer(points)
     assert loaded([points, points[:2]], padding=True) == tokenizer([points, points[:2]], padding=True)
+
+
+def test_corpus_at_another_resolution_is_refused(tokenizer, corpus):
+    with pytest.raises(ValueError, match="not H3 cells at resolution 9.*same resolution"):
+        TrajTokenizer.train(corpus, vocab_size=300, resolution=9)
+    with pytest.raises(ValueError, match="trajectory 0.*resolution 8"):
+        tokenizer.encode_trajectory_batch({"cells": [[h3.latlng_to_cell(40.0, -74.0, 9)]]}, max_length=32)
+
+
+def test_training_honours_dataset_filters(corpus):
+    dataset = datasets.Dataset(corpus)
+    first_user = corpus["user_id"][0].as_py()
+    only_first = dataset.filter(lambda row: row["user_id"] == first_user)
+    direct = TrajTokenizer.train(corpus.filter(pa.compute.equal(corpus["user_id"], first_user)), vocab_size=300)
+    assert TrajTokenizer.train(only_first, vocab_size=300).vocab == direct.vocab
 
 
 def test_tokenize_dataset_matches_call_and_loses_nothing(tokenizer, corpus):

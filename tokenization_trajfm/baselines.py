@@ -25,20 +25,20 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 
-def majority_label(train_labels: Iterable[int]) -> int:
-    """Most frequent label (the smallest one on ties); -100 labels are ignored."""
-    counts = Counter(int(x) for x in train_labels if int(x) >= 0)
-    if not counts:
-        raise ValueError("No training labels to take a majority of.")
-    return min(counts, key=lambda k: (-counts[k], k))
-
-
 def majority_scores(train_labels: Iterable[int], n_examples: int, n_classes: int) -> np.ndarray:
-    """Score matrix ranking classes by training frequency, identical for every example."""
+    """Score matrix ranking classes by training frequency, identical for every example; -100 labels are ignored."""
     counts = Counter(int(x) for x in train_labels if int(x) >= 0)
     row = np.array([counts.get(k, 0) for k in range(n_classes)], dtype=np.float64)
-    row -= np.arange(n_classes) * 1e-9  # smallest label wins ties, as in `majority_label`
+    row -= np.arange(n_classes) * 1e-9  # the smallest label wins ties
     return np.tile(row, (n_examples, 1))
+
+
+def majority_label(train_labels: Iterable[int]) -> int:
+    """Most frequent label (the smallest one on ties); -100 labels are ignored."""
+    labels = [int(x) for x in train_labels if int(x) >= 0]
+    if not labels:
+        raise ValueError("No training labels to take a majority of.")
+    return int(majority_scores(labels, 1, max(labels) + 1)[0].argmax())
 
 
 def _popularity(candidates: Sequence[int], destinations: Iterable[int]) -> np.ndarray:
@@ -48,57 +48,63 @@ def _popularity(candidates: Sequence[int], destinations: Iterable[int]) -> np.nd
     return values / (values.sum() + 1.0)
 
 
-class MarkovDestination:
-    """First-order Markov destination baseline over hexagons (see the module docstring)."""
+class _CountsOverPopularity:
+    """Candidate scores = counts observed for a key (a cell, a user) + global destination popularity as back-off."""
 
     def __init__(self, candidates: Sequence[int]):
         self.candidates = [int(c) for c in candidates]
         self.index = {c: i for i, c in enumerate(self.candidates)}
-        self.transitions: dict[int, Counter] = defaultdict(Counter)
+        self.counts: dict = defaultdict(Counter)
         self.popularity = np.zeros(len(self.candidates))
+
+    def _scores(self, keys: Sequence) -> np.ndarray:
+        out = np.tile(self.popularity, (len(keys), 1))
+        for row, key in enumerate(keys):
+            for cell, count in self.counts.get(key, {}).items():
+                column = self.index.get(cell)
+                if column is not None:
+                    out[row, column] += count
+        return out
+
+
+class MarkovDestination(_CountsOverPopularity):
+    """First-order Markov destination baseline over hexagons (see the module docstring)."""
+
+    @property
+    def transitions(self) -> dict[int, Counter]:
+        """Transition counts: `transitions[a][b]` = number of a → b steps in the training trajectories."""
+        return self.counts
 
     def fit(self, train_trajectories: Iterable[Sequence[int]], train_destinations: Iterable[int]) -> MarkovDestination:
         for cells in train_trajectories:
             cells = [int(c) for c in cells]
             for a, b in zip(cells[:-1], cells[1:]):
-                self.transitions[a][b] += 1
+                self.counts[a][b] += 1
         self.popularity = _popularity(self.candidates, train_destinations)
         return self
 
     def scores(self, prefixes: Sequence[Sequence[int]]) -> np.ndarray:
-        out = np.tile(self.popularity, (len(prefixes), 1))
-        for row, prefix in enumerate(prefixes):
-            for cell, count in self.transitions.get(int(prefix[-1]), {}).items():
-                column = self.index.get(cell)
-                if column is not None:
-                    out[row, column] += count
-        return out
+        return self._scores([int(prefix[-1]) for prefix in prefixes])
 
 
-class UserFrequentCell:
+class UserFrequentCell(_CountsOverPopularity):
     """Per-user most-frequent-hexagon destination baseline (see the module docstring)."""
 
-    def __init__(self, candidates: Sequence[int]):
-        self.candidates = [int(c) for c in candidates]
-        self.index = {c: i for i, c in enumerate(self.candidates)}
-        self.visits: dict[str, Counter] = defaultdict(Counter)
-        self.popularity = np.zeros(len(self.candidates))
+    @property
+    def visits(self) -> dict[str, Counter]:
+        """Visit counts per user: `visits[user][cell]`."""
+        return self.counts
 
-    def fit(self, train_users: Iterable[str], train_trajectories: Iterable[Sequence[int]],
-            train_destinations: Iterable[int]) -> UserFrequentCell:
+    def fit(
+        self, train_users: Iterable[str], train_trajectories: Iterable[Sequence[int]], train_destinations: Iterable[int]
+    ) -> UserFrequentCell:
         for user, cells in zip(train_users, train_trajectories):
-            self.visits[str(user)].update(int(c) for c in cells)
+            self.counts[str(user)].update(int(c) for c in cells)
         self.popularity = _popularity(self.candidates, train_destinations)
         return self
 
     def scores(self, users: Sequence[str]) -> np.ndarray:
-        out = np.tile(self.popularity, (len(users), 1))
-        for row, user in enumerate(users):
-            for cell, count in self.visits.get(str(user), {}).items():
-                column = self.index.get(cell)
-                if column is not None:
-                    out[row, column] += count
-        return out
+        return self._scores([str(user) for user in users])
 
 
 class TfidfCells:
@@ -166,8 +172,13 @@ class PairSimilarityThreshold:
         vector, cosine = self.tfidf.vector, self.tfidf.cosine
         return np.array([cosine(vector(a), vector(b)) for a, b in zip(cells_a, cells_b)])
 
-    def fit(self, documents: Iterable[Iterable[int]], cells_a: Sequence[Sequence[int]],
-            cells_b: Sequence[Sequence[int]], labels: Sequence[int]) -> PairSimilarityThreshold:
+    def fit(
+        self,
+        documents: Iterable[Iterable[int]],
+        cells_a: Sequence[Sequence[int]],
+        cells_b: Sequence[Sequence[int]],
+        labels: Sequence[int],
+    ) -> PairSimilarityThreshold:
         """`documents` (e.g. the training trajectories) define the IDF; the threshold maximises F1 on the pairs."""
         self.tfidf.fit(documents)
         sims = self.similarities(cells_a, cells_b)

@@ -62,6 +62,22 @@ def cells_from_any(cells, resolution: int) -> np.ndarray:
     return out
 
 
+def cell_resolution_check(cells: np.ndarray, resolution: int, where: str) -> np.ndarray:
+    """Vectorized check that uint64 `cells` are H3 cells (mode 1) at `resolution`; returns them unchanged."""
+    cells = np.asarray(cells, dtype=np.uint64)
+    mode = (cells >> np.uint64(59)) & np.uint64(0xF)
+    found = (cells >> np.uint64(52)) & np.uint64(0xF)
+    bad = np.flatnonzero((mode != 1) | (found != resolution))
+    if bad.size:
+        cell = int(cells[bad[0]])
+        raise ValueError(
+            f"{where}: {bad.size:,} cell(s) are not H3 cells at resolution {resolution}; the first, at position "
+            f"{int(bad[0])}, is {cell:x} (resolution {(cell >> 52) & 0xF}). Build the corpus and the tokenizer at "
+            "the same resolution."
+        )
+    return cells
+
+
 def cell_centers(cells: np.ndarray) -> np.ndarray:
     """(n, 2) array of cell-centre (lat, lon) in degrees."""
     cells = np.asarray(cells, dtype=np.uint64)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import h3.api.basic_int as h3
 import numpy as np
 from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers.models import WordPiece
@@ -91,7 +92,7 @@ def words_to_cells(words: Iterable[str], resolution: int, spelling: str) -> np.n
             if len(w) != width or any(ch not in HEX_DIGITS for ch in w):
                 raise ValueError(f"{w!r} is not a resolution-{resolution} cell in the hex spelling.")
             out.append(int(w.ljust(15, "f"), 16))
-        return np.array(out, dtype=np.uint64)
+        return _valid_cells(np.array(out, dtype=np.uint64), words, resolution, spelling)
     cells = np.empty(len(words), dtype=np.uint64)
     header = (_H3_CELL_MODE << 59) | (resolution << 52)
     unused = sum(7 << (3 * (15 - r)) for r in range(resolution + 1, 16))
@@ -103,6 +104,14 @@ def words_to_cells(words: Iterable[str], resolution: int, spelling: str) -> np.n
         for r, ch in enumerate(w[1:], start=1):
             value |= int(ch) << (3 * (15 - r))
         cells[i] = value
+    return _valid_cells(cells, words, resolution, spelling)
+
+
+def _valid_cells(cells: np.ndarray, words: list[str], resolution: int, spelling: str) -> np.ndarray:
+    """Well-formed words can still name no cell (e.g. a digit a pentagon deletes): reject those too."""
+    for cell, word in zip(cells.tolist(), words):
+        if not h3.is_valid_cell(cell):
+            raise ValueError(f"{word!r} is not a resolution-{resolution} cell in the {spelling} spelling.")
     return cells
 
 
@@ -183,6 +192,15 @@ class CellEncoder:
             except KeyError:
                 continue  # not a piece of this spelling: it can never match a cell word
             pieces.setdefault((later, len(symbols)), []).append((self._pack(np.array([symbols]), later)[0], token_id))
+        singles_first = {k for k, _ in pieces.get((False, 1), [])}
+        singles_later = {k for k, _ in pieces.get((True, 1), [])}
+        missing = [c for i, c in enumerate(initial) if i not in singles_first]
+        missing += [CONTINUATION + c for i, c in enumerate(continuation) if i not in singles_later]
+        if missing:
+            raise ValueError(
+                f"The vocabulary lacks single-character pieces {missing[:8]}: some cells could not be spelled. "
+                "Train it with TrajTokenizer.train (or subhash.train_vocab), which always includes them."
+            )
         self.tables = {}
         for key, entries in pieces.items():
             entries.sort()
@@ -234,7 +252,12 @@ class CellEncoder:
         """Start indices of consecutive runs of whole cells of at most `budget` tokens each."""
         unique, inverse = np.unique(np.asarray(cells, dtype=np.uint64), return_inverse=True)
         _, offsets = self.encode_unique(unique)
-        ends = np.cumsum(np.diff(offsets)[inverse])
+        counts = np.diff(offsets)[inverse]
+        if counts.size and int(counts.max()) > budget:
+            raise ValueError(
+                f"A cell takes {int(counts.max())} tokens but only {budget} fit in a sequence: raise max_length."
+            )
+        ends = np.cumsum(counts)
         starts, used = [0], 0
         while True:
             nxt = int(np.searchsorted(ends, used + budget, side="right"))

@@ -13,9 +13,11 @@ Tasks (arXiv 2312.00076, section "Downstream tasks"):
   cut at a seeded position `k`; A = the (at most `max_segment_visits`) visits before `k`, B = the visits from `k`
   on. The positive pair is (A, B): B starts at the visit right after A ends. Each A also gets one negative B of one
   of two kinds, alternating over the shuffled trajectories so the kinds are balanced:
-  ``same_user`` (hard) = a window of another trajectory of the same user, or, when the user has no other trajectory,
-  a window of the same trajectory that does not start at `k`; ``other_user`` (easy) = a window of a trajectory of a
-  different user. A negative whose cells equal the true continuation is redrawn. Labels: 1 = follows, 0 = not.
+  ``same_user`` (hard) = a window of another trajectory of the same user, or, when the user has no other one long
+  enough, a window of the same trajectory that does not start at `k`; ``other_user`` (easy) = a window of a
+  trajectory of a different user. A negative B has as many visits as the positive B of the same A (negatives are drawn from
+  trajectories long enough; shorter only when there is none), so length is no label cue. A negative whose cells
+  equal the true continuation is redrawn. Labels: 1 = follows, 0 = not.
 * **destination** (`destination_examples`): the first ``max(1, floor(prefix_fraction * n))`` visits (at most n - 1)
   of an n-visit trajectory → its last cell. Candidate cells = the distinct destinations of the training split
   (`destination_candidates`); a test destination outside them gets label -100 and counts as wrong.
@@ -167,8 +169,10 @@ def next_subtrajectory_pairs(
         raise ValueError("next_subtrajectory needs trajectories of at least 2 users in each split for easy negatives.")
 
     def window(r: Record, length: int, forbid: int | None = None, avoid: np.ndarray | None = None):
-        """A seeded window start of `r` with at least `min_segment_visits` visits; None if impossible."""
-        starts = np.arange(0, len(r) - min_segment_visits + 1)
+        """A seeded window of `r` of `length` visits (shorter, down to `min_segment_visits`, only when `r` is shorter
+        than `length`); None if impossible."""
+        last = len(r) - length if len(r) >= length else len(r) - min_segment_visits
+        starts = np.arange(0, last + 1)
         if forbid is not None:
             starts = starts[starts != forbid]
         rng.shuffle(starts)
@@ -177,6 +181,13 @@ def next_subtrajectory_pairs(
             if avoid is None or not np.array_equal(r.cells[start:stop], avoid):
                 return slice(int(start), stop)
         return None
+
+    def pick(candidates: Sequence[Record], length: int) -> Record:
+        """A seeded trajectory among `candidates`, among those with >= `length` visits whenever there is one, so a
+        negative B is as long as the positive B (length must not be a label cue)."""
+        long_enough = [o for o in candidates if len(o) >= length]
+        choices = long_enough or candidates
+        return choices[int(rng.integers(len(choices)))]
 
     if pairs_per_trajectory < 1:
         raise ValueError(f"pairs_per_trajectory must be at least 1, got {pairs_per_trajectory}.")
@@ -195,7 +206,7 @@ def next_subtrajectory_pairs(
         kind = "same_user" if position % 2 == 0 else "other_user"
         negative = None
         if kind == "same_user":
-            others = [o for o in by_user[r.user_id] if o.traj_id != r.traj_id]
+            others = [o for o in by_user[r.user_id] if o.traj_id != r.traj_id and len(o) >= length]
             if others:
                 other = others[int(rng.integers(len(others)))]
                 negative = (other, window(other, length, avoid=r.cells[b]))
@@ -205,9 +216,11 @@ def next_subtrajectory_pairs(
                 kind, negative = "other_user", None
         if kind == "other_user":
             users = [u for u in by_user if u != r.user_id]
+            long_users = [u for u in users if any(len(o) >= length for o in by_user[u])]
+            users = long_users or users
             for _ in range(8):
                 other_user = users[int(rng.integers(len(users)))]
-                other = by_user[other_user][int(rng.integers(len(by_user[other_user])))]
+                other = pick(by_user[other_user], length)
                 negative = (other, window(other, length, avoid=r.cells[b]))
                 if negative[1] is not None:
                     break
@@ -340,8 +353,15 @@ def class_balance(labels: Iterable, names: Sequence[str] | None = None) -> dict[
         (
             str(names[k]) if names is not None and isinstance(k, (int, np.integer)) and 0 <= k < len(names) else str(k)
         ): int(v)
-        for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))
+        for k, v in sorted(counts.items(), key=lambda kv: _label_order(kv[0]))
     }
+
+
+def _label_order(label) -> tuple:
+    """Sort key: numbers by value (2 before 10), then anything else by its string."""
+    if isinstance(label, (int, float, np.integer, np.floating)):
+        return (0, label)
+    return (1, str(label))
 
 
 __all__ = [

@@ -18,6 +18,7 @@ from transformers.utils import PaddingStrategy
 
 from .cluster import visit_starts
 from .h3cells import cell_centers, cells_from_any, check_resolution, encode_cells
+from .h3cells import cell_resolution_check as check_cell_resolution
 from .subhash import (
     CONTINUATION,
     SPECIAL_TOKENS,
@@ -174,8 +175,9 @@ class TrajTokenizer(PreTrainedTokenizer):
         flat = _flatten_cells(cells)
         if flat.size == 0:
             raise ValueError("Cannot train a tokenizer on an empty corpus: no cells were given.")
-        unique, counts = np.unique(flat, return_counts=True)
         resolution = check_resolution(resolution)
+        check_cell_resolution(flat, resolution, "the training corpus")
+        unique, counts = np.unique(flat, return_counts=True)
         words = cells_to_words(unique, resolution, check_spelling(spelling))
         vocab = train_vocab(words, counts, spelling, vocab_size)
         return cls(vocab=vocab, resolution=resolution, spelling=spelling, **kwargs)
@@ -416,7 +418,7 @@ class TrajTokenizer(PreTrainedTokenizer):
         source = []
         budget = max_length - 2
         for row, (cells, stamps) in enumerate(zip(batch["cells"], times)):
-            cells = np.asarray(cells, dtype=np.uint64)
+            cells = check_cell_resolution(np.asarray(cells, dtype=np.uint64), self.resolution, f"trajectory {row}")
             stamps = None if stamps is None else np.asarray(stamps, dtype=np.int64)
             pieces = self._cell_encoder.split_points(cells, budget) if split else [0]
             for k, start in enumerate(pieces):
@@ -509,8 +511,9 @@ def _fit_hexagons(counts: list[np.ndarray], budget: int | None) -> list[int]:
 
 def _flatten_cells(cells: Any) -> np.ndarray:
     if hasattr(cells, "column_names") and "cells" in cells.column_names:  # Arrow table or datasets.Dataset
-        column = cells.data.column("cells") if hasattr(cells, "data") else cells.column("cells")
-        return np.asarray(column.combine_chunks().flatten(), dtype=np.uint64)
+        if hasattr(cells, "with_format"):  # a Dataset: go through its indices, so .filter/.select are honoured
+            cells = cells.select_columns(["cells"]).with_format("arrow")[:]
+        return np.asarray(cells.column("cells").combine_chunks().flatten(), dtype=np.uint64)
     return np.asarray(cells, dtype=np.uint64).ravel()
 
 
