@@ -92,7 +92,13 @@ from modeling_trajfm.hub import (  # noqa: E402
 from modeling_trajfm.metrics import compute_mtm_metrics, perplexity, preprocess_logits_for_mtm_metrics  # noqa: E402
 from modeling_trajfm.plotting import plot_training_curves  # noqa: E402
 from tokenization_trajfm import READERS, SegmentationConfig, TrajTokenizer, UserSplit  # noqa: E402
-from tokenization_trajfm.corpus import SPLIT_FILE, load_checkins, split_users, trajectories_with_report  # noqa: E402
+from tokenization_trajfm.corpus import (
+    SPLIT_FILE,
+    load_checkins,
+    select_users,
+    split_users,
+    trajectories_with_report,
+)  # noqa: E402
 from tokenization_trajfm.subhash import SPELLINGS, max_cell_tokens  # noqa: E402
 
 logger = logging.getLogger("run_mtm")
@@ -373,8 +379,6 @@ def check_arguments(model_args: ModelArguments, data_args: DataTrainingArguments
         )
     if data_args.streaming and args.do_train and args.max_steps <= 0:
         raise ValueError("--streaming has no length: give --max_steps N (total optimizer steps).")
-    if args.do_train and not 0 < data_args.max_seq_length:
-        raise ValueError("--max_seq_length must be positive.")
 
 
 def _table_mapping(data_args: DataTrainingArguments) -> dict[str, str]:
@@ -434,17 +438,14 @@ def load_trajectories(data_args: DataTrainingArguments) -> tuple[pa.Table | data
 
 
 def _users(corpus: pa.Table | datasets.Dataset) -> list[str]:
-    column = corpus["user_id"] if isinstance(corpus, pa.Table) else corpus.data.column("user_id")
-    if isinstance(corpus, datasets.Dataset) and corpus._indices is not None:
-        column = corpus.with_format("arrow")[:]["user_id"]
+    column = corpus["user_id"] if isinstance(corpus, pa.Table) else _arrow_column(corpus, "user_id")
     return sorted(pc.unique(column.combine_chunks().cast(pa.string())).to_pylist())
 
 
 def _select(corpus: pa.Table | datasets.Dataset, users: list[str]) -> datasets.Dataset:
     """Trajectories of `users` as a Dataset (in memory for a table; filtered on disk for a memory-mapped corpus)."""
     if isinstance(corpus, pa.Table):
-        mask = pc.is_in(corpus["user_id"], value_set=pa.array(users, type=pa.string()))
-        return datasets.Dataset(corpus.filter(mask))
+        return datasets.Dataset(select_users(corpus, users))
     wanted = set(users)
     return corpus.filter(lambda batch: [str(u) in wanted for u in batch], input_columns="user_id", batched=True,
                          desc="Selecting users")
@@ -461,9 +462,13 @@ def split_corpus(corpus, data_args: DataTrainingArguments, seed: int):
     return {"train": train, "validation": validation, "heldout": heldout}
 
 
+def _arrow_column(dataset: datasets.Dataset, name: str) -> pa.ChunkedArray:
+    """One column as Arrow, through the dataset's indices (so a filtered or selected dataset reads right)."""
+    return dataset.select_columns([name]).with_format("arrow")[:][name]
+
+
 def _num_tokens(dataset: datasets.Dataset) -> int:
-    column = dataset.with_format("arrow")[:]["input_ids"] if dataset._indices is not None else dataset.data.column(
-        "input_ids")
+    column = _arrow_column(dataset, "input_ids")
     return int(pc.sum(pc.list_value_length(column)).as_py() or 0)
 
 
@@ -482,9 +487,8 @@ def load_tokenizer(model_args: ModelArguments, data_args: DataTrainingArguments,
                              f"{name} ({longest} tokens with specials); use --max_seq_length >= {longest}.")
         tokenizer.model_max_length = data_args.max_seq_length
         return tokenizer
-    cells = train.select_columns(["cells"]).with_format("arrow")[:]
     return TrajTokenizer.train(
-        cells,
+        train,  # a Dataset: training honours its user filter
         vocab_size=model_args.vocab_size,
         resolution=data_args.resolution,
         spelling=model_args.spelling,
@@ -603,11 +607,16 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
             logger.info(f"Pipeline report (resolution {data_args.resolution}, {data_args.window_minutes:g}-minute "
                         f"clustering, {segmentation_config(data_args)}):\n{report}")
         users = split_corpus(corpus, data_args, split_seed)
+        split = UserSplit(seed=split_seed, heldout_fraction=data_args.heldout_fraction, heldout_users=users["heldout"])
+        _check_split_unchanged(output_dir, last_checkpoint, split)
+        if training_args.process_index == 0:  # written before training: a crash must not lose which users are held out
+            output_dir.mkdir(parents=True, exist_ok=True)
+            split.save(output_dir)
         parts = {name: _select(corpus, users[name]) for name in ("train", "validation", "heldout") if users[name]}
         bar.update()
         tokenizer = load_tokenizer(model_args, data_args, parts["train"], last_checkpoint)
-        distinct_cells = int(pc.count_distinct(parts["train"].select_columns(["cells"]).with_format("arrow")[:]
-                                               ["cells"].combine_chunks().flatten()).as_py())
+        train_cells = _arrow_column(parts["train"], "cells").combine_chunks().flatten()
+        distinct_cells = int(pc.count_distinct(train_cells).as_py())
         longest = max_cell_tokens(tokenizer.resolution, tokenizer.spelling)
         regime = _vocab_regime(len(tokenizer), distinct_cells, longest)
         logger.info(f"Tokenizer: {type(tokenizer).__name__}, {tokenizer.spelling} spelling, {len(tokenizer)} tokens; "
@@ -699,9 +708,6 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         output_dir.mkdir(parents=True, exist_ok=True)
         if not training_args.do_train:
             trainer.save_model()
-        UserSplit(seed=split_seed, heldout_fraction=data_args.heldout_fraction,
-                  heldout_users=users["heldout"]).save(output_dir)
-        _check_split_unchanged(output_dir, last_checkpoint, users["heldout"])
         info = {
             "source": source,
             "data_arguments": asdict(data_args),
@@ -729,12 +735,13 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
                      datasets=tokenized, split=users)
 
 
-def _check_split_unchanged(output_dir: Path, last_checkpoint: str | None, heldout: list[str]) -> None:
-    """A resumed run must hold out the same users as the run it continues (same data, same seed)."""
+def _check_split_unchanged(output_dir: Path, last_checkpoint: str | None, split: UserSplit) -> None:
+    """A resumed run must hold out the same users as the run it continues (same data, same seed): checked before
+    any training, against the split file the interrupted run wrote at its start."""
     if last_checkpoint is None:
         return
-    previous = UserSplit.load(last_checkpoint)
-    if previous is not None and previous.heldout_users != heldout:
+    previous = UserSplit.load(output_dir)
+    if previous is not None and previous.heldout_users != split.heldout_users:
         raise ValueError(f"The held-out users differ from those of {last_checkpoint}: the data or --split_seed "
                          "changed since that run; resume with the same data and seed, or --overwrite_output_dir.")
 
@@ -796,7 +803,7 @@ def build_card(model, tokenizer, model_args, data_args, training_args, metrics, 
         mask_replace_prob=data_args.mask_replace_prob,
         random_replace_prob=data_args.random_replace_prob,
         keep_prob=round(1 - data_args.mask_replace_prob - data_args.random_replace_prob, 4),
-        training_summary=(f"{metrics.get('epoch', 'n/a')} epochs, {trainer_steps(training_args, metrics)} "
+        training_summary=(f"{metrics.get('epoch', 'n/a')} epochs, {trainer_steps(training_args)} "
                           f"steps, batch {training_args.per_device_train_batch_size} x {training_args.world_size} "
                           f"process(es) x {training_args.gradient_accumulation_steps} accumulation, learning rate "
                           f"{training_args.learning_rate}, seed {training_args.seed}"),
@@ -805,7 +812,7 @@ def build_card(model, tokenizer, model_args, data_args, training_args, metrics, 
     )
 
 
-def trainer_steps(training_args: TrainingArguments, metrics: dict) -> str:
+def trainer_steps(training_args: TrainingArguments) -> str:
     return str(training_args.max_steps) if training_args.max_steps > 0 else "all"
 
 

@@ -261,3 +261,13 @@ def test_streaming_trains_from_an_iterable_dataset(tmp_path):
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
     assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
     assert isinstance(AutoModelForMaskedLM.from_pretrained(out), run_mtm.TrajBertForMaskedTrajectoryModeling)
+
+
+def test_resume_with_other_held_out_users_is_refused_before_training(tmp_path):
+    out = tmp_path / "resplit"
+    run_mtm.main(_args(out, "--max_steps", "2", "--save_steps", "2", "--eval_strategy", "no"))
+    before = (out / "trajfm_split.json").read_text()
+    with pytest.raises(ValueError, match="held-out users differ"):
+        run_mtm.main(_args(out, "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no", "--split_seed", "99"))
+    assert (out / "trajfm_split.json").read_text() == before
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2

@@ -64,7 +64,9 @@ def split_users(users: Iterable[str], fraction: float, seed: int) -> tuple[list[
 
 
 def select_users(table: pa.Table, users: Iterable[str]) -> pa.Table:
-    return table.filter(pc.is_in(table["user_id"], value_set=pa.array(list(users), type=pa.string())))
+    """Rows of `users` (compared as strings, whatever the column's type)."""
+    user_ids = table["user_id"].cast(pa.string())
+    return table.filter(pc.is_in(user_ids, value_set=pa.array([str(u) for u in users], type=pa.string())))
 
 
 @dataclass

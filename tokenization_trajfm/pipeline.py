@@ -8,10 +8,8 @@ import pyarrow as pa
 from .cluster import visit_spans, visit_starts
 from .h3cells import check_resolution, encode_cells
 from .report import PipelineReport
-from .segment import SegmentationConfig, filter_trajectories, trajectory_starts
+from .segment import US_PER_MINUTE, SegmentationConfig, filter_trajectories, trajectory_starts
 from .validation import checkin_order
-
-_US_PER_MINUTE = 60_000_000
 
 TRAJECTORY_SCHEMA = pa.schema(
     [
@@ -51,7 +49,7 @@ def build_trajectories(
     report.users = int(np.unique(user_codes).size)
     cells = encode_cells(clean.latitude, clean.longitude, resolution)
 
-    first = visit_starts(cells, times, window_minutes * _US_PER_MINUTE, users=user_codes)
+    first = visit_starts(cells, times, window_minutes * US_PER_MINUTE, users=user_codes)
     last, merged = visit_spans(first, cells.size)
     v_user, v_cell, v_start, v_end = user_codes[first], cells[first], times[first], times[last]
     report.visits = int(first.size)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 TRAJECTORY_DROP_REASONS = ("too_few_cells", "too_few_points")
-_US_PER_MINUTE = 60_000_000
-_US_PER_DAY = 86_400_000_000
+US_PER_MINUTE = 60_000_000
+US_PER_DAY = 86_400_000_000
 
 
 @dataclass
@@ -48,9 +48,9 @@ def trajectory_starts(
     new[0] = True
     new[1:] = users[1:] != users[:-1]
     if config.max_gap_minutes is not None:
-        new[1:] |= (t_start[1:] - t_end[:-1]) > config.max_gap_minutes * _US_PER_MINUTE
+        new[1:] |= (t_start[1:] - t_end[:-1]) > config.max_gap_minutes * US_PER_MINUTE
     if config.split_by_day:
-        day = (t_start + config.utc_offset_minutes * _US_PER_MINUTE) // _US_PER_DAY
+        day = (t_start + config.utc_offset_minutes * US_PER_MINUTE) // US_PER_DAY
         new[1:] |= day[1:] != day[:-1]
     starts = np.flatnonzero(new)
     if config.max_visits is None:

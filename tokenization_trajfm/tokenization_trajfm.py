@@ -37,6 +37,7 @@ _LON_KEYS = ("longitude", "lon", "lng")
 _TIME_KEYS = ("timestamp", "timestamps", "time", "times", "t")
 _HOURS_PER_WEEK = 168
 _MAX_GAP_BUCKET = 22
+_MAX_EPOCH_SECONDS = 1e11  # about the year 5138: larger numbers are milliseconds or finer
 
 
 def _first_key(mapping: Mapping, keys: Sequence[str]) -> str | None:
@@ -58,6 +59,11 @@ def to_epoch_seconds(values: Any, where: str) -> np.ndarray | None:
             raise ValueError(f"{where}: timestamp of point {int(np.flatnonzero(np.isnat(array))[0])} is missing.")
         return array.astype("datetime64[s]").astype(np.int64)
     if array.dtype.kind in "iuf":
+        if array.size and np.nanmax(np.abs(array)) > _MAX_EPOCH_SECONDS:
+            raise ValueError(
+                f"{where}: timestamp {np.nanmax(np.abs(array)):.0f} is past the year 5000 as epoch seconds: "
+                "convert epoch milliseconds (or finer) to seconds first."
+            )
         if not np.isfinite(array).all():
             raise ValueError(
                 f"{where}: timestamp of point {int(np.flatnonzero(~np.isfinite(array))[0])} is not finite."

@@ -102,7 +102,7 @@ def checkin_order(table: pa.Table, invalid: str = "raise") -> CleanCheckins:
     codes = encoded.indices.to_numpy(zero_copy_only=False)
     times = table[TIMESTAMP].combine_chunks()
     if times.type != TIMESTAMP_US:
-        times = times.cast(TIMESTAMP_US)
+        times = pc.cast(times, TIMESTAMP_US, safe=False)  # nanosecond inputs: sub-microsecond parts are floored
     times = times.cast(pa.int64())
     times = (times.fill_null(0) if times.null_count else times).to_numpy()
     rows = None  # identity until rows are dropped or reordered: saves index arrays on clean, sorted input
