@@ -212,3 +212,22 @@ def test_decode_round_trip_and_coordinates(tokenizer):
     coords = tokenizer.decode_coordinates(ids)
     assert coords.shape == (5, 2) and np.allclose(coords[:, 0], [p[0] for p in points], atol=0.01)
     assert tokenizer.decode_cells([tokenizer.vocab["##1"]], strict=False) == [None]
+
+
+def test_left_truncation_keeps_the_most_recent_visits(tokenizer):
+    points = walk(40)
+    everything = tokenizer.decode_cells(tokenizer(points, max_length=1000)["input_ids"])
+    tokenizer.truncation_side = "left"
+    try:
+        kept = tokenizer.decode_cells(tokenizer(points, max_length=20)["input_ids"])
+        assert 0 < len(kept) < len(everything) and kept == everything[-len(kept) :]
+        a, b = walk(30), walk(30, start=MONDAY + 86400)
+        pair = tokenizer(a, pair=b, max_length=24)
+        types, ids = pair["token_type_ids"], pair["input_ids"]
+        cells_a = tokenizer.decode_cells([i for i, t in zip(ids, types) if t == 0])
+        cells_b = tokenizer.decode_cells([i for i, t in zip(ids, types) if t == 1])
+        all_a = tokenizer.decode_cells(tokenizer(a, max_length=1000)["input_ids"])
+        all_b = tokenizer.decode_cells(tokenizer(b, max_length=1000)["input_ids"])
+        assert cells_a == all_a[-len(cells_a) :] and cells_b == all_b[: len(cells_b)]
+    finally:
+        tokenizer.truncation_side = "right"

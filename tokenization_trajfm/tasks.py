@@ -15,9 +15,9 @@ Tasks (arXiv 2312.00076, section "Downstream tasks"):
   of two kinds, alternating over the shuffled trajectories so the kinds are balanced:
   ``same_user`` (hard) = a window of another trajectory of the same user, or, when the user has no other one long
   enough, a window of the same trajectory that does not start at `k`; ``other_user`` (easy) = a window of a
-  trajectory of a different user. A negative B has as many visits as the positive B of the same A (negatives are drawn from
-  trajectories long enough; shorter only when there is none), so length is no label cue. A negative whose cells
-  equal the true continuation is redrawn. Labels: 1 = follows, 0 = not.
+  trajectory of a different user. A negative B has as many visits as the positive B of the same A (negatives are
+  drawn from trajectories long enough; shorter only when there is none), so length is no label cue. A negative whose
+  cells equal the true continuation is redrawn. Labels: 1 = follows, 0 = not.
 * **destination** (`destination_examples`): the first ``max(1, floor(prefix_fraction * n))`` visits (at most n - 1)
   of an n-visit trajectory → its last cell. Candidate cells = the distinct destinations of the training split
   (`destination_candidates`); a test destination outside them gets label -100 and counts as wrong.

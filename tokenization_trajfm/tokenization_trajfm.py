@@ -330,14 +330,16 @@ class TrajTokenizer(PreTrainedTokenizer):
             parts = [(s, seg[row]) for s, seg in enumerate(segments)]
             slots = [s * n + row for s in range(len(segments))]
             counts = [visit_token_counts[visit_offsets[k] : visit_offsets[k + 1]] for k in slots]
-            keep = _fit_hexagons(counts, budget)
+            spans = _fit_hexagons(counts, budget, keep_last_of_first=self.truncation_side == "left")
             row_out = {k: [0] for k in out}
             row_out["input_ids"] = [self.cls_token_id]
             hexagon = 0
-            for (segment, (_, times)), k, n_visits in zip(parts, slots, keep):
-                lo = token_offsets[visit_offsets[k]]
-                hi = token_offsets[visit_offsets[k] + n_visits]
-                visit_of_token = owner[lo:hi] - visit_offsets[k]
+            for (segment, (_, times)), k, (start, stop) in zip(parts, slots, spans):
+                n_visits = stop - start
+                lo = token_offsets[visit_offsets[k] + start]
+                hi = token_offsets[visit_offsets[k] + stop]
+                visit_of_token = owner[lo:hi] - visit_offsets[k] - start
+                times = None if times is None else times[start:stop]
                 row_out["input_ids"] += ids[lo:hi].tolist() + [self.sep_token_id]
                 row_out["token_type_ids"] += [segment] * (hi - lo + 1)
                 row_out["hexagon_ids"] += (visit_of_token + hexagon + 1).tolist() + [0]
@@ -494,25 +496,34 @@ def time_feature_ids(times: np.ndarray, utc_offset_minutes: int = 0) -> tuple[np
     return hours.astype(np.int64), gaps
 
 
-def _fit_hexagons(counts: list[np.ndarray], budget: int | None) -> list[int]:
-    """How many leading visits of each segment fit in `budget` tokens (longest segment loses visits first)."""
-    keep = [c.size for c in counts]
+def _fit_hexagons(counts: list[np.ndarray], budget: int | None, keep_last_of_first: bool) -> list[tuple[int, int]]:
+    """The (start, stop) visits of each segment that fit in `budget` tokens; the longest segment loses visits first.
+
+    Segments lose visits at their end, except the first one with `keep_last_of_first` (truncation_side="left"): it
+    keeps its most recent visits, those next to the second segment or to the present.
+    """
+    spans = [[0, c.size] for c in counts]
     if budget is None:
-        return keep
+        return [tuple(s) for s in spans]
     totals = [int(c.sum()) for c in counts]
     while sum(totals) > budget:
-        longest = max(range(len(keep)), key=lambda s: totals[s])
-        if keep[longest] == 0:
+        longest = max(range(len(spans)), key=lambda s: totals[s])
+        start, stop = spans[longest]
+        if start == stop:
             break
-        keep[longest] -= 1
-        totals[longest] -= int(counts[longest][keep[longest]])
-    if sum(totals) > budget or any(k == 0 for k, c in zip(keep, counts) if c.size):
+        if longest == 0 and keep_last_of_first:
+            totals[longest] -= int(counts[longest][start])
+            spans[longest][0] += 1
+        else:
+            totals[longest] -= int(counts[longest][stop - 1])
+            spans[longest][1] -= 1
+    if sum(totals) > budget or any(a == b for (a, b), c in zip(spans, counts) if c.size):
         need = max(int(c[0]) for c in counts if c.size) * len(counts)
         raise ValueError(
             f"max_length leaves {budget} tokens after special tokens, too few to hold a whole hexagon of every "
             f"segment (need {need}); raise max_length."
         )
-    return keep
+    return [tuple(s) for s in spans]
 
 
 def _flatten_cells(cells: Any) -> np.ndarray:
