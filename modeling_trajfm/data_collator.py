@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 #: Per-token keys of the TrajTokenizer output (see docs/design.md); all are padded, `input_ids` with the PAD id.
@@ -85,7 +86,7 @@ class DataCollatorWithTrajectoryPadding:
                 batch["labels"] = torch.stack(labels)
             else:
                 flat = labels[0][0] if isinstance(labels[0], (list, tuple)) and labels[0] else labels[0]
-                dtype = torch.float if isinstance(flat, float) else torch.long
+                dtype = torch.float if isinstance(flat, (float, np.floating)) else torch.long
                 batch["labels"] = torch.tensor(labels, dtype=dtype)
         return batch
 

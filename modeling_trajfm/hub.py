@@ -36,8 +36,8 @@ class HubOfflineError(ValueError):
 
 def is_offline() -> bool:
     """Offline mode as the Hub client sees it, re-reading the environment (it may change after import)."""
-    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").upper()
-    return bool(hub_constants.HF_HUB_OFFLINE) or env in _TRUE
+    flags = (os.environ.get(name, "").upper() for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return bool(hub_constants.HF_HUB_OFFLINE) or any(flag in _TRUE for flag in flags)
 
 
 def check_push_possible(push_to_hub: bool, hub_model_id: str | None = None) -> None:

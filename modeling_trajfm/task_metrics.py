@@ -6,7 +6,7 @@ Conventions shared by every function:
 - A label of -100 (or any value outside `0..n_classes-1`) means "the true class is not among the candidates" (e.g. a
   test destination never seen in training): the example counts as wrong for accuracy@k and contributes 0 to MRR.
 - Ties in scores are broken pessimistically for ranks (a tie with the true class counts as ranked above it), so a
-  constant scorer cannot look good.
+  constant scorer cannot look good. A NaN score counts as -inf (the lowest), never as a hit.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from tokenization_trajfm.h3cells import haversine_km
 
 
 def _valid(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -28,6 +28,7 @@ def true_class_ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels, dtype=np.int64)
     if scores.ndim != 2 or scores.shape[0] != labels.shape[0]:
         raise ValueError(f"scores must be (n, n_classes) with n = len(labels); got {scores.shape} and {labels.shape}.")
+    scores = np.where(np.isnan(scores), -np.inf, scores)  # NaN compares False to everything: it would rank 0
     ranks = np.full(labels.shape[0], np.inf)
     valid = _valid(labels, scores.shape[1])
     if valid.any():
@@ -93,9 +94,7 @@ def distance_errors_km(predicted_centers: np.ndarray, true_centers: np.ndarray) 
         raise ValueError(f"Got {len(predicted_centers)} predicted but {len(true_centers)} true centres.")
     if true_centers.size == 0:
         return {"distance_km_mean": 0.0, "distance_km_median": 0.0}
-    lat1, lon1, lat2, lon2 = (np.radians(x) for x in (*predicted_centers.T, *true_centers.T))
-    h = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    distances = 2 * 6371.0088 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+    distances = haversine_km(predicted_centers, true_centers)
     return {"distance_km_mean": float(distances.mean()), "distance_km_median": float(np.median(distances))}
 
 
@@ -116,6 +115,7 @@ def ranking_metrics(
     indices), so rows whose true class is outside the candidates keep their own identity.
     """
     scores = np.asarray(scores, dtype=np.float64)
+    scores = np.where(np.isnan(scores), -np.inf, scores)  # as in `true_class_ranks`: argmax must not pick a NaN
     labels = np.asarray(labels, dtype=np.int64)
     out = accuracy_at_k(scores, labels, ks)
     out["mrr"] = mean_reciprocal_rank(scores, labels)
@@ -130,7 +130,6 @@ def ranking_metrics(
 
 
 __all__ = [
-    "IGNORE_INDEX",
     "accuracy",
     "accuracy_at_k",
     "binary_f1",
