@@ -45,11 +45,14 @@ Examples:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 import time
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,7 @@ import transformers
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 import modeling_trajfm  # noqa: F401  (registers TrajBert with the Auto classes)
+import run_mtm
 from modeling_trajfm import (
     DataCollatorWithTrajectoryPadding,
     TrajBertConfig,
@@ -69,6 +73,7 @@ from modeling_trajfm import (
 )
 from modeling_trajfm.hub import check_push_possible, eval_results_from_metrics, push_checkpoint, render_model_card
 from modeling_trajfm.task_metrics import binary_metrics, distance_errors_km, ranking_metrics
+from run_mtm import PRETRAINING_FILE, read_args_file
 from tokenization_trajfm import TrajTokenizer, UserSplit, select_users
 from tokenization_trajfm import baselines as bl
 from tokenization_trajfm import tasks as T
@@ -109,47 +114,29 @@ class ModelArguments:
     )
 
 
-#: Data arguments shared with run_mtm.py (same names, same defaults). Those not given on the command line default to
-#: the values the checkpoint's pre-training recorded (trajfm_pretraining.json), so the same raw data is re-read and
-#: segmented the same way and the held-out users exist.
+#: Data arguments shared with run_mtm.py: copied from `run_mtm.DataTrainingArguments` (same names, types, defaults and
+#: help). Those not given on the command line default to the values the checkpoint's pre-training recorded
+#: (trajfm_pretraining.json), so the same raw data is re-read and segmented the same way and the held-out users exist.
 MTM_DATA_FIELDS = (
     "data", "reader", "user_col", "lat_col", "lon_col", "time_col", "time_format", "time_unit", "timezone", "separator",
     "dataset_dir", "synthetic_users", "synthetic_days", "synthetic_seed", "resolution", "window_minutes",
     "max_gap_minutes", "split_by_day", "max_visits", "min_cells", "min_points", "utc_offset_minutes", "invalid",
 )
-PRETRAINING_FILE = "trajfm_pretraining.json"
-_RECORDED = " (default: as recorded by run_mtm.py in the checkpoint, else this)"
+#: Where the raw data is and how to read it: an explicit --data or --dataset_dir takes none of these from the
+#: checkpoint (a recorded dataset_dir would win over --data, a recorded column mapping would not fit the new file).
+SOURCE_FIELDS = ("data", "dataset_dir", "reader", "user_col", "lat_col", "lon_col", "time_col", "time_format",
+                 "time_unit", "timezone", "separator")
+_RECORDED = " If not given: the value recorded in the checkpoint by run_mtm.py, else"
+#: Report entries whose examples are (positive, negative) pairs.
+PAIR_ENTRIES = ("next_subtrajectory", "user_association_binary")
 
 
 @dataclass
-class DataArguments:
+class TaskArguments:
+    """Which task, which users, and how its examples are built."""
+
     task: str = field(default="next_subtrajectory", metadata={"help": f"One of {', '.join(T.TASKS)}."})
     association_form: str = field(default="linking", metadata={"help": "user_association: linking | binary."})
-    # --- the data arguments of run_mtm.py: re-read the same raw data with the same segmentation
-    data: str | None = field(default=None, metadata={"help": "Raw check-in file; none: synthetic city." + _RECORDED})
-    reader: str = field(default="auto", metadata={"help": "Reader of --data (see READERS)." + _RECORDED})
-    user_col: str | None = field(default=None, metadata={"help": "--reader table: user id column." + _RECORDED})
-    lat_col: str | None = field(default=None, metadata={"help": "--reader table: latitude column." + _RECORDED})
-    lon_col: str | None = field(default=None, metadata={"help": "--reader table: longitude column." + _RECORDED})
-    time_col: str | None = field(default=None, metadata={"help": "--reader table: timestamp column." + _RECORDED})
-    time_format: str | None = field(default=None, metadata={"help": "--reader table: strftime format." + _RECORDED})
-    time_unit: str | None = field(default=None, metadata={"help": "--reader table: epoch unit s|ms|us." + _RECORDED})
-    timezone: str | None = field(default=None, metadata={"help": "--reader table: IANA zone." + _RECORDED})
-    separator: str | None = field(default=None, metadata={"help": "--reader table: CSV separator." + _RECORDED})
-    dataset_dir: str | None = field(default=None, metadata={"help": "Corpus saved with save_to_disk." + _RECORDED})
-    synthetic_users: int = field(default=300, metadata={"help": "Synthetic city: users." + _RECORDED})
-    synthetic_days: int = field(default=42, metadata={"help": "Synthetic city: days." + _RECORDED})
-    synthetic_seed: int = field(default=0, metadata={"help": "Synthetic city: generator seed." + _RECORDED})
-    resolution: int = field(default=8, metadata={"help": "H3 resolution." + _RECORDED})
-    window_minutes: float = field(default=10.0, metadata={"help": "Visit clustering window." + _RECORDED})
-    max_gap_minutes: float | None = field(default=24 * 60, metadata={"help": "Gap that starts a new trajectory." +
-                                                                             _RECORDED})
-    split_by_day: bool = field(default=False, metadata={"help": "New trajectory each local day." + _RECORDED})
-    max_visits: int | None = field(default=None, metadata={"help": "Cut longer trajectories." + _RECORDED})
-    min_cells: int = field(default=3, metadata={"help": "Drop trajectories with fewer distinct cells." + _RECORDED})
-    min_points: int = field(default=10, metadata={"help": "Drop trajectories with fewer raw points." + _RECORDED})
-    utc_offset_minutes: int = field(default=0, metadata={"help": "Local time = UTC + offset." + _RECORDED})
-    invalid: str = field(default="raise", metadata={"help": "Invalid check-ins: raise | drop." + _RECORDED})
     # --- users and splits
     heldout_users: str | None = field(
         default=None,
@@ -174,6 +161,24 @@ class DataArguments:
     max_test_samples: int | None = field(default=None, metadata={"help": "Cap on test examples."})
 
 
+def _mtm_data_fields() -> list[tuple[str, Any, Any]]:
+    """`run_mtm.DataTrainingArguments`' MTM_DATA_FIELDS as make_dataclass specs, help noting the checkpoint default."""
+    hints = typing.get_type_hints(run_mtm.DataTrainingArguments)
+    fields = {f.name: f for f in dataclasses.fields(run_mtm.DataTrainingArguments)}
+    return [
+        (name, hints[name], field(default=fields[name].default, default_factory=fields[name].default_factory,
+                                  metadata={**fields[name].metadata,
+                                            "help": fields[name].metadata.get("help", "") + _RECORDED}))
+        for name in MTM_DATA_FIELDS
+    ]
+
+
+#: Task arguments + the data arguments of run_mtm.py (re-read the same raw data with the same segmentation).
+DataArguments = dataclasses.make_dataclass("DataArguments", _mtm_data_fields(), bases=(TaskArguments,))
+DataArguments.__module__ = __name__
+DataArguments.__doc__ = "Task arguments and run_mtm.py's data arguments (see MTM_DATA_FIELDS)."
+
+
 @dataclass
 class FinetuneTrainingArguments(TrainingArguments):
     """TrainingArguments with defaults for a small CPU budget (the paper: 10 epochs, batch 64)."""
@@ -192,14 +197,8 @@ def parse_args(argv: list[str] | None = None):
     """→ (model_args, data_args, training_args); `data_args.explicit` holds the names given by the caller."""
     parser = HfArgumentParser((ModelArguments, DataArguments, FinetuneTrainingArguments))
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        path = Path(argv[0])
-        if not path.is_file():
-            raise ValueError(f"Argument file {path} does not exist.")
-        import yaml
-
-        values = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-        values = values or {}
+    values = read_args_file(argv)
+    if values is not None:
         model_args, data_args, training_args = parser.parse_dict(values)
         explicit = set(values)
     else:
@@ -228,6 +227,23 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
         raise ValueError(f"--num_users must be at least 2 (classes), got {data_args.num_users}.")
     if data_args.invalid not in ("raise", "drop"):
         raise ValueError(f"--invalid must be raise or drop, got {data_args.invalid!r}.")
+    if data_args.max_input_visits < 1:
+        raise ValueError(f"--max_input_visits must be at least 1 (visits per input trajectory), got "
+                         f"{data_args.max_input_visits}.")
+    pair_entries = [e for e in report_entries(model_args, data_args) if e in PAIR_ENTRIES]
+    for name in ("max_train_samples", "max_test_samples"):
+        value = getattr(data_args, name)
+        if value is not None and pair_entries and value < 2:
+            raise ValueError(f"--{name} {value} is too small for {', '.join(pair_entries)}: pair tasks keep whole "
+                             "(positive, negative) pairs, so it must be at least 2.")
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be at least 1, got {value}.")
+    heldout = data_args.heldout_users
+    if heldout and not Path(heldout).exists() and (
+        os.sep in heldout or "/" in heldout or heldout.lower().endswith((".json", ".txt"))
+    ):
+        raise ValueError(f"--heldout_users {heldout!r}: no such file (pass an existing trajfm_split.json, a text file "
+                         "with one user id per line, or a comma-separated list of user ids).")
     if model_args.compare and training_args.push_to_hub:
         raise ValueError("--push_to_hub pushes one fine-tuned checkpoint: drop --compare (or --push_to_hub) and push "
                          "the run you want, e.g. --task destination --init pretrained --push_to_hub.")
@@ -253,7 +269,8 @@ def load_tokenizer_and_config(path: str) -> tuple[TrajTokenizer, TrajBertConfig]
     elif not local.is_absolute() and len(path.split("/")) > 2:
         raise ValueError(f"--model_name_or_path {path!r} is neither a folder nor a Hub repo id.")
     try:
-        tokenizer = TrajTokenizer.from_pretrained(path)
+        # "left": inputs longer than max_seq_length lose their oldest visits, keeping those next to what is predicted
+        tokenizer = TrajTokenizer.from_pretrained(path, truncation_side="left")
     except Exception as error:  # a Hub id without a tokenizer, or unreadable files
         raise ValueError(f"Cannot load a TrajTokenizer from {path!r} ({error}): fine-tuning needs the checkpoint's "
                          "tokenizer; use a run_mtm.py output folder.") from error
@@ -296,16 +313,18 @@ def resolve_heldout_users(model_path: str, heldout_users: str | None) -> tuple[l
 def pretraining_data_arguments(model_path: str, data_args: DataArguments) -> tuple[dict[str, Any], dict[str, str]]:
     """The data arguments to use: given on the command line > recorded by run_mtm.py > run_mtm.py's defaults.
 
-    Returns (values, where each value came from).
+    An explicit --data or --dataset_dir takes none of SOURCE_FIELDS from the record (the data source and its reader
+    and column mapping go together). Returns (values, where each value came from).
     """
     recorded = {}
     path = Path(model_path) / PRETRAINING_FILE
     if path.is_file():
         recorded = json.loads(path.read_text()).get("data_arguments", {}) or {}
     explicit = getattr(data_args, "explicit", set())
+    source_given = bool(explicit & {"data", "dataset_dir"})
     values, origin = {}, {}
     for name in MTM_DATA_FIELDS:
-        if name in explicit or name not in recorded:
+        if name in explicit or name not in recorded or (source_given and name in SOURCE_FIELDS):
             values[name], origin[name] = getattr(data_args, name), "argument" if name in explicit else "default"
         else:
             values[name], origin[name] = recorded[name], "checkpoint"
@@ -318,8 +337,6 @@ def load_heldout_trajectories(data_args: DataArguments, tokenizer: TrajTokenizer
 
     Returns (trajectory table of the held-out users, PipelineReport of the whole corpus or None, source, data values).
     """
-    import run_mtm
-
     values, origin = pretraining_data_arguments(model_path or "", data_args)
     if values["resolution"] != tokenizer.resolution:
         raise ValueError(f"--resolution {values['resolution']} differs from the tokenizer's ({tokenizer.resolution}): "
@@ -680,9 +697,17 @@ TASK_DESCRIPTIONS = {
 }
 
 
+def card_dataset_name(values: dict[str, Any]) -> str:
+    """Dataset name of the card from the data arguments actually used (dataset_dir wins, as in run_mtm)."""
+    for key in ("dataset_dir", "data"):
+        if values.get(key):
+            return Path(str(values[key]).rstrip("/")).name
+    return "trajfm synthetic city"
+
+
 def build_card(task, init, model_args, data_args, args, metrics, train_metrics, pipeline_report, push):
     kind_type = "text-classification"
-    dataset_name = Path(data_args.data).name if data_args.data else "trajfm synthetic city"
+    dataset_name = card_dataset_name(getattr(data_args, "resolved", None) or asdict(data_args))
     eval_results = eval_results_from_metrics(metrics, CARD_METRICS[task.kind], task_type=kind_type,
                                              task_name=task.name, dataset_type="trajectories",
                                              dataset_name=dataset_name, dataset_split="test")

@@ -311,17 +311,27 @@ class MTMTrainer(Trainer):
 # ------------------------------------------------------------------------------------------------ arguments
 
 
+def read_args_file(argv: list[str]) -> dict[str, Any] | None:
+    """The arguments of `script.py args.json|args.yaml` as a mapping; None for an ordinary command line."""
+    if len(argv) != 1 or not argv[0].endswith((".json", ".yaml", ".yml")):
+        return None
+    path = Path(argv[0])
+    if not path.is_file():
+        raise ValueError(f"Argument file {path} does not exist.")
+    import yaml
+
+    return (json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())) or {}
+
+
 def parse_arguments(argv: list[str] | None = None):
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
     argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        path = Path(argv[0])
-        if not path.is_file():
-            parser.error(f"argument file {path} does not exist.")
-        import yaml
-
-        values = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-        model_args, data_args, training_args = parser.parse_dict({**TRAINING_DEFAULTS, **(values or {})})
+    try:
+        values = read_args_file(argv)
+    except ValueError as error:
+        parser.error(str(error))
+    if values is not None:
+        model_args, data_args, training_args = parser.parse_dict({**TRAINING_DEFAULTS, **values})
     else:
         parser.set_defaults(**TRAINING_DEFAULTS)
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)

@@ -277,3 +277,71 @@ def test_data_arguments_default_to_the_checkpoint(checkpoint, tmp_path):
     assert values["synthetic_users"] == 36 and origin["synthetic_users"] == "checkpoint"
     assert values["min_points"] == 9 and origin["min_points"] == "argument"
     assert values["min_cells"] == 3 and origin["min_cells"] == "default"
+
+
+def test_explicit_data_source_takes_nothing_of_the_recorded_source(checkpoint, tmp_path):
+    """An explicit --data (or --dataset_dir) must not be overridden by a recorded dataset_dir, reader or columns."""
+    folder = tmp_path / "recorded_source"
+    shutil.copytree(checkpoint["path"], folder)
+    (folder / run_finetune.PRETRAINING_FILE).write_text(json.dumps({"data_arguments": {
+        "dataset_dir": "/old/corpus", "data": "/old/checkins.csv", "reader": "table", "user_col": "uid",
+        "separator": ";", "min_points": 7}}))
+    _, data_args, _ = run_finetune.parse_args(["--model_name_or_path", str(folder), "--data", "new.csv"])
+    values, origin = run_finetune.pretraining_data_arguments(str(folder), data_args)
+    assert values["data"] == "new.csv" and origin["data"] == "argument"
+    for name, default in (("dataset_dir", None), ("reader", "auto"), ("user_col", None), ("separator", None)):
+        assert values[name] == default and origin[name] == "default", name
+    assert values["min_points"] == 7 and origin["min_points"] == "checkpoint"  # segmentation still inherited
+    _, data_args, _ = run_finetune.parse_args(["--model_name_or_path", str(folder), "--dataset_dir", "/new/corpus"])
+    values, origin = run_finetune.pretraining_data_arguments(str(folder), data_args)
+    assert values["dataset_dir"] == "/new/corpus" and values["data"] is None and values["reader"] == "auto"
+    # Without an explicit source, the recorded one is used whole.
+    _, data_args, _ = run_finetune.parse_args(["--model_name_or_path", str(folder)])
+    values, origin = run_finetune.pretraining_data_arguments(str(folder), data_args)
+    assert values["dataset_dir"] == "/old/corpus" and values["user_col"] == "uid" and origin["reader"] == "checkpoint"
+
+
+def test_card_dataset_name_from_the_resolved_source():
+    assert run_finetune.card_dataset_name({"data": None, "dataset_dir": None}) == "trajfm synthetic city"
+    assert run_finetune.card_dataset_name({"data": "/raw/nyc_checkins.csv", "dataset_dir": None}) == "nyc_checkins.csv"
+    assert run_finetune.card_dataset_name({"data": "/raw/x.csv", "dataset_dir": "/prepared/corpus/"}) == "corpus"
+    task = run_finetune.PreparedTask("next_subtrajectory", "pair", {}, {}, ["not_next", "next"])
+    model_args, data_args, args = run_finetune.parse_args(["--model_name_or_path", "ckpt", "--output_dir", "out"])
+    data_args.resolved = {"data": "/raw/nyc_checkins.csv", "dataset_dir": None}  # inherited from the checkpoint
+    card = run_finetune.build_card(task, "pretrained", model_args, data_args, args, {"test_f1": 0.5}, {}, None, False)
+    results = card.data.to_dict()["model-index"][0]["results"]
+    assert results and all(r["dataset"]["name"] == "nyc_checkins.csv" for r in results)
+
+
+def test_missing_heldout_users_file(checkpoint, tmp_path):
+    for value in (str(tmp_path / "missing.json"), "splits/users", "users.txt"):
+        _fails(checkpoint, tmp_path, "no such file", "--task", "destination", "--heldout_users", value)
+    # A comma-separated list of ids is still a list.
+    model_args, data_args, training_args = run_finetune.parse_args(["--heldout_users", "u1,u2", "--output_dir", "x"])
+    run_finetune.check_arguments(model_args, data_args, training_args)
+
+
+def test_bad_sizes_rejected_at_start_up(checkpoint, tmp_path):
+    for value in ("0", "-3"):
+        _fails(checkpoint, tmp_path, "--max_input_visits must be at least 1", "--task", "destination",
+               "--max_input_visits", value)
+    _fails(checkpoint, tmp_path, "--max_train_samples 1 is too small for next_subtrajectory", "--task",
+           "next_subtrajectory", "--max_train_samples", "1")
+    _fails(checkpoint, tmp_path, "--max_test_samples 1 is too small for user_association_binary", "--task",
+           "user_association", "--association_form", "binary", "--max_test_samples", "1")
+    _fails(checkpoint, tmp_path, "--max_train_samples must be at least 1", "--task", "destination",
+           "--max_train_samples", "0")
+
+
+def test_arguments_file(tmp_path):
+    """args.json / args.yaml: the same arguments as a mapping; its keys count as given explicitly."""
+    import yaml
+
+    values = {"model_name_or_path": "ckpt", "task": "destination", "min_points": 9, "output_dir": str(tmp_path)}
+    for name, text in (("args.json", json.dumps(values)), ("args.yaml", yaml.safe_dump(values))):
+        (tmp_path / name).write_text(text)
+        model_args, data_args, _ = run_finetune.parse_args([str(tmp_path / name)])
+        assert model_args.model_name_or_path == "ckpt" and data_args.task == "destination"
+        assert data_args.min_points == 9 and data_args.explicit == set(values)
+    with pytest.raises(ValueError, match="does not exist"):
+        run_finetune.parse_args([str(tmp_path / "nope.json")])

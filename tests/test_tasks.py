@@ -14,6 +14,7 @@ from modeling_trajfm.task_metrics import (
     macro_f1,
     mean_reciprocal_rank,
     ranking_metrics,
+    true_class_ranks,
 )
 from tokenization_trajfm import baselines as bl
 from tokenization_trajfm import tasks as T
@@ -89,6 +90,46 @@ def test_next_subtrajectory_same_user_fallback_and_determinism():
 
 
 # ------------------------------------------------------------------------------------------------ destination
+def _records_of_lengths(lengths_by_user):
+    records, traj_id = [], 0
+    for u, lengths in enumerate(lengths_by_user):
+        for k, length in enumerate(lengths):
+            cells = np.arange(length, dtype=np.uint64) + np.uint64(10_000 * u + 1000 * k)
+            times = 1_700_000_000 + 600 * np.arange(length, dtype=np.int64) + 86_400 * traj_id
+            records.append(T.Record(f"u{u}", traj_id, cells, times))
+            traj_id += 1
+    return records
+
+
+def _b_lengths(pairs):
+    """(positive B lengths, negative B lengths), pair by pair (each positive is followed by its negative)."""
+    lengths = [len(c) for c in pairs["cells_b"]]
+    assert pairs["label"][::2] == [1] * (len(lengths) // 2) and pairs["label"][1::2] == [0] * (len(lengths) // 2)
+    return np.array(lengths[::2]), np.array(lengths[1::2])
+
+
+def test_next_subtrajectory_negatives_as_long_as_positives():
+    """B's length is no label cue: a negative B has the positive B's length whenever some trajectory is that long."""
+    rng = np.random.default_rng(0)
+    # All trajectories long: every negative has exactly its positive's length (cuts near the end give short B's).
+    records = _records_of_lengths([[30] * 3 for _ in range(5)])
+    positive, negative = _b_lengths(T.next_subtrajectory_pairs(records, seed=2, max_segment_visits=8,
+                                                               pairs_per_trajectory=5))
+    assert len(set(positive.tolist())) > 1 and np.array_equal(positive, negative)
+    # Mixed lengths (some shorter than B): same distribution of lengths for both labels.
+    records = _records_of_lengths([rng.integers(4, 40, size=4).tolist() for _ in range(8)])
+    pairs = T.next_subtrajectory_pairs(records, seed=3, max_segment_visits=8, pairs_per_trajectory=4)
+    positive, negative = _b_lengths(pairs)
+    assert positive.size > 50
+    assert abs(positive.mean() - negative.mean()) < 0.1
+    assert np.array_equal(np.bincount(positive, minlength=9), np.bincount(negative, minlength=9))
+    # Only when no trajectory is long enough is a negative shorter (never longer).
+    records = _records_of_lengths([[12], [3, 3]])
+    positive, negative = _b_lengths(T.next_subtrajectory_pairs(records, seed=0, max_segment_visits=8,
+                                                               pairs_per_trajectory=4))
+    assert (negative <= positive).all()
+
+
 @pytest.mark.parametrize("length, fraction, expected", [(20, 0.25, 5), (10, 0.25, 2), (3, 0.25, 1), (2, 0.9, 1),
                                                         (8, 0.5, 4)])
 def test_destination_prefix_and_label(length, fraction, expected):
@@ -177,6 +218,21 @@ def test_pair_similarity_threshold():
     assert bl.majority_label([0, 1, 1]) == 1 and bl.majority_label([0, 1]) == 0
 
 
+def test_majority_label_is_top_of_majority_scores():
+    for labels in ([0, 1, 1], [0, 1], [3, 3, 0, -100, -100, -100], [2, 5, 5, 2, 7]):
+        scores = bl.majority_scores(labels, 2, 8)
+        assert bl.majority_label(labels) == scores[0].argmax() == scores[1].argmax()
+    with pytest.raises(ValueError, match="No training labels"):
+        bl.majority_label([-100])
+
+
+def test_class_balance_sorted_by_label_value():
+    assert list(T.class_balance([10, 2, 2, 1, 10, 10])) == ["1", "2", "10"]
+    assert T.class_balance([10, 2, 2, 1], names=[f"c{i}" for i in range(11)]) == {"c1": 1, "c2": 2, "c10": 1}
+    assert list(T.class_balance(["other_user", "positive", "same_user", "positive"])) == [
+        "other_user", "positive", "same_user"]
+
+
 # ------------------------------------------------------------------------------------------------------ metrics
 def test_ranking_metrics():
     scores = np.array([[0.9, 0.1, 0.0], [0.1, 0.2, 0.7], [0.3, 0.3, 0.4], [0.5, 0.4, 0.1]])
@@ -188,6 +244,16 @@ def test_ranking_metrics():
     assert accuracy_at_k(np.zeros((2, 3)), np.array([0, 1]), ks=(1,))["accuracy@1"] == 0.0
     out = ranking_metrics(scores, labels, class_values=np.array([10, 11, 12]), true_values=np.array([10, 11, 12, 99]))
     assert set(out) == {"accuracy@1", "accuracy@5", "mrr", "macro_f1"}
+
+
+def test_nan_scores_never_hit():
+    # A NaN compares False with everything: it must rank last, not first (rank 0 = hit, MRR inf).
+    scores = np.array([[np.nan, 1.0, 0.5], [np.nan, np.nan, np.nan], [0.2, np.nan, 0.1]])
+    labels = np.array([0, 1, 0])
+    assert true_class_ranks(scores, labels).tolist() == [3, 3, 1]
+    assert accuracy_at_k(scores, labels, ks=(1,))["accuracy@1"] == pytest.approx(1 / 3)
+    assert mean_reciprocal_rank(scores, labels) == pytest.approx((1 / 3 + 1 / 3 + 1) / 3)
+    assert ranking_metrics(scores[2:], labels[2:])["accuracy@1"] == 1.0
 
 
 def test_f1_metrics():
