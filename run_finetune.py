@@ -73,7 +73,7 @@ from modeling_trajfm import (
 )
 from modeling_trajfm.hub import check_push_possible, eval_results_from_metrics, push_checkpoint, render_model_card
 from modeling_trajfm.task_metrics import binary_metrics, distance_errors_km, ranking_metrics
-from run_mtm import PRETRAINING_FILE, read_args_file
+from run_mtm import PRETRAINING_FILE, card_dataset_name, read_args_file
 from tokenization_trajfm import TrajTokenizer, UserSplit, select_users
 from tokenization_trajfm import baselines as bl
 from tokenization_trajfm import tasks as T
@@ -695,14 +695,6 @@ TASK_DESCRIPTIONS = {
     "user_association_linking": "which of the held-out users made this trajectory? (trajectory-user linking)",
     "user_association_binary": "were these two trajectories made by the same user? (binary, trajectory pair)",
 }
-
-
-def card_dataset_name(values: dict[str, Any]) -> str:
-    """Dataset name of the card from the data arguments actually used (dataset_dir wins, as in run_mtm)."""
-    for key in ("dataset_dir", "data"):
-        if values.get(key):
-            return Path(str(values[key]).rstrip("/")).name
-    return "trajfm synthetic city"
 
 
 def build_card(task, init, model_args, data_args, args, metrics, train_metrics, pipeline_report, push):

@@ -756,6 +756,14 @@ def _check_split_unchanged(output_dir: Path, last_checkpoint: str | None, split:
                          "changed since that run; resume with the same data and seed, or --overwrite_output_dir.")
 
 
+def card_dataset_name(values: dict[str, Any]) -> str:
+    """Dataset name for a model card from the data arguments used (dataset_dir wins, as in `load_trajectories`)."""
+    for key in ("dataset_dir", "data"):
+        if values.get(key):
+            return Path(str(values[key]).rstrip("/")).name
+    return "trajfm synthetic city"
+
+
 def build_card(model, tokenizer, model_args, data_args, training_args, metrics, report, source, counts,
                distinct_cells, regime, plot, repo_id):
     def fmt(key, pattern):
@@ -768,8 +776,7 @@ def build_card(model, tokenizer, model_args, data_args, training_args, metrics, 
         "eval_hexagon_acc_top5": ("top_5_accuracy", "Hexagon accuracy top-5"),
         "eval_loss": ("loss", "MTM loss"),
     }
-    dataset_name = Path(data_args.data).name if data_args.data else (
-        Path(data_args.dataset_dir).name if data_args.dataset_dir else "synthetic city")
+    dataset_name = card_dataset_name(asdict(data_args))
     eval_results = eval_results_from_metrics(
         metrics, specs, task_type="fill-mask", task_name="Masked trajectory modeling",
         dataset_type="trajectories", dataset_name=dataset_name, dataset_split="validation users",

@@ -54,17 +54,18 @@ class FakeTokenizer:
         return self.size
 
 
+TINY_SIZES = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
+
+
 def tiny_config(**kwargs) -> TrajBertConfig:
-    defaults = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    defaults.update(kwargs)
-    return TrajBertConfig(**defaults)
+    return TrajBertConfig(**{**TINY_SIZES, **kwargs})
 
 
 def make_trajectory(gen: torch.Generator, n_hex: int, max_sub: int = 4) -> dict[str, list[int]]:
@@ -149,16 +150,7 @@ def test_check_tokenizer_compatibility():
 def test_plain_model_is_exactly_bert():
     """All options off: same parameter names/shapes and same outputs as transformers' BertForMaskedLM."""
     torch.manual_seed(0)
-    bert = BertForMaskedLM(
-        BertConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        )
-    ).eval()
+    bert = BertForMaskedLM(BertConfig(**TINY_SIZES)).eval()
     model = TrajBertForMaskedTrajectoryModeling(tiny_config()).eval()
     state = {("trajbert." + k[5:] if k.startswith("bert.") else k): v for k, v in bert.state_dict().items()}
     assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in model.state_dict().items()}
