@@ -11,16 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from tokenization_trajfm.tokenization_trajfm import FEATURE_KEYS
+
 #: Per-token keys of the TrajTokenizer output (see docs/design.md); all are padded, `input_ids` with the PAD id.
-TOKEN_FEATURE_KEYS: tuple[str, ...] = (
-    "input_ids",
-    "attention_mask",
-    "token_type_ids",
-    "hexagon_ids",
-    "level_ids",
-    "hour_ids",
-    "gap_ids",
-)
+TOKEN_FEATURE_KEYS: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids", *FEATURE_KEYS)
 
 
 def _as_list(value: Any) -> list:

@@ -23,8 +23,8 @@ from typing import Any
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub import constants as hub_constants
 
-#: Folder of the card templates (a source checkout: `<repo>/model_cards`).
-MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+from model_cards import TEMPLATES_DIR as MODEL_CARDS_DIR
+
 #: Never pushed: intermediate checkpoints (optimizer states), TensorBoard runs, local caches.
 DEFAULT_IGNORE_PATTERNS = ("checkpoint-*", "checkpoint-*/*", "runs/*", "*.lock", ".cache/*")
 _TRUE = {"1", "ON", "YES", "TRUE"}

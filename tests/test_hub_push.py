@@ -61,7 +61,7 @@ def test_push_then_reload_from_hub(tmp_path):
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         repo = hub.repos["user/trajfm-test"]
         for name in ("config.json", "model.safetensors", "tokenizer_config.json", "vocab.json",
-                     "modeling_trajbert.py", "tokenization_trajfm.py", "trajfm_split.json", "training_curves.png",
+                     "modeling_trajbert.py", "tokenization_trajfm.py", "trajfm_corpus.json", "training_curves.png",
                      "README.md"):
             assert name in repo.files, name
         assert not any(p.startswith("checkpoint-") for p in repo.files)

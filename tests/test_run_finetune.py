@@ -1,69 +1,48 @@
-"""run_finetune.py end to end on a tiny synthetic corpus and a tiny (untrained) checkpoint.
-
-The checkpoint is built the way run_mtm.py leaves one (model + tokenizer + trajfm_split.json), without training:
-a TrajTokenizer trained on the pre-training users only and a tiny TrajBertForMaskedTrajectoryModeling.
-"""
+"""run_finetune.py end to end on a tiny synthetic corpus and the tiny (untrained) checkpoint of conftest.py, and the
+seams under it (held-out users, corpus overrides, task builders from a TaskConfig, cards, bad arguments)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CORPUS_ARGS
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test must never reach the network
-
-import run_finetune  # noqa: E402
-from modeling_trajfm import (  # noqa: E402
-    TrajBertConfig,
-    TrajBertForHexagonPrediction,
-    TrajBertForMaskedTrajectoryModeling,
-    set_auto_map,
+import run_finetune
+from modeling_trajfm import TrajBertForHexagonPrediction
+from modeling_trajfm.cards import build_finetune_card
+from modeling_trajfm.downstream import BUILDERS, PreparedTask, TaskConfig
+from modeling_trajfm.downstream import examples as T
+from modeling_trajfm.finetuning import (
+    load_heldout_trajectories,
+    load_tokenizer_and_config,
+    resolve_corpus,
+    resolve_heldout_users,
 )
-from tokenization_trajfm import (  # noqa: E402
+from tokenization_trajfm import (
+    CorpusConfig,
+    CorpusDescription,
     SegmentationConfig,
     TrajTokenizer,
-    UserSplit,
     build_trajectories,
     load_checkins,
     select_users,
-    split_users,
 )
 
 SYNTHETIC = dict(synthetic_users=36, synthetic_days=21, synthetic_seed=3)
-DATA_ARGS = ["--synthetic_users", "36", "--synthetic_days", "21", "--synthetic_seed", "3", "--max_gap_minutes", "360"]
+DATA_ARGS = TINY_CORPUS_ARGS
 TINY_TRAINING = ["--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--max_steps", "3",
                  "--logging_steps", "1", "--max_seq_length", "64", "--max_input_visits", "16",
                  "--max_segment_visits", "6", "--use_cpu", "--disable_tqdm", "true", "--dataloader_num_workers", "0"]
 
 
-def make_tiny_checkpoint(folder) -> dict:
-    """model + tokenizer + trajfm_split.json, as run_mtm.py leaves them, without training."""
-    checkins = load_checkins(None, **_synthetic_kwargs())
-    users = checkins.column("user_id").unique().to_pylist()
-    pretrain_users, heldout = split_users(users, 0.5, seed=0)
-    table, _ = build_trajectories(select_users(checkins, pretrain_users), 8, 10.0,
-                                  SegmentationConfig(max_gap_minutes=360))
-    tokenizer = TrajTokenizer.train(table, vocab_size=120, model_max_length=64)
-    config = TrajBertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, max_position_embeddings=64, use_hexagon_embeddings=True,
-                            use_level_embeddings=True, use_time_embeddings=True)
-    torch.manual_seed(0)
-    model = TrajBertForMaskedTrajectoryModeling(config)
-    set_auto_map(model.config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    UserSplit(seed=0, heldout_fraction=0.5, heldout_users=heldout).save(folder)
-    return {"path": folder, "heldout": heldout, "pretrain": pretrain_users}
-
-
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def _run(checkpoint, out, *extra):
@@ -173,18 +152,12 @@ def test_compare_report(checkpoint, tmp_path):
     assert pre == rand
 
 
-def test_split_hygiene(checkpoint, tmp_path):
+def test_split_hygiene(checkpoint):
     """Fine-tuning uses exactly the held-out users; no trajectory is in both train and test."""
-    from tokenization_trajfm import tasks as T
-
-    out = tmp_path / "hyg"
-    out.mkdir()
-    model_args, data_args, training_args = run_finetune.parse_args(
-        ["--model_name_or_path", str(checkpoint["path"]), "--output_dir", str(out), *DATA_ARGS])
-    tokenizer, _ = run_finetune.load_tokenizer_and_config(model_args.model_name_or_path)
-    heldout, _ = run_finetune.resolve_heldout_users(model_args.model_name_or_path, None)
-    assert sorted(heldout) == sorted(checkpoint["heldout"])
-    table, *_ = run_finetune.load_heldout_trajectories(data_args, tokenizer, heldout, str(checkpoint["path"]))
+    tokenizer, _ = load_tokenizer_and_config(str(checkpoint["path"]))
+    heldout, source = resolve_heldout_users(str(checkpoint["path"]), None)
+    assert sorted(heldout) == sorted(checkpoint["heldout"]) and source.endswith("trajfm_corpus.json")
+    table, *_ = load_heldout_trajectories(resolve_corpus(str(checkpoint["path"])), tokenizer, heldout)
     records = T.trajectory_records(table)
     used = {r.user_id for r in records}
     assert used <= set(heldout) and not used & set(checkpoint["pretrain"])
@@ -194,8 +167,9 @@ def test_split_hygiene(checkpoint, tmp_path):
     with_trajectories = set(full.column("user_id").to_pylist())
     assert used == with_trajectories & set(heldout)
 
-    for entry, builder in run_finetune.BUILDERS.items():
-        task = builder(records, data_args, seed=0)
+    config = TaskConfig(max_input_visits=16, max_segment_visits=6)
+    for entry, builder in BUILDERS.items():
+        task = builder(records, config, 0)
         if task.kind == "pair":
             train = set(task.train["traj_id_a"]) | set(task.train["traj_id_b"])
             test = set(task.test["traj_id_a"]) | set(task.test["traj_id_b"])
@@ -246,69 +220,57 @@ def test_incompatible_tokenizer(checkpoint, tmp_path):
     _fails(checkpoint, tmp_path, "incompatible", "--task", "destination", model=small)
 
 
-def test_missing_split_file(checkpoint, tmp_path):
+def test_missing_corpus_description(checkpoint, tmp_path):
     no_split = tmp_path / "no_split"
     shutil.copytree(checkpoint["path"], no_split)
-    (no_split / "trajfm_split.json").unlink()
+    (no_split / "trajfm_corpus.json").unlink()
     _fails(checkpoint, tmp_path, "--heldout_users", "--task", "destination", model=no_split)
 
 
-def test_data_arguments_mirror_run_mtm():
-    """The data arguments must keep run_mtm.py's names and defaults, or the held-out users' data would differ."""
-    import dataclasses
-
-    import run_mtm
-
-    mtm = {f.name: f for f in dataclasses.fields(run_mtm.DataTrainingArguments)}
-    ours = {f.name: f for f in dataclasses.fields(run_finetune.DataArguments)}
-    for name in run_finetune.MTM_DATA_FIELDS:
-        assert name in mtm and name in ours, name
-        assert ours[name].default == mtm[name].default, name
+def _recorded(folder, **config) -> None:
+    """A corpus description whose recorded data source is `config` (paths that need not exist)."""
+    raw = json.loads((folder / "trajfm_corpus.json").read_text())
+    raw["config"].update(config)
+    (folder / "trajfm_corpus.json").write_text(json.dumps(raw))
 
 
 def test_data_arguments_default_to_the_checkpoint(checkpoint, tmp_path):
-    """Arguments not given are taken from run_mtm.py's trajfm_pretraining.json; given ones win."""
+    """Corpus fields not given are those recorded by pre-training; given ones win."""
     folder = tmp_path / "recorded"
     shutil.copytree(checkpoint["path"], folder)
-    (folder / run_finetune.PRETRAINING_FILE).write_text(json.dumps({"data_arguments": {
-        "synthetic_users": 36, "synthetic_days": 21, "synthetic_seed": 3, "max_gap_minutes": 360, "min_points": 7}}))
-    _, data_args, _ = run_finetune.parse_args(["--model_name_or_path", str(folder), "--min_points", "9"])
-    values, origin = run_finetune.pretraining_data_arguments(str(folder), data_args)
-    assert values["synthetic_users"] == 36 and origin["synthetic_users"] == "checkpoint"
-    assert values["min_points"] == 9 and origin["min_points"] == "argument"
-    assert values["min_cells"] == 3 and origin["min_cells"] == "default"
+    _, _, overrides, _ = run_finetune.parse_args(["--model_name_or_path", str(folder), "--min_points", "9"])
+    assert overrides == {"min_points": 9}
+    corpus = resolve_corpus(str(folder), overrides)
+    assert corpus.min_points == 9 and corpus.max_gap_minutes == 360 and corpus.synthetic_users == 36
 
 
 def test_explicit_data_source_takes_nothing_of_the_recorded_source(checkpoint, tmp_path):
     """An explicit --data (or --dataset_dir) must not be overridden by a recorded dataset_dir, reader or columns."""
     folder = tmp_path / "recorded_source"
     shutil.copytree(checkpoint["path"], folder)
-    (folder / run_finetune.PRETRAINING_FILE).write_text(json.dumps({"data_arguments": {
-        "dataset_dir": "/old/corpus", "data": "/old/checkins.csv", "reader": "table", "user_col": "uid",
-        "separator": ";", "min_points": 7}}))
-    _, data_args, _ = run_finetune.parse_args(["--model_name_or_path", str(folder), "--data", "new.csv"])
-    values, origin = run_finetune.pretraining_data_arguments(str(folder), data_args)
-    assert values["data"] == "new.csv" and origin["data"] == "argument"
+    _recorded(folder, dataset_dir=None, data="/old/checkins.csv", reader="table", user_col="uid", separator=";",
+              min_points=7)
+    new = tmp_path / "new.csv"
+    new.write_text("user_id,latitude,longitude,timestamp\n")
+    corpus = resolve_corpus(str(folder), {"data": str(new)})
+    assert corpus.data == str(new)
     for name, default in (("dataset_dir", None), ("reader", "auto"), ("user_col", None), ("separator", None)):
-        assert values[name] == default and origin[name] == "default", name
-    assert values["min_points"] == 7 and origin["min_points"] == "checkpoint"  # segmentation still inherited
-    _, data_args, _ = run_finetune.parse_args(["--model_name_or_path", str(folder), "--dataset_dir", "/new/corpus"])
-    values, origin = run_finetune.pretraining_data_arguments(str(folder), data_args)
-    assert values["dataset_dir"] == "/new/corpus" and values["data"] is None and values["reader"] == "auto"
-    # Without an explicit source, the recorded one is used whole.
-    _, data_args, _ = run_finetune.parse_args(["--model_name_or_path", str(folder)])
-    values, origin = run_finetune.pretraining_data_arguments(str(folder), data_args)
-    assert values["dataset_dir"] == "/old/corpus" and values["user_col"] == "uid" and origin["reader"] == "checkpoint"
+        assert getattr(corpus, name) == default, name
+    assert corpus.min_points == 7  # segmentation still inherited
+    # Without an explicit source, the recorded one is used whole (and a missing file is named).
+    with pytest.raises(ValueError, match="/old/checkins.csv: no such file"):
+        resolve_corpus(str(folder))
 
 
-def test_card_dataset_name_from_the_resolved_source():
-    assert run_finetune.card_dataset_name({"data": None, "dataset_dir": None}) == "trajfm synthetic city"
-    assert run_finetune.card_dataset_name({"data": "/raw/nyc_checkins.csv", "dataset_dir": None}) == "nyc_checkins.csv"
-    assert run_finetune.card_dataset_name({"data": "/raw/x.csv", "dataset_dir": "/prepared/corpus/"}) == "corpus"
-    task = run_finetune.PreparedTask("next_subtrajectory", "pair", {}, {}, ["not_next", "next"])
-    model_args, data_args, args = run_finetune.parse_args(["--model_name_or_path", "ckpt", "--output_dir", "out"])
-    data_args.resolved = {"data": "/raw/nyc_checkins.csv", "dataset_dir": None}  # inherited from the checkpoint
-    card = run_finetune.build_card(task, "pretrained", model_args, data_args, args, {"test_f1": 0.5}, {}, None, False)
+def test_card_dataset_name_from_the_resolved_source(tmp_path):
+    assert CorpusConfig().dataset_name() == "trajfm synthetic city"
+    data = tmp_path / "nyc_checkins.csv"
+    data.write_text("")
+    assert CorpusConfig(data=str(data)).dataset_name() == "nyc_checkins.csv"
+    task = PreparedTask("next_subtrajectory", "pair", {}, {}, ["not_next", "next"])
+    _, _, _, args = run_finetune.parse_args(["--model_name_or_path", "ckpt", "--output_dir", "out"])
+    card = build_finetune_card(task, "pretrained", "ckpt", "raw file", CorpusConfig(data=str(data)).dataset_name(),
+                               args, {"test_f1": 0.5}, {}, None, False)
     results = card.data.to_dict()["model-index"][0]["results"]
     assert results and all(r["dataset"]["name"] == "nyc_checkins.csv" for r in results)
 
@@ -317,8 +279,14 @@ def test_missing_heldout_users_file(checkpoint, tmp_path):
     for value in (str(tmp_path / "missing.json"), "splits/users", "users.txt"):
         _fails(checkpoint, tmp_path, "no such file", "--task", "destination", "--heldout_users", value)
     # A comma-separated list of ids is still a list.
-    model_args, data_args, training_args = run_finetune.parse_args(["--heldout_users", "u1,u2", "--output_dir", "x"])
-    run_finetune.check_arguments(model_args, data_args, training_args)
+    _, task_config, _, _ = run_finetune.parse_args(["--heldout_users", "u1,u2", "--output_dir", "x"])
+    assert resolve_heldout_users("ckpt", task_config.heldout_users) == (["u1", "u2"], "--heldout_users")
+
+
+def test_heldout_users_from_another_checkpoint(checkpoint):
+    users, source = resolve_heldout_users("unused", str(checkpoint["path"]))
+    assert users == CorpusDescription.load(checkpoint["path"]).split.heldout_users
+    assert source.endswith("trajfm_corpus.json")
 
 
 def test_bad_sizes_rejected_at_start_up(checkpoint, tmp_path):
@@ -334,14 +302,14 @@ def test_bad_sizes_rejected_at_start_up(checkpoint, tmp_path):
 
 
 def test_arguments_file(tmp_path):
-    """args.json / args.yaml: the same arguments as a mapping; its keys count as given explicitly."""
+    """args.json / args.yaml: the same arguments as a mapping; its corpus keys count as given explicitly."""
     import yaml
 
     values = {"model_name_or_path": "ckpt", "task": "destination", "min_points": 9, "output_dir": str(tmp_path)}
     for name, text in (("args.json", json.dumps(values)), ("args.yaml", yaml.safe_dump(values))):
         (tmp_path / name).write_text(text)
-        model_args, data_args, _ = run_finetune.parse_args([str(tmp_path / name)])
-        assert model_args.model_name_or_path == "ckpt" and data_args.task == "destination"
-        assert data_args.min_points == 9 and data_args.explicit == set(values)
+        run_args, task_config, overrides, _ = run_finetune.parse_args([str(tmp_path / name)])
+        assert run_args.model_name_or_path == "ckpt" and task_config.task == "destination"
+        assert overrides == {"min_points": 9}
     with pytest.raises(ValueError, match="does not exist"):
         run_finetune.parse_args([str(tmp_path / "nope.json")])

@@ -1,4 +1,4 @@
-"""Task construction (tokenization_trajfm.tasks), baselines and task metrics on hand-made data."""
+"""Task construction (modeling_trajfm.downstream), baselines and task metrics on hand-made data."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from modeling_trajfm.task_metrics import (
+from modeling_trajfm.downstream import baselines as bl
+from modeling_trajfm.downstream import examples as T
+from modeling_trajfm.downstream.metrics import (
     accuracy_at_k,
     binary_f1,
     distance_errors_km,
@@ -16,8 +18,6 @@ from modeling_trajfm.task_metrics import (
     ranking_metrics,
     true_class_ranks,
 )
-from tokenization_trajfm import baselines as bl
-from tokenization_trajfm import tasks as T
 
 
 def _records(n_users=4, per_user=3, length=10, seed=0):

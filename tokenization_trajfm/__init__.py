@@ -1,24 +1,23 @@
 """Spatial tokenizer for trajfm: check-ins → H3 cells → visits → trajectories → sub-hash tokens.
 
-Importing it also imports `modeling_trajfm`, which registers `TrajTokenizer` with `AutoTokenizer` (a tokenizer is
-registered against a config class, and the config lives with the model).
+This package knows nothing of the model. `import modeling_trajfm` registers `TrajTokenizer` (with the TrajBert
+classes) with the transformers Auto classes.
 """
 
-from .corpus import UserSplit, load_checkins, select_users, split_users
+from .corpus import CorpusConfig, CorpusDescription, UserSplit, load_checkins, select_users, split_users
 from .pipeline import TRAJECTORY_SCHEMA, build_trajectories
 from .readers import READERS, read_checkins
 from .report import PipelineReport
 from .segment import SegmentationConfig
-from .tokenization_trajfm import TrajTokenizer
+from .tokenization_trajfm import FEATURE_KEYS, TrajTokenizer
 from .validation import clean_checkins
 
-TrajTokenizer.register_for_auto_class("AutoTokenizer")
-
-import modeling_trajfm  # noqa: E402,F401  (registers the Auto classes, the tokenizer included)
-
 __all__ = [
+    "FEATURE_KEYS",
     "READERS",
     "TRAJECTORY_SCHEMA",
+    "CorpusConfig",
+    "CorpusDescription",
     "PipelineReport",
     "SegmentationConfig",
     "TrajTokenizer",

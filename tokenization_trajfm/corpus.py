@@ -1,4 +1,9 @@
-"""Corpus preparation shared by the scripts: load check-ins, build trajectories, split users reproducibly.
+"""The corpus: where check-ins come from, how they become trajectories, and which users each stage may see.
+
+`CorpusConfig` says how to build the trajectories (data source, reader mapping, H3 resolution, clustering,
+segmentation); `CorpusDescription` is what a pre-training run saves beside its checkpoint (`trajfm_corpus.json`): the
+config, the user split and the counts. Fine-tuning reads it back with `CorpusDescription.load(checkpoint)`, so it
+rebuilds exactly the same trajectories and uses exactly the held-out users.
 
 Pre-training and fine-tuning must never share users, and a run must be repeatable, so users are split by a seeded
 permutation of the sorted distinct user ids: the same data and seed always give the same split.
@@ -8,18 +13,155 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from .pipeline import build_trajectories
+from .readers import READERS
 from .report import PipelineReport
 from .segment import SegmentationConfig
 
-SPLIT_FILE = "trajfm_split.json"
+CORPUS_FILE = "trajfm_corpus.json"
+#: Reader arguments of `reader="table"` (column mapping and time parsing).
+TABLE_MAPPING_FIELDS = ("user_col", "lat_col", "lon_col", "time_col", "time_format", "time_unit", "timezone",
+                        "separator")
+#: Where the raw data is and how to read it: these go together (a column mapping belongs to one file).
+SOURCE_FIELDS = ("data", "dataset_dir", "reader", *TABLE_MAPPING_FIELDS)
+INVALID_POLICIES = ("raise", "drop")
+
+
+@dataclass
+class CorpusConfig:
+    """How raw check-ins become trajectories: data source, reader mapping, H3 resolution, clustering, segmentation.
+
+    With neither `data` nor `dataset_dir` the corpus is the embedded default, a seeded synthetic city. Invalid values
+    raise `ValueError` at construction, with what to change.
+    """
+
+    data: str | None = field(default=None, metadata={"help": "Raw check-in file (or STAN NYC folder)."})
+    reader: str = field(default="auto", metadata={"help": f"Reader of --data: auto, {', '.join(sorted(READERS))}."})
+    user_col: str | None = field(default=None, metadata={"help": "--reader table: user id column."})
+    lat_col: str | None = field(default=None, metadata={"help": "--reader table: latitude column."})
+    lon_col: str | None = field(default=None, metadata={"help": "--reader table: longitude column."})
+    time_col: str | None = field(default=None, metadata={"help": "--reader table: timestamp column."})
+    time_format: str | None = field(default=None, metadata={"help": "--reader table: strftime format of times."})
+    time_unit: str | None = field(default=None, metadata={"help": "--reader table: epoch unit s|ms|us."})
+    timezone: str | None = field(default=None, metadata={"help": "--reader table: IANA zone of naive times."})
+    separator: str | None = field(default=None, metadata={"help": "--reader table: CSV separator."})
+    dataset_dir: str | None = field(
+        default=None, metadata={"help": "Corpus saved with datasets' save_to_disk (trajectories or check-ins)."}
+    )
+    synthetic_users: int = field(default=300, metadata={"help": "Embedded default: synthetic users."})
+    synthetic_days: int = field(default=42, metadata={"help": "Embedded default: synthetic days."})
+    synthetic_seed: int = field(default=0, metadata={"help": "Embedded default: generator seed."})
+    resolution: int = field(default=8, metadata={"help": "H3 resolution."})
+    window_minutes: float = field(default=10.0, metadata={"help": "Same-cell check-ins this close form one visit."})
+    max_gap_minutes: float | None = field(
+        default=24 * 60, metadata={"help": "A longer gap between visits starts a new trajectory (None: never)."}
+    )
+    split_by_day: bool = field(default=False, metadata={"help": "Start a new trajectory each local day."})
+    max_visits: int | None = field(default=None, metadata={"help": "Cut trajectories into pieces of this many visits."})
+    min_cells: int = field(default=3, metadata={"help": "Drop trajectories with fewer distinct cells (paper: 3)."})
+    min_points: int = field(default=10, metadata={"help": "Drop trajectories with fewer raw points (paper: 10)."})
+    utc_offset_minutes: int = field(default=0, metadata={"help": "Local time = UTC + offset (days, hour features)."})
+    invalid: str = field(default="raise", metadata={"help": "Invalid check-ins: raise | drop (and report)."})
+
+    def __post_init__(self):
+        if self.data is not None and self.dataset_dir is not None:
+            raise ValueError("Give either --data (raw check-ins) or --dataset_dir (prepared corpus), not both.")
+        if self.reader not in ("auto", *READERS):
+            raise ValueError(f"Unknown --reader {self.reader!r}: choose one of auto, {', '.join(sorted(READERS))}.")
+        mapping = self.table_mapping()
+        if self.data is not None:
+            if not Path(self.data).exists():
+                raise ValueError(f"--data {self.data}: no such file or directory; check the path.")
+            if mapping and self.reader not in ("table", "auto"):
+                raise ValueError(f"Column mapping arguments ({', '.join(mapping)}) only apply to --reader table.")
+        elif mapping:
+            raise ValueError(f"Column mapping arguments ({', '.join(mapping)}) need --data FILE --reader table.")
+        if self.dataset_dir is not None and not Path(self.dataset_dir).is_dir():
+            raise ValueError(f"--dataset_dir {self.dataset_dir}: no such directory (expected datasets' save_to_disk).")
+        if self.invalid not in INVALID_POLICIES:
+            raise ValueError(f"--invalid {self.invalid!r}: choose raise or drop.")
+        if not 0 <= self.resolution <= 15:
+            raise ValueError(f"--resolution must be an H3 resolution in 0..15, got {self.resolution}.")
+        self.segmentation()  # its own checks, with their messages
+
+    def table_mapping(self) -> dict[str, str]:
+        """The column mapping given for `reader="table"` (only the fields that are set)."""
+        return {k: getattr(self, k) for k in TABLE_MAPPING_FIELDS if getattr(self, k) is not None}
+
+    def segmentation(self) -> SegmentationConfig:
+        return SegmentationConfig(
+            max_gap_minutes=self.max_gap_minutes,
+            split_by_day=self.split_by_day,
+            max_visits=self.max_visits,
+            min_cells=self.min_cells,
+            min_points=self.min_points,
+            utc_offset_minutes=self.utc_offset_minutes,
+        )
+
+    def with_overrides(self, overrides: dict[str, Any]) -> CorpusConfig:
+        """A copy with `overrides` applied (see `merge_corpus_values`)."""
+        return CorpusConfig(**merge_corpus_values(asdict(self), overrides))
+
+    def load(self) -> tuple[pa.Table | Any, PipelineReport | None, str]:
+        """→ (trajectories as an Arrow table or a memory-mapped `datasets.Dataset`, PipelineReport or None for a
+        prepared trajectory corpus, a one-line description of the source)."""
+        if self.dataset_dir is not None:
+            import datasets
+
+            corpus = datasets.load_from_disk(self.dataset_dir)
+            if isinstance(corpus, datasets.DatasetDict):
+                if len(corpus) != 1:
+                    raise ValueError(f"--dataset_dir holds several splits ({list(corpus)}): save one Dataset, the "
+                                     "split into users is done by trajfm.")
+                corpus = next(iter(corpus.values()))
+            source = f"prepared corpus {self.dataset_dir} ({corpus.num_rows:,} rows)"
+            if {"user_id", "cells"} <= set(corpus.column_names):
+                return corpus, None, source
+            if not {"user_id", "latitude", "longitude", "timestamp"} <= set(corpus.column_names):
+                raise ValueError(f"--dataset_dir columns {corpus.column_names}: need trajectories (user_id, cells, "
+                                 "timestamps) or check-ins (user_id, latitude, longitude, timestamp).")
+            checkins = corpus.with_format("arrow")[:]
+        elif self.data is not None:
+            reader = self.reader
+            if reader == "auto":
+                from .readers import sniff_reader
+
+                reader = sniff_reader(self.data)
+            checkins = load_checkins(self.data, reader=reader, **self.table_mapping())
+            source = f"{self.data} (reader {reader})"
+        else:
+            checkins = load_checkins(None, synthetic_users=self.synthetic_users, synthetic_days=self.synthetic_days,
+                                     seed=self.synthetic_seed)
+            source = (f"embedded synthetic city ({self.synthetic_users} users, {self.synthetic_days} days, "
+                      f"seed {self.synthetic_seed})")
+        table, report = trajectories_with_report(checkins, self.resolution, self.window_minutes, self.segmentation(),
+                                                 self.invalid)
+        return table, report, source
+
+    def dataset_name(self) -> str:
+        """A short name of the data for model cards."""
+        for value in (self.dataset_dir, self.data):
+            if value:
+                return Path(str(value).rstrip("/")).name
+        return "trajfm synthetic city"
+
+
+def merge_corpus_values(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`values` (CorpusConfig fields) updated with `overrides`; a new `data` or `dataset_dir` replaces the whole data
+    source (reader and column mapping included), since a recorded mapping would not fit another file."""
+    values = dict(values)
+    if {"data", "dataset_dir"} & set(overrides):
+        values.update({f.name: f.default for f in fields(CorpusConfig) if f.name in SOURCE_FIELDS})
+    values.update(overrides)
+    return values
 
 
 def load_checkins(
@@ -71,28 +213,62 @@ def select_users(table: pa.Table, users: Iterable[str]) -> pa.Table:
 
 @dataclass
 class UserSplit:
-    """Which users pre-training may see; the rest are held out for fine-tuning. Saved next to checkpoints."""
+    """Which users each stage sees: `heldout_users` are kept for fine-tuning, `validation_users` score pre-training,
+    every other user trains it. No user is in two groups."""
 
     seed: int
     heldout_fraction: float
     heldout_users: list[str]
-
-    def save(self, directory: str | Path) -> None:
-        path = Path(directory) / SPLIT_FILE
-        path.write_text(
-            json.dumps(
-                {"seed": self.seed, "heldout_fraction": self.heldout_fraction, "heldout_users": self.heldout_users},
-                indent=1,
-            )
-        )
+    validation_fraction: float = 0.0
+    validation_users: list[str] = field(default_factory=list)
 
     @classmethod
-    def load(cls, directory: str | Path) -> UserSplit | None:
-        path = Path(directory) / SPLIT_FILE
+    def assign(cls, users: Iterable[str], heldout_fraction: float, validation_fraction: float, seed: int
+               ) -> tuple[UserSplit, list[str]]:
+        """Split distinct `users`: `heldout_fraction` of them held out, then `validation_fraction` of the rest for
+        validation (seed + 1). Returns (the split, the training users)."""
+        rest, heldout = split_users(users, heldout_fraction, seed)
+        train, validation = split_users(rest, validation_fraction, seed + 1) if validation_fraction > 0 else (rest, [])
+        return cls(seed, heldout_fraction, heldout, validation_fraction, validation), train
+
+
+@dataclass
+class CorpusDescription:
+    """What a pre-training run saved beside its checkpoint: the corpus config, the user split, where the data came
+    from, the pipeline report and the counts per split. `load(checkpoint)` reads it back in one call."""
+
+    config: CorpusConfig
+    split: UserSplit
+    source: str
+    report: dict[str, Any] | None = None
+    counts: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    distinct_train_cells: int | None = None
+    vocab_regime: str | None = None
+    #: Pre-training settings beside the corpus (masking, sequence length), for the record.
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / CORPUS_FILE
+        path.write_text(json.dumps(asdict(self), indent=1, default=str))
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path, overrides: dict[str, Any] | None = None) -> CorpusDescription:
+        """The description saved in `directory`, its corpus config updated with `overrides` (`merge_corpus_values`:
+        e.g. the data file's new location); `FileNotFoundError` naming the file when there is none."""
+        path = Path(directory) / CORPUS_FILE
         if not path.is_file():
-            return None
+            raise FileNotFoundError(
+                f"{path} not found: {directory} is not a trajfm pre-training output (run_mtm.py / "
+                "modeling_trajfm.pretrain save the corpus description there)."
+            )
         raw = json.loads(path.read_text())
-        return cls(seed=raw["seed"], heldout_fraction=raw["heldout_fraction"], heldout_users=raw["heldout_users"])
+        config = CorpusConfig(**merge_corpus_values(raw["config"], overrides or {}))
+        return cls(**{**raw, "config": config, "split": UserSplit(**raw["split"])})
+
+    @staticmethod
+    def exists(directory: str | Path) -> bool:
+        return (Path(directory) / CORPUS_FILE).is_file()
 
 
 def trajectories_with_report(

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .corpus import seeded_split
+from tokenization_trajfm.corpus import seeded_split
 
 IGNORE_INDEX = -100
 TASKS = ("next_subtrajectory", "destination", "user_association")

@@ -1,0 +1,296 @@
+"""From trajectory records and a `TaskConfig` to a `PreparedTask`: train/test examples, labels and the baselines'
+test metrics, independent of the model init. Splits are by trajectory (see `examples`), seeded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tokenization_trajfm.h3cells import cell_centers
+
+from . import baselines as bl
+from . import examples as T
+from .metrics import binary_metrics, distance_errors_km, ranking_metrics
+
+#: Report entries: a task name plus, for user association, its form.
+TASK_ENTRIES = ("next_subtrajectory", "destination", "user_association_linking", "user_association_binary")
+#: Report entries whose examples are (positive, negative) pairs.
+PAIR_ENTRIES = ("next_subtrajectory", "user_association_binary")
+
+
+@dataclass
+class TaskConfig:
+    """Which task, which users, and how its examples are built. Invalid values raise `ValueError` at construction."""
+
+    task: str = field(default="next_subtrajectory", metadata={"help": f"One of {', '.join(T.TASKS)}."})
+    association_form: str = field(default="linking", metadata={"help": "user_association: linking | binary."})
+    # --- users and splits
+    heldout_users: str | None = field(
+        default=None,
+        metadata={"help": "Users to fine-tune on instead of the checkpoint's held-out users: a checkpoint folder, "
+                          "a trajfm_corpus.json, a text file (one user per line) or a comma-separated list."},
+    )
+    test_fraction: float = field(default=0.2, metadata={"help": "Share of trajectories in the test split."})
+    # --- task construction
+    prefix_fraction: float = field(default=0.25, metadata={"help": "destination: share of visits given as input."})
+    num_users: int | None = field(default=None, metadata={"help": "user linking: at most this many users (classes)."})
+    min_user_trajectories: int = field(default=3, metadata={"help": "user linking: trajectories a class user needs."})
+    min_segment_visits: int = field(default=2, metadata={"help": "next_subtrajectory: visits in A and in B, min."})
+    max_segment_visits: int = field(default=16, metadata={"help": "next_subtrajectory: visits in A and in B, max."})
+    pairs_per_trajectory: int = field(
+        default=3, metadata={"help": "Pair tasks: positive pairs anchored on each trajectory (each with a negative)."}
+    )
+    max_input_visits: int = field(
+        default=32, metadata={"help": "Visits per input trajectory (destination: the last ones of the prefix)."}
+    )
+    max_seq_length: int = field(default=128, metadata={"help": "Tokens per example (whole hexagons truncated)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training examples."})
+    max_test_samples: int | None = field(default=None, metadata={"help": "Cap on test examples."})
+
+    def __post_init__(self):
+        if self.task not in T.TASKS:
+            raise ValueError(f"Unknown task {self.task!r}: choose --task among {', '.join(T.TASKS)}.")
+        if self.association_form not in T.ASSOCIATION_FORMS:
+            raise ValueError(f"Unknown --association_form {self.association_form!r}: choose linking or binary.")
+        if not 0.0 < self.prefix_fraction < 1.0:
+            raise ValueError(f"--prefix_fraction must be in (0, 1) (the share of visits given as input), got "
+                             f"{self.prefix_fraction}.")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"--test_fraction must be in (0, 1), got {self.test_fraction}.")
+        if self.num_users is not None and self.num_users < 2:
+            raise ValueError(f"--num_users must be at least 2 (classes), got {self.num_users}.")
+        if self.max_input_visits < 1:
+            raise ValueError(f"--max_input_visits must be at least 1 (visits per input trajectory), got "
+                             f"{self.max_input_visits}.")
+        for name in ("max_train_samples", "max_test_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name} must be at least 1, got {value}.")
+
+    def entry(self) -> str:
+        """The report entry of `task` (user association with its form)."""
+        return f"user_association_{self.association_form}" if self.task == "user_association" else self.task
+
+    def check_entries(self, entries: Sequence[str]) -> None:
+        """Checks that depend on which entries run: pair tasks keep whole (positive, negative) pairs."""
+        pairs = [e for e in entries if e in PAIR_ENTRIES]
+        for name in ("max_train_samples", "max_test_samples"):
+            value = getattr(self, name)
+            if value is not None and pairs and value < 2:
+                raise ValueError(f"--{name} {value} is too small for {', '.join(pairs)}: pair tasks keep whole "
+                                 "(positive, negative) pairs, so it must be at least 2.")
+
+
+def report_entries(tasks: Sequence[str]) -> list[str]:
+    """Report entries of a comparison over `tasks`: user association runs both forms."""
+    entries = []
+    for task in dict.fromkeys(tasks):
+        if task not in T.TASKS:
+            raise ValueError(f"Unknown task {task!r}: choose --tasks among {', '.join(T.TASKS)}.")
+        entries += ["user_association_linking", "user_association_binary"] if task == "user_association" else [task]
+    return entries
+
+
+@dataclass
+class PreparedTask:
+    """One report entry's data, labels, baselines and description (independent of the init)."""
+
+    name: str
+    kind: str  # "pair" (binary, sentence pair) | "single" (multi-class) | "hexagon"
+    train: dict[str, list]
+    test: dict[str, list]
+    label_names: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    test_extra: dict[str, list] = field(default_factory=dict)
+    candidates: list[int] = field(default_factory=list)
+
+
+def _cap(columns: dict[str, list], limit: int | None, keep_pairs: bool = False) -> dict[str, list]:
+    if limit is None:
+        return columns
+    n = len(next(iter(columns.values()), []))
+    limit = min(n, limit - (limit % 2 if keep_pairs else 0))
+    return {key: values[:limit] for key, values in columns.items()}
+
+
+def _split_info(train_records, test_records, train, test, label_key, names=None) -> dict[str, Any]:
+    return {
+        "train_trajectories": len(train_records),
+        "test_trajectories": len(test_records),
+        "train_examples": len(train[label_key]),
+        "test_examples": len(test[label_key]),
+        "train_class_balance": T.class_balance(train[label_key], names),
+        "test_class_balance": T.class_balance(test[label_key], names),
+        "train_users": len({r.user_id for r in train_records}),
+        "test_users": len({r.user_id for r in test_records}),
+    }
+
+
+def _binary_pair_baselines(train_records, train, test, extra_subsets: dict[str, np.ndarray] | None = None):
+    labels = np.asarray(test["label"])
+    majority = bl.majority_label(train["label"])
+    sim = bl.PairSimilarityThreshold().fit([r.cells for r in train_records], train["cells_a"], train["cells_b"],
+                                           train["label"])
+    out = {}
+    for name, predictions in (("majority", np.full(labels.size, majority)),
+                              ("cell_profile_similarity", sim.predict(test["cells_a"], test["cells_b"]))):
+        metrics = binary_metrics(predictions, labels)
+        for subset, mask in (extra_subsets or {}).items():
+            for key, value in binary_metrics(predictions[mask], labels[mask]).items():
+                metrics[f"{key}_{subset}"] = value
+        out[name] = metrics
+    out["cell_profile_similarity"]["threshold"] = sim.threshold
+    return out
+
+
+def _slice_visits(columns: dict[str, list], keys: tuple[str, ...], limit: int, last: bool = False) -> None:
+    for key in keys:
+        columns[key] = [v[-limit:] if last else v[:limit] for v in columns[key]]
+
+
+def build_next_subtrajectory(records: Sequence[T.Record], config: TaskConfig, seed: int) -> PreparedTask:
+    train_ids, test_ids = T.split_trajectories([r.traj_id for r in records], config.test_fraction, seed)
+    train_records, test_records = T.select(records, train_ids), T.select(records, test_ids)
+    sizes = (config.min_segment_visits, config.max_segment_visits, config.pairs_per_trajectory)
+    train = T.next_subtrajectory_pairs(train_records, seed, *sizes)
+    test = T.next_subtrajectory_pairs(test_records, seed + 1, *sizes)
+    train, test = _cap(train, config.max_train_samples, True), _cap(test, config.max_test_samples, True)
+    if not train["label"] or not test["label"]:
+        raise ValueError("next_subtrajectory: no pairs could be built (trajectories need >= 2 * --min_segment_visits "
+                         "visits and >= 2 users per split); use more data or lower --min_segment_visits.")
+    info = _split_info(train_records, test_records, train, test, "label", ["not_next", "next"])
+    info["test_pair_kinds"] = T.class_balance(test["pair_kind"])
+    info["train_pair_kinds"] = T.class_balance(train["pair_kind"])
+    difficulty = np.asarray(test["difficulty"])
+    subsets = {f"{kind}_negatives": difficulty == kind for kind in ("same_user", "other_user")}
+    task = PreparedTask("next_subtrajectory", "pair", train, test, ["not_next", "next"], info,
+                        test_extra={"difficulty": test["difficulty"]})
+    task.baselines = _binary_pair_baselines(train_records, train, test, subsets)
+    return task
+
+
+def build_destination(records: Sequence[T.Record], config: TaskConfig, seed: int) -> PreparedTask:
+    train_ids, test_ids = T.split_trajectories([r.traj_id for r in records], config.test_fraction, seed)
+    train_records, test_records = T.select(records, train_ids), T.select(records, test_ids)
+    train = T.destination_examples(train_records, config.prefix_fraction)
+    test = T.destination_examples(test_records, config.prefix_fraction)
+    order = np.random.default_rng(seed).permutation(len(train["destination"]))
+    train = {key: [values[i] for i in order] for key, values in train.items()}
+    train, test = _cap(train, config.max_train_samples), _cap(test, config.max_test_samples)
+    candidates = T.destination_candidates(train["destination"])
+    if len(candidates) < 2:
+        raise ValueError("destination: fewer than 2 distinct training destinations; use more data.")
+    train["label"] = T.label_indices(train["destination"], candidates)
+    test["label"] = T.label_indices(test["destination"], candidates)
+    info = _split_info(train_records, test_records, train, test, "destination")
+    info.pop("train_class_balance")
+    info.pop("test_class_balance")
+    unseen = sum(label == T.IGNORE_INDEX for label in test["label"])
+    info.update(num_candidates=len(candidates), test_destinations_not_in_candidates=int(unseen),
+                test_share_not_in_candidates=unseen / max(1, len(test["label"])),
+                prefix_fraction=config.prefix_fraction)
+    names = [format(c, "x") for c in candidates]
+    task = PreparedTask("destination", "hexagon", train, test, names, info, candidates=candidates,
+                        test_extra={"destination": test["destination"]})
+    # Baselines on the full prefixes (the model sees the last `max_input_visits` of them).
+    n = len(test["label"])
+    train_cells = [r.cells.tolist() for r in train_records]
+    markov = bl.MarkovDestination(candidates).fit(train_cells, train["destination"])
+    per_user = bl.UserFrequentCell(candidates).fit([r.user_id for r in train_records], train_cells,
+                                                   train["destination"])
+    scores = {
+        "majority": bl.majority_scores(train["label"], n, len(candidates)),
+        "markov": markov.scores(test["cells"]),
+        "user_most_frequent_cell": per_user.scores(test["user_id"]),
+    }
+    task.baselines = {name: destination_metrics(s, task) for name, s in scores.items()}
+    _slice_visits(train, ("cells", "timestamps"), config.max_input_visits, last=True)
+    _slice_visits(test, ("cells", "timestamps"), config.max_input_visits, last=True)
+    return task
+
+
+def build_user_linking(records: Sequence[T.Record], config: TaskConfig, seed: int) -> PreparedTask:
+    users = T.linking_users(records, config.num_users, config.min_user_trajectories)
+    chosen = [r for r in records if r.user_id in set(users)]
+    train_ids, test_ids = T.split_trajectories_by_user(chosen, config.test_fraction, seed)
+    train_records, test_records = T.select(chosen, train_ids), T.select(chosen, test_ids)
+    train, test = T.linking_examples(train_records, users), T.linking_examples(test_records, users)
+    order = np.random.default_rng(seed).permutation(len(train["label"]))
+    train = {key: [values[i] for i in order] for key, values in train.items()}
+    train, test = _cap(train, config.max_train_samples), _cap(test, config.max_test_samples)
+    for columns in (train, test):
+        _slice_visits(columns, ("cells", "timestamps"), config.max_input_visits)
+    info = _split_info(train_records, test_records, train, test, "label", users)
+    info["num_users"] = len(users)
+    task = PreparedTask("user_association_linking", "single", train, test, list(users), info)
+    n = len(test["label"])
+    knn = bl.CellProfileKNN(users).fit(train["user_id"], train["cells"])
+    scores = {"majority": bl.majority_scores(train["label"], n, len(users)),
+              "cell_profile_knn": knn.scores(test["cells"])}
+    task.baselines = {name: ranking_metrics(s, np.asarray(test["label"])) for name, s in scores.items()}
+    return task
+
+
+def build_user_binary(records: Sequence[T.Record], config: TaskConfig, seed: int) -> PreparedTask:
+    train_ids, test_ids = T.split_trajectories([r.traj_id for r in records], config.test_fraction, seed)
+    train_records, test_records = T.select(records, train_ids), T.select(records, test_ids)
+    train = T.user_pairs(train_records, seed, config.pairs_per_trajectory)
+    test = T.user_pairs(test_records, seed + 1, config.pairs_per_trajectory)
+    train, test = _cap(train, config.max_train_samples, True), _cap(test, config.max_test_samples, True)
+    if not train["label"] or not test["label"]:
+        raise ValueError("user_association binary: no pairs could be built (each split needs users with >= 2 "
+                         "trajectories); use more data or a larger --test_fraction.")
+    half = max(1, config.max_input_visits // 2)
+    for columns in (train, test):
+        _slice_visits(columns, ("cells_a", "timestamps_a", "cells_b", "timestamps_b"), half)
+    info = _split_info(train_records, test_records, train, test, "label", ["different_user", "same_user"])
+    task = PreparedTask("user_association_binary", "pair", train, test, ["different_user", "same_user"], info)
+    task.baselines = _binary_pair_baselines(train_records, train, test)
+    return task
+
+
+BUILDERS: dict[str, Callable[[Sequence[T.Record], TaskConfig, int], PreparedTask]] = {
+    "next_subtrajectory": build_next_subtrajectory,
+    "destination": build_destination,
+    "user_association_linking": build_user_linking,
+    "user_association_binary": build_user_binary,
+}
+
+
+def build_task(entry: str, records: Sequence[T.Record], config: TaskConfig, seed: int) -> PreparedTask:
+    """The prepared task of report `entry` (see `TASK_ENTRIES`)."""
+    if entry not in BUILDERS:
+        raise ValueError(f"Unknown task entry {entry!r}: choose one of {', '.join(BUILDERS)}.")
+    return BUILDERS[entry](records, config, seed)
+
+
+def destination_metrics(scores: np.ndarray, task: PreparedTask) -> dict[str, float]:
+    labels = np.asarray(task.test["label"])
+    truth = np.asarray(task.test_extra["destination"], dtype=np.uint64)
+    candidates = np.asarray(task.candidates, dtype=np.uint64)
+    out = ranking_metrics(scores, labels, class_values=candidates, true_values=truth)
+    top1 = candidates[np.asarray(scores).argmax(axis=1)] if len(labels) else np.empty(0, dtype=np.uint64)
+    out.update(distance_errors_km(cell_centers(top1), cell_centers(truth)))
+    return out
+
+
+def task_metrics(task: PreparedTask, logits: np.ndarray) -> dict[str, float]:
+    """Test metrics of a model's `logits` on `task` (the same functions as its baselines)."""
+    labels = np.asarray(task.test["label"])
+    if task.kind == "hexagon":
+        return destination_metrics(logits, task)
+    if task.kind == "single":
+        return ranking_metrics(logits, labels)
+    predictions = logits.argmax(axis=1)
+    out = binary_metrics(predictions, labels)
+    if "difficulty" in task.test_extra:
+        difficulty = np.asarray(task.test_extra["difficulty"])
+        for kind in ("same_user", "other_user"):
+            mask = difficulty == kind
+            for key, value in binary_metrics(predictions[mask], labels[mask]).items():
+                out[f"{key}_{kind}_negatives"] = value
+    return out

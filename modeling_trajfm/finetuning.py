@@ -1,0 +1,409 @@
+"""Fine-tuning on the downstream tasks of arXiv 2312.00076 as library calls: `finetune` (one task, one init) and
+`compare` (pre-trained vs random init on the same data, seeds and budget, beside simple baselines).
+
+The examples come from the users HELD OUT from pre-training (the checkpoint's corpus description,
+`trajfm_corpus.json`, or `TaskConfig.heldout_users`), with their trajectories rebuilt exactly as pre-training built
+them (the recorded `CorpusConfig`, updated with `corpus_overrides`, e.g. the data file's new location). Each task is
+split by trajectory into train/test (`TaskConfig.test_fraction`), so no trajectory is on both sides.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow as pa
+from transformers import Trainer, TrainingArguments, set_seed
+
+from tokenization_trajfm import CorpusConfig, CorpusDescription, PipelineReport, TrajTokenizer, select_users
+from tokenization_trajfm.corpus import CORPUS_FILE
+
+from .cards import PLOT_FILE, build_finetune_card
+from .configuration_trajbert import TrajBertConfig
+from .data_collator import DataCollatorWithTrajectoryPadding
+from .downstream import examples as T
+from .downstream.builders import PreparedTask, TaskConfig, build_task, report_entries, task_metrics
+from .downstream.compare import INITS, compare_markdown, compare_plot, compare_report
+from .hub import check_push_possible, push_checkpoint
+from .modeling_trajbert import TrajBertForHexagonPrediction, TrajBertForSequenceClassification
+from .plotting import plot_training_curves
+from .registration import set_auto_map
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("vocab.json", "tokenizer_config.json")
+
+
+@dataclass
+class FinetuneArguments:
+    """Which checkpoint, which init, and whether to compare both inits."""
+
+    model_name_or_path: str = field(
+        default="trajfm-base",
+        metadata={"help": "Pre-trained checkpoint folder (run_mtm.py output: model, tokenizer, trajfm_corpus.json)."},
+    )
+    init: str = field(default="pretrained", metadata={"help": "pretrained | random (same config, fresh weights)."})
+    compare: bool = field(
+        default=False, metadata={"help": "Fine-tune both inits on the same data/seeds/budget and write a report."}
+    )
+    tasks: list[str] = field(
+        default_factory=lambda: list(T.TASKS),
+        metadata={"help": "Tasks of --compare (default: all three; user_association runs both forms)."},
+    )
+
+    def __post_init__(self):
+        if self.init not in INITS:
+            raise ValueError(f"Unknown --init {self.init!r}: choose pretrained or random.")
+        report_entries(self.tasks)  # names checked
+
+
+@dataclass
+class FinetuneTrainingArguments(TrainingArguments):
+    """TrainingArguments with defaults for a small CPU budget (the paper: 10 epochs, batch 64)."""
+
+    output_dir: str | None = field(default="outputs/finetune", metadata={"help": "Where results are written."})
+    num_train_epochs: float = field(default=10.0, metadata={"help": "Epochs per fine-tuning run (paper: 10)."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Batch size per device (training)."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device (test)."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate (AdamW)."})
+    warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up steps (< 1: share of all steps)."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    save_strategy: str = field(default="no", metadata={"help": "Intermediate checkpoints: no | steps | epoch."})
+
+
+@dataclass
+class FinetuneResult:
+    """What `finetune` returns: the test metrics (`test_*`) of one task entry and init, and where it was saved."""
+
+    entry: str
+    init: str
+    metrics: dict[str, float]
+    output_dir: str
+
+
+@dataclass
+class CompareResult:
+    """What `compare` returns: `results[entry][init]` = test metrics, and the comparison report."""
+
+    results: dict[str, dict[str, dict[str, float]]]
+    report: dict[str, Any]
+    output_dir: str
+
+
+# ---------------------------------------------------------------------------------------------- checkpoint/users
+def load_tokenizer_and_config(path: str) -> tuple[TrajTokenizer, TrajBertConfig]:
+    """The checkpoint's tokenizer and config, checked to work together; errors say what to change."""
+    local = Path(path)
+    if local.exists() and not local.is_dir():
+        raise ValueError(f"--model_name_or_path {path!r} is a file: pass a checkpoint folder (run_mtm.py output).")
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ValueError(f"{path!r} has no config.json: pass a checkpoint folder saved by run_mtm.py.")
+        missing = [name for name in TOKENIZER_FILES if not (local / name).is_file()]
+        if missing:
+            raise ValueError(
+                f"Checkpoint {path!r} has no compatible tokenizer (missing {', '.join(missing)}): fine-tuning needs "
+                "the TrajTokenizer the model was pre-trained with. Use a folder saved by run_mtm.py (it saves the "
+                "tokenizer next to the model) or save it there with tokenizer.save_pretrained(folder)."
+            )
+    elif not local.is_absolute() and len(path.split("/")) > 2:
+        raise ValueError(f"--model_name_or_path {path!r} is neither a folder nor a Hub repo id.")
+    try:
+        # "left": inputs longer than max_seq_length lose their oldest visits, keeping those next to what is predicted
+        tokenizer = TrajTokenizer.from_pretrained(path, truncation_side="left")
+    except Exception as error:  # a Hub id without a tokenizer, or unreadable files
+        raise ValueError(f"Cannot load a TrajTokenizer from {path!r} ({error}): fine-tuning needs the checkpoint's "
+                         "tokenizer; use a run_mtm.py output folder.") from error
+    config = TrajBertConfig.from_pretrained(path)
+    try:
+        config.check_tokenizer_compatibility(tokenizer)
+    except ValueError as error:
+        raise ValueError(f"Checkpoint {path!r}: {error}") from error
+    return tokenizer, config
+
+
+def check_heldout_users_argument(heldout_users: str | None) -> None:
+    """A value that looks like a path must exist (a list of ids is anything else)."""
+    if heldout_users and not Path(heldout_users).exists() and (
+        "/" in heldout_users or heldout_users.lower().endswith((".json", ".txt"))
+    ):
+        raise ValueError(f"--heldout_users {heldout_users!r}: no such file (pass a checkpoint folder, a "
+                         f"{CORPUS_FILE}, a text file with one user id per line, or a comma-separated list of ids).")
+
+
+def resolve_heldout_users(model_path: str, heldout_users: str | None) -> tuple[list[str], str]:
+    """Users to fine-tune on: `heldout_users` if given, else the checkpoint's. Returns (users, where they came from)."""
+    check_heldout_users_argument(heldout_users)
+    if heldout_users:
+        path = Path(heldout_users)
+        if path.is_dir() or path.name == CORPUS_FILE:
+            folder = path if path.is_dir() else path.parent
+            return list(CorpusDescription.load(folder).split.heldout_users), str(folder / CORPUS_FILE)
+        if path.is_file():
+            lines = [line.strip() for line in path.read_text().splitlines()]
+            return [line for line in lines if line], str(path)
+        return [u.strip() for u in heldout_users.split(",") if u.strip()], "--heldout_users"
+    if not (Path(model_path).is_dir() and CorpusDescription.exists(model_path)):
+        raise ValueError(
+            f"Checkpoint {model_path!r} has no {CORPUS_FILE} (the users held out from pre-training), so fine-tuning "
+            "could reuse pre-training users. Use a run_mtm.py output folder, or pass --heldout_users (a file with one "
+            "user id per line, or a comma-separated list of users the model never saw)."
+        )
+    return list(CorpusDescription.load(model_path).split.heldout_users), str(Path(model_path) / CORPUS_FILE)
+
+
+def resolve_corpus(model_path: str, corpus_overrides: dict[str, Any] | None = None) -> CorpusConfig:
+    """The corpus config pre-training recorded in the checkpoint (defaults when there is none), with overrides."""
+    if Path(model_path).is_dir() and CorpusDescription.exists(model_path):
+        return CorpusDescription.load(model_path, overrides=corpus_overrides).config
+    return CorpusConfig().with_overrides(corpus_overrides or {})
+
+
+def load_heldout_trajectories(corpus: CorpusConfig, tokenizer: TrajTokenizer, heldout: list[str]
+                              ) -> tuple[pa.Table, PipelineReport | None, str]:
+    """Trajectories of the held-out users, built as pre-training built its corpus.
+
+    Returns (trajectory table of the held-out users, PipelineReport of the whole corpus or None, source).
+    """
+    if corpus.resolution != tokenizer.resolution:
+        raise ValueError(f"--resolution {corpus.resolution} differs from the tokenizer's ({tokenizer.resolution}): "
+                         "drop --resolution or use a checkpoint trained at that resolution.")
+    trajectories, report, source = corpus.load()
+    table = trajectories if isinstance(trajectories, pa.Table) else trajectories.with_format("arrow")[:]
+    present = set(table.column("user_id").cast(pa.string()).unique().to_pylist())
+    found = sorted(set(heldout) & present)
+    if not found:
+        raise ValueError(
+            f"None of the {len(set(heldout))} held-out users of the checkpoint has a trajectory in this data: pass the "
+            "same --data / --reader / --synthetic_* / segmentation arguments that run_mtm.py used for pre-training."
+        )
+    if len(found) < len(set(heldout)):
+        logger.warning("%d of %d held-out users have no trajectory in this data.", len(set(heldout)) - len(found),
+                       len(set(heldout)))
+    return select_users(table, found), report, source
+
+
+# ------------------------------------------------------------------------------------------------------ training
+def tokenize_examples(task: PreparedTask, columns: dict[str, list], tokenizer: TrajTokenizer,
+                      max_length: int) -> datasets.Dataset:
+    if task.kind == "pair":
+        encoded = tokenizer(cells=columns["cells_a"], timestamps=columns["timestamps_a"],
+                            pair_cells=columns["cells_b"], pair_timestamps=columns["timestamps_b"],
+                            max_length=max_length, truncation=True)
+    else:
+        encoded = tokenizer(cells=columns["cells"], timestamps=columns["timestamps"], max_length=max_length,
+                            truncation=True)
+    data = {key: list(values) for key, values in encoded.items()}
+    data["labels"] = list(columns["label"])
+    return datasets.Dataset.from_dict(data)
+
+
+def build_model(task: PreparedTask, init: str, model_path: str, base_config: TrajBertConfig,
+                tokenizer: TrajTokenizer, seed: int):
+    """A fine-tuning model for `task`: pre-trained weights, or the same config with fresh weights (seeded)."""
+    config = copy.deepcopy(base_config)
+    id2label = dict(enumerate(task.label_names))
+    config.id2label = id2label
+    config.label2id = {name: i for i, name in id2label.items()}
+    if task.kind == "hexagon":
+        config.hexagon_candidates = tokenizer.cell_token_ids(task.candidates)
+        model_class = TrajBertForHexagonPrediction
+    else:
+        config.hexagon_candidates = None
+        config.problem_type = "single_label_classification"
+        model_class = TrajBertForSequenceClassification
+    config.validate()
+    set_seed(seed)
+    if init == "pretrained":
+        model = model_class.from_pretrained(model_path, config=config)
+        if task.kind == "hexagon":
+            _transfer_mtm_transform(model, model_path)
+    else:
+        model = model_class(config)
+    set_auto_map(model.config)
+    return model
+
+
+def _transfer_mtm_transform(model: TrajBertForHexagonPrediction, model_path: str) -> None:
+    """Start the hexagon head's transform (dense + LayerNorm into word-embedding space) from the pre-trained MTM
+    head's (`cls.predictions.transform.*`), which was trained for exactly that mapping; the candidate bias starts at 0.
+    """
+    weights = Path(model_path) / "model.safetensors"
+    if not weights.is_file():
+        return
+    from safetensors import safe_open
+
+    prefix = "cls.predictions.transform."
+    with safe_open(str(weights), framework="pt") as handle:
+        state = {k[len(prefix):]: handle.get_tensor(k) for k in handle.keys() if k.startswith(prefix)}
+    target = model.hexagon_head.transform.state_dict()
+    if state and set(state) == set(target) and all(state[k].shape == target[k].shape for k in target):
+        model.hexagon_head.transform.load_state_dict(state)
+        logger.info("Hexagon head transform initialised from the pre-trained MTM head.")
+
+
+@dataclass
+class _Prepared:
+    """Everything fine-tuning needs that does not depend on the init."""
+
+    model_path: str
+    tokenizer: TrajTokenizer
+    base_config: TrajBertConfig
+    tasks: dict[str, PreparedTask]
+    encoded: dict[str, tuple[datasets.Dataset, datasets.Dataset]]
+    corpus: CorpusConfig
+    source: str
+    pipeline_report: PipelineReport | None
+    heldout_source: str
+    task_config: TaskConfig
+
+
+def prepare(model_path: str, task_config: TaskConfig, entries: Sequence[str], training_args: TrainingArguments,
+            corpus_overrides: dict[str, Any] | None = None) -> _Prepared:
+    """Load the checkpoint's tokenizer, rebuild the held-out users' trajectories, build and tokenize every entry's
+    examples, and write `task_data.json`; fails before any training when a task cannot be built."""
+    task_config.check_entries(entries)
+    check_push_possible(training_args.push_to_hub, training_args.hub_model_id)
+    tokenizer, base_config = load_tokenizer_and_config(model_path)
+    tokenizer.model_max_length = min(task_config.max_seq_length, base_config.max_position_embeddings)
+    heldout, heldout_source = resolve_heldout_users(model_path, task_config.heldout_users)
+    corpus = resolve_corpus(model_path, corpus_overrides)
+    logger.info("Corpus: %s", corpus)
+    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+    table, pipeline_report, source = load_heldout_trajectories(corpus, tokenizer, heldout)
+    records = T.trajectory_records(table)
+    logger.info("Data: %s; pipeline (all users):\n%s", source, pipeline_report)
+    tasks = {entry: build_task(entry, records, task_config, seed) for entry in entries}
+
+    output_root = Path(training_args.output_dir)
+    output_root.mkdir(parents=True, exist_ok=True)
+    data_summary = {
+        "heldout_users_source": heldout_source, "heldout_users": len(set(heldout)),
+        "heldout_users_used": sorted({r.user_id for r in records}), "trajectories": len(records),
+        "data_source": source, "corpus": asdict(corpus),
+        "pipeline_all_users": pipeline_report.to_dict() if pipeline_report is not None else None,
+        "tasks": {entry: task.info for entry, task in tasks.items()},
+    }
+    if training_args.process_index == 0:
+        (output_root / "task_data.json").write_text(json.dumps(data_summary, indent=1, default=str))
+    for entry, task in tasks.items():
+        print(f"[{entry}] " + json.dumps(task.info, default=str))
+    encoded = {entry: (tokenize_examples(task, task.train, tokenizer, tokenizer.model_max_length),
+                       tokenize_examples(task, task.test, tokenizer, tokenizer.model_max_length))
+               for entry, task in tasks.items()}
+    return _Prepared(model_path, tokenizer, base_config, tasks, encoded, corpus, source, pipeline_report,
+                     heldout_source, task_config)
+
+
+def _run_one(prepared: _Prepared, entry: str, init: str, training_args: TrainingArguments,
+             output_dir: Path) -> dict[str, float]:
+    """Fine-tune one (task entry, init); save model, tokenizer, metrics, task report and card in `output_dir`."""
+    task = prepared.tasks[entry]
+    train_dataset, test_dataset = prepared.encoded[entry]
+    args = copy.deepcopy(training_args)
+    args.output_dir = str(output_dir)
+    push, args.push_to_hub = args.push_to_hub, False  # pushed by modeling_trajfm.hub, curated card last
+    model = build_model(task, init, prepared.model_path, prepared.base_config, prepared.tokenizer, args.seed)
+    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, processing_class=prepared.tokenizer,
+                      data_collator=DataCollatorWithTrajectoryPadding(prepared.tokenizer))
+    started = time.perf_counter()
+    train_result = trainer.train()
+    train_metrics = dict(train_result.metrics)
+    train_metrics["train_samples"] = len(train_dataset)
+    prediction = trainer.predict(test_dataset, metric_key_prefix="test")
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    metrics = {f"test_{k}": v for k, v in task_metrics(task, np.asarray(logits, dtype=np.float64)).items()}
+    metrics["test_loss"] = prediction.metrics.get("test_loss")
+    metrics["test_samples"] = len(test_dataset)
+    metrics = {k: v for k, v in metrics.items() if v is not None}
+    elapsed = time.perf_counter() - started
+    trainer.save_model()
+    trainer.log_metrics("train", train_metrics)
+    trainer.save_metrics("train", train_metrics)
+    trainer.log_metrics("test", metrics)
+    trainer.save_metrics("test", metrics)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        report = {
+            "task": task.name, "init": init, "base_checkpoint": prepared.model_path,
+            "heldout_users_source": prepared.heldout_source, "seed": args.seed,
+            "fine_tune_seconds": round(elapsed, 1), "split": task.info, "baselines": task.baselines,
+            "data_source": prepared.source, "corpus": asdict(prepared.corpus),
+            "task_config": asdict(prepared.task_config),
+        }
+        (output_dir / "task_report.json").write_text(json.dumps(report, indent=1, default=str))
+        try:
+            plot_training_curves(trainer.state.log_history, output_dir / PLOT_FILE, metric_keys=(),
+                                 title=f"{task.name} ({init} init)")
+        except Exception as error:  # a plot must never fail a run
+            logger.warning("No training curve plot: %s", error)
+        card = build_finetune_card(task, init, prepared.model_path, prepared.source, prepared.corpus.dataset_name(),
+                                   args, metrics, train_metrics, prepared.pipeline_report, push)
+        card.save(output_dir / "README.md")
+        if push:
+            repo_id = args.hub_model_id or output_dir.name
+            push_checkpoint(output_dir, repo_id, card, token=args.hub_token, private=args.hub_private_repo)
+    return metrics
+
+
+def finetune(
+    model_name_or_path: str,
+    task_config: TaskConfig | None = None,
+    training_args: TrainingArguments | None = None,
+    init: str = "pretrained",
+    corpus_overrides: dict[str, Any] | None = None,
+) -> FinetuneResult:
+    """Fine-tune the checkpoint (or, with `init="random"`, its config from fresh weights) on one task entry
+    (`task_config.task`, with its `association_form`) and report test metrics beside the baselines."""
+    if init not in INITS:
+        raise ValueError(f"Unknown init {init!r}: choose pretrained or random.")
+    task_config = task_config or TaskConfig()
+    training_args = training_args or FinetuneTrainingArguments()
+    entry = task_config.entry()
+    prepared = prepare(model_name_or_path, task_config, [entry], training_args, corpus_overrides)
+    output_dir = Path(training_args.output_dir)
+    logger.info("Fine-tuning %s from %s init -> %s", entry, init, output_dir)
+    metrics = _run_one(prepared, entry, init, training_args, output_dir)
+    return FinetuneResult(entry, init, metrics, str(output_dir))
+
+
+def compare(
+    model_name_or_path: str,
+    task_config: TaskConfig | None = None,
+    training_args: TrainingArguments | None = None,
+    tasks: Sequence[str] = T.TASKS,
+    corpus_overrides: dict[str, Any] | None = None,
+) -> CompareResult:
+    """Fine-tune pre-trained and random init on every entry of `tasks` (same data, seeds and budget) and write
+    `compare_report.{json,md,png}` in `training_args.output_dir` (see `downstream.compare` for the formula)."""
+    task_config = task_config or TaskConfig()
+    training_args = training_args or FinetuneTrainingArguments()
+    if training_args.push_to_hub:
+        raise ValueError("--push_to_hub pushes one fine-tuned checkpoint: drop --compare (or --push_to_hub) and push "
+                         "the run you want, e.g. --task destination --init pretrained --push_to_hub.")
+    prepared = prepare(model_name_or_path, task_config, report_entries(tasks), training_args, corpus_overrides)
+    output_root = Path(training_args.output_dir)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for entry in prepared.tasks:
+        results[entry] = {}
+        for init in INITS:
+            folder = output_root / entry / init
+            folder.mkdir(parents=True, exist_ok=True)
+            logger.info("Fine-tuning %s from %s init -> %s", entry, init, folder)
+            results[entry][init] = _run_one(prepared, entry, init, training_args, folder)
+    report = compare_report(results, prepared.tasks)
+    if training_args.process_index == 0:
+        (output_root / "compare_report.json").write_text(json.dumps(report, indent=1, default=str))
+        markdown = compare_markdown(report)
+        (output_root / "compare_report.md").write_text(markdown)
+        compare_plot(report, output_root / "compare_report.png")
+        print(markdown)
+    return CompareResult(results, report, str(output_root))

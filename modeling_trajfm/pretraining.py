@@ -1,0 +1,500 @@
+"""Masked trajectory modeling (MTM) pre-training as a library call: `pretrain(corpus, model_args, mtm_args, args)`.
+
+Data flow (every step logged with counts):
+
+1. `CorpusConfig.load()`: check-ins from a file, a prepared corpus or the embedded synthetic city → H3 encoding,
+   clustering and segmentation into trajectories (the PipelineReport of what was read and dropped is logged).
+2. Users split, seeded by `split_seed` (default: the training seed): `heldout_fraction` of the users are held out for
+   fine-tuning and never seen here, the rest split into train / validation by user (`validation_fraction`). The split
+   is saved in the corpus description (`trajfm_corpus.json`) before any training, so a crash never loses it.
+3. Tokenizer: `tokenizer_name` (an existing TrajTokenizer) or a new sub-hash vocabulary trained on the TRAINING users.
+4. Sequences: each trajectory is ONE sequence `[CLS] visits... [SEP]`; one longer than `max_seq_length` is split into
+   pieces of WHOLE hexagons. Short trajectories are padded per batch (length-grouped), not packed.
+5. Whole-hexagon masking (`DataCollatorForWholeHexagonMasking`); evaluation masks come from a fixed seed.
+6. Metrics at every evaluation and at step 0: `eval_perplexity` per sub-token, `eval_hexagon_acc_top1` / `top5`.
+
+The output folder is a complete checkpoint: model + config (complete `auto_map`), tokenizer, Trainer files, results
+JSONs, the corpus description, `training_curves.png` and a model card (`README.md`). Resuming: the last `checkpoint-*`
+in the output folder is continued unless `overwrite_output_dir`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
+from transformers import AutoTokenizer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from tokenization_trajfm import CorpusConfig, CorpusDescription, TrajTokenizer, UserSplit
+from tokenization_trajfm.corpus import select_users
+from tokenization_trajfm.subhash import SPELLINGS, max_cell_tokens
+
+from .cards import PLOT_FILE, build_mtm_card
+from .configuration_trajbert import TrajBertConfig
+from .data_collator import DataCollatorForWholeHexagonMasking
+from .hub import check_push_possible, push_checkpoint
+from .metrics import compute_mtm_metrics, preprocess_logits_for_mtm_metrics
+from .modeling_trajbert import TrajBertForMaskedTrajectoryModeling
+from .plotting import plot_training_curves
+from .registration import set_auto_map
+from .trainer import MTMTrainer
+
+logger = logging.getLogger(__name__)
+
+SPECIAL_TOKENS_PER_SEQUENCE = 2  # [CLS] ... [SEP]
+
+@dataclass
+class MTMTrainingArguments(TrainingArguments):
+    """TrainingArguments with pre-training defaults (tuned for the embedded synthetic run: a few minutes on 2 CPU
+    cores). Ratios < 1 for eval/logging/save/warm-up steps are fractions of all steps."""
+
+    output_dir: str | None = field(default="trajfm-base", metadata={"help": "Where the checkpoint is written."})
+    do_train: bool = field(default=True, metadata={"help": "Train (else only evaluate)."})
+    do_eval: bool = field(default=True, metadata={"help": "Evaluate on the validation users."})
+    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: no | steps | epoch."})
+    eval_steps: float | None = field(default=0.1, metadata={"help": "Evaluate every N steps (< 1: share of all)."})
+    logging_steps: float = field(default=0.02, metadata={"help": "Log every N steps (< 1: share of all)."})
+    save_steps: float = field(default=0.5, metadata={"help": "Checkpoint every N steps (< 1: share of all)."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW)."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps (< 1: share of all steps)."})
+    num_train_epochs: float = field(default=8.0, metadata={"help": "Epochs (ignored when --max_steps is set)."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device (training)."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device (evaluation)."})
+    seed: int = field(default=42, metadata={"help": "Seed of the run (and of the user split by default)."})
+    train_sampling_strategy: str = field(
+        default="group_by_length", metadata={"help": "group_by_length (little padding: lengths vary a lot) | random."}
+    )
+
+
+@dataclass
+class MTMModelArguments:
+    """Which model and tokenizer to train (from scratch unless `model_name_or_path`)."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Continue pre-training this TrajBert checkpoint instead of a random init."}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Override config fields of a from-scratch model, e.g. 'hidden_act=gelu,max_levels=12'."},
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "An existing TrajTokenizer (path or Hub id); default: train on train users."}
+    )
+    vocab_size: int = field(
+        default=1000,
+        metadata={"help": "Sub-hash vocabulary size of a new tokenizer. Choose it relative to the number of distinct "
+                  "cells (logged): at or above it every cell is its own token and sub-hashing does nothing."},
+    )
+    spelling: str = field(default="hex", metadata={"help": f"Sub-hash spelling of a new tokenizer: {SPELLINGS}."})
+    hidden_size: int = field(default=128, metadata={"help": "Encoder width."})
+    num_hidden_layers: int = field(default=2, metadata={"help": "Encoder layers."})
+    num_attention_heads: int = field(default=4, metadata={"help": "Attention heads (must divide hidden_size)."})
+    intermediate_size: int = field(default=512, metadata={"help": "Feed-forward width."})
+    hidden_dropout_prob: float = field(default=0.1, metadata={"help": "Dropout on hidden states."})
+    attention_probs_dropout_prob: float = field(default=0.1, metadata={"help": "Dropout on attention weights."})
+    use_hexagon_embeddings: bool = field(
+        default=False, metadata={"help": "Add an embedding of the visit index (hexagon_ids). Off = the paper's BERT."}
+    )
+    use_level_embeddings: bool = field(
+        default=False, metadata={"help": "Add an embedding of the sub-token position inside its hexagon."}
+    )
+    use_time_embeddings: bool = field(
+        default=False, metadata={"help": "Add hour-of-week and time-gap embeddings (the paper ignores time)."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
+
+    def __post_init__(self):
+        if self.spelling not in SPELLINGS:
+            raise ValueError(f"Unknown --spelling {self.spelling!r}: choose one of {', '.join(SPELLINGS)}.")
+
+
+@dataclass
+class MTMArguments:
+    """How the corpus is split into users and turned into masked sequences."""
+
+    heldout_fraction: float = field(
+        default=0.2, metadata={"help": "Share of users held out for fine-tuning, never seen in pre-training."}
+    )
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "Share of the remaining users used for validation (0: no evaluation)."}
+    )
+    split_seed: int | None = field(default=None, metadata={"help": "Seed of the user split (default: --seed)."})
+    max_seq_length: int = field(
+        default=512, metadata={"help": "Longest sequence in tokens; longer trajectories are split into pieces."}
+    )
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+    streaming: bool = field(default=False, metadata={"help": "Tokenize on the fly from an iterable dataset."})
+    shuffle_buffer_size: int = field(default=10_000, metadata={"help": "--streaming: shuffle buffer (sequences)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep at most this many train sequences."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep at most this many eval sequences."})
+    mlm_probability: float = field(default=0.2, metadata={"help": "Share of hexagons masked, in (0, 1)."})
+    mask_replace_prob: float = field(default=0.8, metadata={"help": "Masked hexagons replaced by [MASK]."})
+    random_replace_prob: float = field(default=0.1, metadata={"help": "Masked hexagons replaced by random tokens."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Ignore checkpoints in --output_dir and train from scratch."}
+    )
+
+    def __post_init__(self):
+        if not 0 < self.mlm_probability < 1:
+            raise ValueError(f"--mlm_probability must be in (0, 1) (share of hexagons masked), got "
+                             f"{self.mlm_probability}.")
+        for name in ("mask_replace_prob", "random_replace_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"--{name} must be in [0, 1], got {getattr(self, name)}.")
+        if self.mask_replace_prob + self.random_replace_prob > 1 + 1e-9:
+            raise ValueError(
+                f"--mask_replace_prob + --random_replace_prob must be <= 1 (the rest stays unchanged), got "
+                f"{self.mask_replace_prob} + {self.random_replace_prob}; lower one of them."
+            )
+        if not 0 < self.heldout_fraction < 1:
+            raise ValueError(f"--heldout_fraction must be in (0, 1), got {self.heldout_fraction}.")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"--validation_fraction must be in [0, 1), got {self.validation_fraction}.")
+
+
+@dataclass
+class PretrainingResult:
+    """What `pretrain` returns."""
+
+    output_dir: str
+    metrics: dict[str, float]
+    model: Any = None
+    tokenizer: Any = None
+    datasets: dict[str, Any] = field(default_factory=dict)
+    split: dict[str, list[str]] = field(default_factory=dict)
+
+
+def check_pretraining_arguments(corpus: CorpusConfig, model_args: MTMModelArguments, mtm_args: MTMArguments,
+                                training_args: TrainingArguments) -> None:
+    """The checks that involve several argument groups; raises ValueError saying what to change."""
+    check_push_possible(training_args.push_to_hub, training_args.hub_model_id)
+    longest = max_cell_tokens(corpus.resolution, model_args.spelling) + SPECIAL_TOKENS_PER_SEQUENCE
+    if mtm_args.max_seq_length < longest:
+        raise ValueError(
+            f"--max_seq_length {mtm_args.max_seq_length} is below the longest hexagon: a resolution-"
+            f"{corpus.resolution} cell takes up to {longest - 2} '{model_args.spelling}' sub-tokens plus 2 special "
+            f"tokens; use --max_seq_length >= {longest}."
+        )
+    if mtm_args.streaming and training_args.do_train and training_args.max_steps <= 0:
+        raise ValueError("--streaming has no length: give --max_steps N (total optimizer steps).")
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def _arrow_column(dataset: datasets.Dataset, name: str) -> pa.ChunkedArray:
+    """One column as Arrow, through the dataset's indices (so a filtered or selected dataset reads right)."""
+    return dataset.select_columns([name]).with_format("arrow")[:][name]
+
+
+def _users(corpus: pa.Table | datasets.Dataset) -> list[str]:
+    column = corpus["user_id"] if isinstance(corpus, pa.Table) else _arrow_column(corpus, "user_id")
+    return sorted(pc.unique(column.combine_chunks().cast(pa.string())).to_pylist())
+
+
+def _select(corpus: pa.Table | datasets.Dataset, users: list[str]) -> datasets.Dataset:
+    """Trajectories of `users` as a Dataset (in memory for a table; filtered on disk for a memory-mapped corpus)."""
+    if isinstance(corpus, pa.Table):
+        return datasets.Dataset(select_users(corpus, users))
+    wanted = set(users)
+    return corpus.filter(lambda batch: [str(u) in wanted for u in batch], input_columns="user_id", batched=True,
+                         desc="Selecting users")
+
+
+def _num_tokens(dataset: datasets.Dataset) -> int:
+    column = _arrow_column(dataset, "input_ids")
+    return int(pc.sum(pc.list_value_length(column)).as_py() or 0)
+
+
+def load_tokenizer(model_args: MTMModelArguments, corpus: CorpusConfig, mtm_args: MTMArguments,
+                   train: datasets.Dataset | None, resume_dir: str | None) -> TrajTokenizer:
+    """Existing tokenizer (`tokenizer_name`, or the checkpoint being resumed) or one trained on `train`."""
+    name = model_args.tokenizer_name or resume_dir or model_args.model_name_or_path
+    if name is not None:
+        tokenizer = AutoTokenizer.from_pretrained(name, cache_dir=model_args.cache_dir)
+        if getattr(tokenizer, "resolution", corpus.resolution) != corpus.resolution:
+            raise ValueError(f"Tokenizer {name} works at H3 resolution {tokenizer.resolution} but --resolution is "
+                             f"{corpus.resolution}: pass --resolution {tokenizer.resolution}.")
+        longest = max_cell_tokens(tokenizer.resolution, tokenizer.spelling) + SPECIAL_TOKENS_PER_SEQUENCE
+        if mtm_args.max_seq_length < longest:
+            raise ValueError(f"--max_seq_length {mtm_args.max_seq_length} is below the longest hexagon of tokenizer "
+                             f"{name} ({longest} tokens with specials); use --max_seq_length >= {longest}.")
+        tokenizer.model_max_length = mtm_args.max_seq_length
+        return tokenizer
+    return TrajTokenizer.train(
+        train,  # a Dataset: training honours its user filter
+        vocab_size=model_args.vocab_size,
+        resolution=corpus.resolution,
+        spelling=model_args.spelling,
+        window_minutes=corpus.window_minutes,
+        utc_offset_minutes=corpus.utc_offset_minutes,
+        model_max_length=mtm_args.max_seq_length,
+    )
+
+
+def tokenize(tokenizer: TrajTokenizer, dataset: datasets.Dataset, mtm_args: MTMArguments, name: str, streaming: bool,
+             seed: int):
+    keep = [c for c in ("cells", "timestamps", "user_id") if c in dataset.column_names]
+    dataset = dataset.select_columns(keep)
+    if not streaming:
+        return tokenizer.tokenize_dataset(dataset, max_length=mtm_args.max_seq_length, overflow="split",
+                                          num_proc=mtm_args.preprocessing_num_workers,
+                                          desc=f"Tokenizing {name} trajectories")
+    iterable = dataset.to_iterable_dataset(num_shards=max(1, min(64, dataset.num_rows)))
+    iterable = iterable.shuffle(seed=seed, buffer_size=mtm_args.shuffle_buffer_size)
+    # the batch function `tokenize_dataset` maps; IterableDataset.map has no num_proc/desc arguments
+    return iterable.map(tokenizer.encode_trajectory_batch, batched=True, remove_columns=keep,
+                        fn_kwargs={"max_length": mtm_args.max_seq_length, "split": True})
+
+
+def vocab_regime(vocab: int, distinct_cells: int, longest: int) -> str:
+    """Which regime a vocabulary is in for a corpus: sub-hashing, or (nearly) one token per cell."""
+    if vocab >= distinct_cells + longest * 16:
+        return (f"vocabulary {vocab:,} >= distinct cells {distinct_cells:,}: most cells get their own token, "
+                "sub-hashing changes little")
+    return f"vocabulary {vocab:,} for {distinct_cells:,} distinct cells ({vocab / max(distinct_cells, 1):.0%})"
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+def build_model(model_args: MTMModelArguments, mtm_args: MTMArguments,
+                tokenizer: TrajTokenizer) -> TrajBertForMaskedTrajectoryModeling:
+    if model_args.model_name_or_path is not None:
+        model = TrajBertForMaskedTrajectoryModeling.from_pretrained(model_args.model_name_or_path,
+                                                                     cache_dir=model_args.cache_dir)
+        model.config.check_tokenizer_compatibility(tokenizer)
+        return model
+    config = TrajBertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=model_args.hidden_size,
+        num_hidden_layers=model_args.num_hidden_layers,
+        num_attention_heads=model_args.num_attention_heads,
+        intermediate_size=model_args.intermediate_size,
+        hidden_dropout_prob=model_args.hidden_dropout_prob,
+        attention_probs_dropout_prob=model_args.attention_probs_dropout_prob,
+        max_position_embeddings=mtm_args.max_seq_length,
+        use_hexagon_embeddings=model_args.use_hexagon_embeddings,
+        use_level_embeddings=model_args.use_level_embeddings,
+        use_time_embeddings=model_args.use_time_embeddings,
+        max_levels=getattr(tokenizer, "max_levels", 16),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if model_args.config_overrides:
+        logger.info(f"Overriding config: {model_args.config_overrides}")
+        config.update_from_string(model_args.config_overrides)
+        config.validate()
+    config.check_tokenizer_compatibility(tokenizer)
+    return TrajBertForMaskedTrajectoryModeling(config)
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+def _resume_checkpoint(training_args: TrainingArguments, mtm_args: MTMArguments, output_dir: Path) -> str | None:
+    """The checkpoint to continue: the last one in `output_dir` unless told otherwise."""
+    last_checkpoint = None
+    if training_args.do_train and output_dir.is_dir() and not mtm_args.overwrite_output_dir:
+        last_checkpoint = training_args.resume_from_checkpoint or get_last_checkpoint(str(output_dir))
+        if last_checkpoint is not None:
+            logger.info(f"Resuming from {last_checkpoint} (pass --overwrite_output_dir to train from scratch).")
+    elif training_args.resume_from_checkpoint:
+        last_checkpoint = training_args.resume_from_checkpoint
+    if last_checkpoint is not None and not Path(last_checkpoint).is_dir():
+        raise ValueError(f"--resume_from_checkpoint {last_checkpoint}: no such checkpoint folder.")
+    return last_checkpoint
+
+
+def _check_split_unchanged(output_dir: Path, last_checkpoint: str | None, split: UserSplit) -> None:
+    """A resumed run must hold out the same users as the run it continues (same data, same seed): checked before
+    any training, against the corpus description the interrupted run wrote at its start."""
+    if last_checkpoint is None or not CorpusDescription.exists(output_dir):
+        return
+    previous = CorpusDescription.load(output_dir).split
+    if previous.heldout_users != split.heldout_users:
+        raise ValueError(f"The held-out users differ from those of {last_checkpoint}: the data or --split_seed "
+                         "changed since that run; resume with the same data and seed, or --overwrite_output_dir.")
+
+
+def pretrain(
+    corpus: CorpusConfig | None = None,
+    model_args: MTMModelArguments | None = None,
+    mtm_args: MTMArguments | None = None,
+    training_args: TrainingArguments | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+) -> PretrainingResult:
+    """Pre-train TrajBert by whole-hexagon MTM (see the module docstring); every argument has a working default
+    (the embedded synthetic city, a small model, `MTMTrainingArguments`)."""
+    corpus = corpus or CorpusConfig()
+    model_args = model_args or MTMModelArguments()
+    mtm_args = mtm_args or MTMArguments()
+    training_args = training_args or MTMTrainingArguments()
+    check_pretraining_arguments(corpus, model_args, mtm_args, training_args)
+    push, hub_model_id = training_args.push_to_hub, training_args.hub_model_id
+    training_args.push_to_hub = False  # we push ourselves at the end, with the curated card last
+    training_args.label_names = ["labels", "hexagon_ids"]  # hexagon_ids reach compute_metrics next to the labels
+    training_args.eval_do_concat_batches = True
+    if mtm_args.validation_fraction == 0 and training_args.do_eval:
+        logger.warning("--validation_fraction 0: no validation users, evaluation is disabled.")
+        training_args.do_eval = False
+    if not training_args.do_eval:
+        training_args.eval_strategy = "no"
+    output_dir = Path(training_args.output_dir)
+    logger.info(f"Process rank {training_args.process_index}/{training_args.world_size}, device {training_args.device}")
+    last_checkpoint = _resume_checkpoint(training_args, mtm_args, output_dir)
+
+    set_seed(training_args.seed)
+    split_seed = training_args.seed if mtm_args.split_seed is None else mtm_args.split_seed
+
+    from tqdm.auto import tqdm
+
+    with training_args.main_process_first(desc="data preparation"):
+        bar = tqdm(total=4, desc="Preparing data", disable=not training_args.should_log or training_args.disable_tqdm)
+        trajectories, report, source = corpus.load()
+        bar.update()
+        logger.info(f"Read {source}")
+        if report is not None:
+            logger.info(f"Pipeline report (resolution {corpus.resolution}, {corpus.window_minutes:g}-minute "
+                        f"clustering, {corpus.segmentation()}):\n{report}")
+        split, train_users = UserSplit.assign(_users(trajectories), mtm_args.heldout_fraction,
+                                              mtm_args.validation_fraction, split_seed)
+        users = {"train": train_users, "validation": split.validation_users, "heldout": split.heldout_users}
+        _check_split_unchanged(output_dir, last_checkpoint, split)
+        parts = {name: _select(trajectories, users[name]) for name in ("train", "validation", "heldout")
+                 if users[name]}
+        bar.update()
+        tokenizer = load_tokenizer(model_args, corpus, mtm_args, parts["train"], last_checkpoint)
+        train_cells = _arrow_column(parts["train"], "cells").combine_chunks().flatten()
+        distinct_cells = int(pc.count_distinct(train_cells).as_py())
+        regime = vocab_regime(len(tokenizer), distinct_cells, max_cell_tokens(tokenizer.resolution,
+                                                                               tokenizer.spelling))
+        logger.info(f"Tokenizer: {type(tokenizer).__name__}, {tokenizer.spelling} spelling, {len(tokenizer)} tokens; "
+                    f"{regime}.")
+        bar.update()
+        tokenized = {}
+        for name in ("train", "validation"):
+            if name not in parts or (name == "train" and not training_args.do_train) or (
+                    name == "validation" and not training_args.do_eval):
+                continue
+            stream = mtm_args.streaming and name == "train"
+            tokenized[name] = tokenize(tokenizer, parts[name], mtm_args, name, stream, training_args.seed)
+            limit = mtm_args.max_train_samples if name == "train" else mtm_args.max_eval_samples
+            if limit is not None:
+                tokenized[name] = (tokenized[name].take(limit) if stream else
+                                   tokenized[name].select(range(min(limit, len(tokenized[name])))))
+        bar.update()
+        bar.close()
+
+    counts: dict[str, dict[str, int | None]] = {}
+    for name, part in parts.items():
+        seqs = tokenized.get(name)
+        is_map = isinstance(seqs, datasets.Dataset)
+        counts[name] = {"users": len(users[name]), "trajectories": part.num_rows,
+                        "sequences": len(seqs) if is_map else None, "tokens": _num_tokens(seqs) if is_map else None}
+    lines = [f"  {name:<10} users {c['users']:>7,}  trajectories {c['trajectories']:>9,}  "
+             + (f"sequences {c['sequences']:>9,}  tokens {c['tokens']:>12,}" if c["sequences"] is not None
+                else ("not used here (fine-tuning only)" if name == "heldout" else "tokenized on the fly"))
+             for name, c in counts.items()]
+    logger.info("Users split (no user in two splits):\n" + "\n".join(lines))
+    if report is not None and counts.get("train", {}).get("tokens") is not None:
+        report.tokens = counts["train"]["tokens"]
+    description = CorpusDescription(
+        config=corpus, split=split, source=source, report=report.to_dict() if report is not None else None,
+        counts=counts, distinct_train_cells=distinct_cells, vocab_regime=regime, recipe=asdict(mtm_args),
+    )
+    if training_args.process_index == 0:  # written before training: a crash must not lose which users are held out
+        output_dir.mkdir(parents=True, exist_ok=True)
+        description.save(output_dir)
+
+    model = build_model(model_args, mtm_args, tokenizer)
+    set_auto_map(model.config)  # complete auto_map (every head + tokenizer) in every saved config.json
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info(f"TrajBert MTM: {model.config.num_hidden_layers} layers, hidden {model.config.hidden_size}, "
+                f"{model.config.num_attention_heads} heads, vocab {model.config.vocab_size}, {n_params / 1e6:.2f}M "
+                "parameters")
+
+    collator_kwargs = {"mlm_probability": mtm_args.mlm_probability, "mask_replace_prob": mtm_args.mask_replace_prob,
+                       "random_replace_prob": mtm_args.random_replace_prob}
+    # Training masks use the global torch RNG, which Trainer seeds and saves in checkpoints (exact resumes).
+    train_collator = DataCollatorForWholeHexagonMasking(tokenizer, **collator_kwargs)
+    eval_collator = DataCollatorForWholeHexagonMasking(tokenizer, seed=training_args.seed, **collator_kwargs)
+    resuming = last_checkpoint is not None
+    training_args.eval_on_start = training_args.do_eval and training_args.do_train and not resuming
+
+    trainer = MTMTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=tokenized.get("train"),
+        eval_dataset=tokenized.get("validation"),
+        processing_class=tokenizer,
+        data_collator=train_collator,
+        eval_data_collator=eval_collator,
+        eval_mask_seed=training_args.seed,
+        compute_metrics=compute_mtm_metrics if training_args.do_eval else None,
+        preprocess_logits_for_metrics=preprocess_logits_for_mtm_metrics if training_args.do_eval else None,
+        callbacks=callbacks,
+    )
+
+    metrics: dict[str, float] = {}
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
+        trainer.save_model()  # model + tokenizer (+ code files) + training_args.bin
+        train_metrics = dict(train_result.metrics)
+        if counts.get("train", {}).get("sequences") is not None:
+            train_metrics["train_samples"] = counts["train"]["sequences"]
+            train_metrics["train_tokens"] = counts["train"]["tokens"]
+        trainer.log_metrics("train", train_metrics)
+        trainer.save_metrics("train", train_metrics)
+        trainer.save_state()
+        metrics.update(train_metrics)
+    if training_args.do_eval:
+        logger.info("*** Evaluate ***")
+        eval_metrics = trainer.evaluate()
+        eval_metrics["eval_samples"] = counts["validation"]["sequences"]
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+        init = next((e for e in trainer.state.log_history if e.get("step") == 0 and "eval_loss" in e), None)
+        if init is not None:
+            init_metrics = {f"init_{k}": v for k, v in init.items() if k.startswith("eval_")}
+            trainer.save_metrics("init", init_metrics)
+            metrics.update(init_metrics)
+
+    if trainer.is_world_process_zero():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if not training_args.do_train:
+            trainer.save_model()
+        plot = plot_training_curves(trainer.state.log_history, output_dir / PLOT_FILE,
+                                    title=f"MTM pre-training: {output_dir.name}")
+        card = build_mtm_card(model, tokenizer, description, mtm_args, training_args, metrics, report, plot,
+                              hub_model_id or output_dir.name)
+        card.save(output_dir / "README.md")
+        if push:
+            repo_id = push_checkpoint(output_dir, hub_model_id or output_dir.name, card,
+                                      token=training_args.hub_token, private=training_args.hub_private_repo)
+            logger.info(f"Pushed to {repo_id}")
+        _print_summary(output_dir, metrics)
+    return PretrainingResult(output_dir=str(output_dir), metrics=metrics, model=trainer.model, tokenizer=tokenizer,
+                             datasets=tokenized, split=users)
+
+
+def _print_summary(output_dir: Path, metrics: dict[str, float]) -> None:
+    keys = ("init_eval_perplexity", "eval_perplexity", "eval_hexagon_acc_top1", "eval_hexagon_acc_top5", "eval_loss",
+            "train_loss", "train_runtime")
+    shown = "  ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float))
+                      and math.isfinite(metrics[k]))
+    print(f"\nCheckpoint saved in {output_dir.resolve()}\n  {shown}\n"
+          f"Load it with: import modeling_trajfm; AutoModelForMaskedLM.from_pretrained({str(output_dir)!r})",
+          flush=True)
+
+
+__all__ = ["MTMArguments", "MTMModelArguments", "MTMTrainingArguments", "PretrainingResult", "pretrain"]

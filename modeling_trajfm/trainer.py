@@ -1,0 +1,86 @@
+"""The Trainer pieces of MTM pre-training: a seeded, resumable length-grouped sampler and `MTMTrainer`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import datasets
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from transformers import Trainer
+
+from .data_collator import DataCollatorForWholeHexagonMasking
+from .metrics import perplexity
+
+
+class BucketedLengthSampler(torch.utils.data.Sampler):
+    """Length-grouped order that depends only on (seed, epoch): shuffle, sort by length within buckets of
+    `batch_size * bucket_batches` sequences, cut into batches, shuffle the batches.
+
+    Trajectory lengths are heavy-tailed (a few sequences of `max_seq_length`, most of a few dozen tokens); random
+    batches would almost all be padded to the longest. Unlike transformers' `LengthGroupedSampler` the order does not
+    come from the global RNG, so a resumed run replays exactly the batches of an uninterrupted one (accelerate forwards
+    `set_epoch` to the sampler), and buckets are large enough that the few long sequences share batches.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, bucket_batches: int = 50):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.bucket = batch_size * bucket_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        batches = []
+        for start in range(0, order.size, self.bucket):
+            bucket = order[start : start + self.bucket]
+            bucket = bucket[np.argsort(-self.lengths[bucket], kind="stable")]
+            batches += [bucket[i : i + self.batch_size] for i in range(0, bucket.size, self.batch_size)]
+        for index in rng.permutation(len(batches)):
+            yield from batches[index].tolist()
+
+
+class MTMTrainer(Trainer):
+    """Trainer that adds `*_perplexity = exp(*_loss)` to every logged evaluation, uses fixed evaluation masks and
+    groups sequences of similar length into batches with a seeded, resumable order (`train_sampling_strategy
+    group_by_length`, see `BucketedLengthSampler`)."""
+
+    def __init__(self, *args, eval_data_collator: DataCollatorForWholeHexagonMasking | None = None,
+                 eval_mask_seed: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_data_collator = eval_data_collator
+        self.eval_mask_seed = eval_mask_seed
+
+    def _get_train_sampler(self, train_dataset=None):
+        train_dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or not isinstance(train_dataset, datasets.Dataset):
+            return super()._get_train_sampler(train_dataset)
+        column = train_dataset.select_columns(["input_ids"]).with_format("arrow")[:]["input_ids"]
+        lengths = pc.list_value_length(column).to_numpy().tolist()
+        return BucketedLengthSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                     seed=self.args.data_seed or self.args.seed)
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        if self.eval_data_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        # Same masks at every evaluation, and no draw from the global RNG that training (and resuming) relies on.
+        self.eval_data_collator.generator = torch.Generator().manual_seed(self.eval_mask_seed)
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        for key in [k for k in logs if k.endswith("_loss") and k != "train_loss"]:
+            logs[key[: -len("loss")] + "perplexity"] = perplexity(logs[key])
+        super().log(logs, *args, **kwargs)

@@ -1,0 +1,140 @@
+"""The library seams under the scripts: package layering, the sampler, the comparison formula, and pre-training and
+fine-tuning called from Python as a notebook user would."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, TINY_CORPUS
+
+from modeling_trajfm import (
+    FinetuneTrainingArguments,
+    MTMArguments,
+    MTMModelArguments,
+    MTMTrainingArguments,
+    finetune,
+    pretrain,
+)
+from modeling_trajfm.downstream import PreparedTask, TaskConfig, report_entries
+from modeling_trajfm.downstream.compare import avg_f1_improvement, compare_report, relative_improvement
+from modeling_trajfm.trainer import BucketedLengthSampler
+from tokenization_trajfm import CorpusConfig, CorpusDescription
+
+
+def _fresh_python(code: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip()
+
+
+def test_tokenizer_package_does_not_load_the_model_package():
+    loaded = _fresh_python("import sys, tokenization_trajfm; print(sorted(m for m in sys.modules if m.startswith("
+                           "('modeling_trajfm', 'run_'))))")
+    assert loaded == "[]"
+
+
+def test_model_package_registers_everything_once_alone():
+    out = _fresh_python(
+        "import modeling_trajfm\n"
+        "from transformers import AutoConfig, AutoTokenizer\n"
+        "from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING\n"
+        "config = AutoConfig.for_model('trajbert')\n"
+        "print(type(config).__name__, TOKENIZER_MAPPING[type(config)].__name__)"
+    )
+    assert out == "TrajBertConfig TrajTokenizer"
+
+
+def test_scripts_never_import_each_other():
+    for script, other in (("run_mtm.py", "run_finetune"), ("run_finetune.py", "run_mtm")):
+        source = (REPO / script).read_text()
+        assert f"import {other}" not in source and f"from {other}" not in source
+
+
+# ------------------------------------------------------------------------------------------------------ sampler
+def test_sampler_is_a_permutation_grouped_by_length_and_seeded():
+    lengths = np.random.default_rng(0).integers(3, 500, size=1000).tolist()
+    sampler = BucketedLengthSampler(lengths, batch_size=8, seed=1, bucket_batches=10)
+    order = list(sampler)
+    assert sorted(order) == list(range(1000)) and len(sampler) == 1000
+    assert order == list(BucketedLengthSampler(lengths, batch_size=8, seed=1, bucket_batches=10))
+    sampler.set_epoch(1)
+    assert list(sampler) != order  # a new order each epoch, reproducible from (seed, epoch)
+    # Batches are cut from length-sorted buckets: far less padding than random batches.
+    def padding(indices):
+        batches = [np.asarray(lengths)[indices[i:i + 8]] for i in range(0, len(indices), 8)]
+        return sum(int(b.max() * b.size - b.sum()) for b in batches)
+
+    assert padding(order) < 0.2 * padding(np.random.default_rng(2).permutation(1000).tolist())
+
+
+# ------------------------------------------------------------------------------------------------------ compare
+def _task(entry: str) -> PreparedTask:
+    return PreparedTask(entry, "pair", {}, {}, [], info={"n": 1}, baselines={"majority": {"f1": 0.1}})
+
+
+def test_compare_formula_by_hand():
+    results = {
+        "next_subtrajectory": {"pretrained": {"test_f1": 0.6, "test_loss": 0.5},
+                               "random": {"test_f1": 0.4, "test_loss": 1.0}},
+        "destination": {"pretrained": {"test_macro_f1": 0.3}, "random": {"test_macro_f1": 0.1}},
+        "user_association_binary": {"pretrained": {"test_f1": 0.9}, "random": {"test_f1": 0.5}},
+    }
+    report = compare_report(results, {e: _task(e) for e in results})
+    # mean pre-trained F1 = 0.6, mean random F1 = 1/3 -> +80 %
+    assert math.isclose(report["avg_f1_improvement_pct"], 80.0)
+    assert math.isclose(report["avg_f1_improvement_pct_paper_tasks"], 80.0)
+    assert math.isclose(report["tasks"]["next_subtrajectory"]["improvement_pct"]["loss"], 50.0)  # lower is better
+    assert avg_f1_improvement(report["tasks"], ["destination"]) == pytest.approx(200.0)
+    assert relative_improvement(0.5, 0.0) is None and relative_improvement(float("nan"), 0.5) is None
+    without_paper_task = {k: v for k, v in results.items() if k != "destination"}
+    assert compare_report(without_paper_task, {e: _task(e) for e in results})[
+        "avg_f1_improvement_pct_paper_tasks"] is None
+
+
+def test_report_entries_and_task_config_checks():
+    assert report_entries(["user_association", "destination"]) == [
+        "user_association_linking", "user_association_binary", "destination"]
+    assert TaskConfig(task="user_association", association_form="binary").entry() == "user_association_binary"
+    with pytest.raises(ValueError, match="Unknown task 'trip'"):
+        report_entries(["trip"])
+    with pytest.raises(ValueError, match="--test_fraction must be in"):
+        TaskConfig(test_fraction=1.0)
+    with pytest.raises(ValueError, match="too small for next_subtrajectory"):
+        TaskConfig(max_train_samples=1).check_entries(["next_subtrajectory"])
+
+
+def test_corpus_config_errors_say_what_to_change(tmp_path):
+    with pytest.raises(ValueError, match="either --data .* or --dataset_dir"):
+        CorpusConfig(data=str(tmp_path), dataset_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="only apply to --reader table"):
+        CorpusConfig(data=str(tmp_path), reader="tsmc", user_col="u")
+    with pytest.raises(ValueError, match="--invalid 'skip'"):
+        CorpusConfig(invalid="skip")
+    with pytest.raises(ValueError, match="max_gap_minutes must be positive"):
+        CorpusConfig(max_gap_minutes=0)
+
+
+# ------------------------------------------------------------------------------------------------ from Python
+def test_pretrain_then_finetune_from_python(tmp_path):
+    """The README's Python example at tiny sizes: plain config objects in, result objects out."""
+    corpus = CorpusConfig(**TINY_CORPUS)
+    model_args = MTMModelArguments(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=64)
+    args = MTMTrainingArguments(output_dir=str(tmp_path / "base"), max_steps=4, per_device_train_batch_size=8,
+                                eval_strategy="no", save_strategy="no", use_cpu=True, disable_tqdm=True)
+    result = pretrain(corpus, model_args, MTMArguments(max_seq_length=64, validation_fraction=0.0), args)
+    assert result.metrics["train_loss"] > 0 and (tmp_path / "base" / "README.md").is_file()
+    description = CorpusDescription.load(tmp_path / "base")
+    assert description.config == corpus and description.split.heldout_users == result.split["heldout"]
+
+    tuned = finetune(str(tmp_path / "base"), TaskConfig(task="destination", max_seq_length=64),
+                     FinetuneTrainingArguments(output_dir=str(tmp_path / "dest"), max_steps=2, use_cpu=True,
+                                               disable_tqdm=True, report_to="none"))
+    assert tuned.entry == "destination" and 0 <= tuned.metrics["test_accuracy@1"] <= 1
+    used = json.loads((tmp_path / "dest" / "task_data.json").read_text())["heldout_users_used"]
+    assert set(used) <= set(description.split.heldout_users)
