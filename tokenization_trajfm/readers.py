@@ -509,6 +509,10 @@ def _mixed_type_error(values: Sequence[Any], column: str, cause: Exception) -> C
                 f"{ref}; a column must hold one type"
                 + (" (user ids: all strings or all integers)" if column == USER_ID else "")
             )
+    huge = [i for i in present if kinds[i] == "int" and not -(2**63) <= values[i] < 2**63]
+    if huge:
+        i = int(huge[0])
+        return CheckinReadError(f"column {column!r}, row {i + 1}: integer {values[i]!r} does not fit 64 bits")
     return CheckinReadError(f"column {column!r}: cannot convert to an Arrow array: {cause}")
 
 
@@ -521,7 +525,7 @@ def _as_arrow(values: Any, column: str) -> pa.Array | pa.ChunkedArray:
         return pa.array(values)
     try:
         return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
         raise _mixed_type_error(list(values), column, e) from e
 
 
