@@ -32,7 +32,11 @@ csv_rows = st.lists(st.tuples(csv_cell, csv_cell, csv_cell, csv_cell), max_size=
 
 
 @settings(max_examples=60, deadline=None)
-@given(rows=csv_rows, time_unit=st.sampled_from([None, "s", "ms", "us", "ns"]), invalid=st.sampled_from(["raise", "drop"]))
+@given(
+    rows=csv_rows,
+    time_unit=st.sampled_from([None, "s", "ms", "us", "ns"]),
+    invalid=st.sampled_from(["raise", "drop"]),
+)
 def test_malformed_csv_tables_fail_with_where(rows, time_unit, invalid):
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "checkins.csv"
