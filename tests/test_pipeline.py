@@ -5,7 +5,8 @@ import pyarrow as pa
 import pytest
 
 from tokenization_trajfm import SegmentationConfig, build_trajectories, clean_checkins
-from tokenization_trajfm.readers import checkins_from_arrays, read_stan_nyc
+from tokenization_trajfm.errors import EmptyInputError
+from tokenization_trajfm.readers import checkins_from_arrays, read_stan_nyc, read_table
 from tokenization_trajfm.synthetic import generate_checkins
 
 T0 = 1_704_067_200  # 2024-01-01 00:00 UTC
@@ -144,3 +145,25 @@ def test_nyc_report(shared_data_dir):
     assert report.trajectories_kept == trajectories.num_rows > 1_000
     starts = np.concatenate([np.diff(t) for t in trajectories["timestamps"].to_pylist()])
     assert (starts >= 0).all()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda tmp: read_table(_csv(tmp, "")), r"0 rows read \(a header-only file"),
+        (lambda tmp: checkins([], [], [], []), r"0 rows read"),
+        (lambda tmp: read_table(_csv(tmp, "u,95.0,1.0,2012-04-03T18:00:00Z\n")), r"1 row\(s\) read, all dropped "
+         r"\(invalid_coordinates=1\)"),
+    ],
+    ids=["header-only-csv", "empty-table", "only-row-dropped"],
+)
+def test_empty_input_is_a_clear_error(tmp_path, make, message):
+    """Issue 10, item 4: nothing left after cleaning is an EmptyInputError with counts, not an IndexError."""
+    with pytest.raises(EmptyInputError, match=message):
+        build_trajectories(make(tmp_path), invalid="drop")
+
+
+def _csv(directory, rows: str):
+    path = directory / "checkins.csv"
+    path.write_text("user_id,latitude,longitude,timestamp\n" + rows)
+    return path

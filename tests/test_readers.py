@@ -238,6 +238,7 @@ def test_table_dst_gap_is_an_error(tmp_path: Path) -> None:
         ("s", "1700000000.5", utc(2023, 11, 14, 22, 13, 20, 500_000)),
         ("ms", "1700000000123", utc(2023, 11, 14, 22, 13, 20, 123_000)),
         ("us", "1700000000123456", utc(2023, 11, 14, 22, 13, 20, 123_456)),
+        ("ns", "1700000000123456789", utc(2023, 11, 14, 22, 13, 20, 123_456)),
     ],
 )
 def test_table_epoch(tmp_path: Path, unit: str, value: str, expected: dt.datetime) -> None:
@@ -395,3 +396,75 @@ def test_real_geolife_60s() -> None:
     assert pa.compute.count_distinct(table["user_id"]).as_py() == 182
     assert table[TIMESTAMP].null_count == 0
     assert table["altitude_ft"].null_count > 0  # -777 -> null
+
+
+# ------------------------------------------------------------------------------------------------ issue 10, item 5
+
+
+@pytest.mark.parametrize(
+    ("given", "value", "looks_like", "when"),
+    [
+        ("s", "1333476000000", "ms", "the year 44,226"),  # milliseconds read as seconds
+        ("s", "1333476000000000000", "ns", "the year 42,256,174,239"),  # nanoseconds: would overflow int64
+        ("ms", "1333476000", "s", "1970-01-16"),  # seconds read as milliseconds: 60-s gaps would collapse
+        ("us", "1333476000000", "ms", "1970-01-16"),
+    ],
+)
+def test_table_epoch_in_a_wrong_unit_names_the_unit_it_looks_like(
+    tmp_path: Path, given: str, value: str, looks_like: str, when: str
+) -> None:
+    path = tmp_path / "epoch.csv"
+    path.write_text(f"u,y,x,t\na,1,2,{value}\n")
+    with pytest.raises(CheckinReadError) as err:
+        read_table(path, "u", "y", "x", "t", time_unit=given)
+    message = str(err.value)
+    assert "column 't', row 1 (line 2)" in message and when in message, message
+    assert f"pass time_unit={looks_like!r}" in message and value in message, message
+    assert read_table(path, "u", "y", "x", "t", time_unit=looks_like)[TIMESTAMP].to_pylist() == [utc(2012, 4, 3, 18)]
+
+
+def test_table_epoch_beyond_any_unit_and_relative_seconds(tmp_path: Path) -> None:
+    path = tmp_path / "epoch.csv"
+    path.write_text("u,y,x,t\na,1,2,60\na,1,2,1e300\n")
+    with pytest.raises(CheckinReadError, match=r"row 2 \(line 3\): as epoch seconds it is the year .*\(is the column"):
+        read_table(path, "u", "y", "x", "t", time_unit="s")
+    path.write_text("u,y,x,t\na,1,2,0\na,1,2,60\n")  # small relative times fit no unit: read as given
+    assert read_table(path, "u", "y", "x", "t", time_unit="s")[TIMESTAMP].to_pylist()[1] == utc(1970, 1, 1, 0, 1)
+
+
+def test_float_user_ids_nan_is_missing_and_fractions_are_errors(tmp_path: Path) -> None:
+    table = checkins_from_arrays(np.array([1.0, np.nan]), [40.0, 40.0], [1.0, 1.0], [1333476000, 1333476060])
+    assert table["user_id"].to_pylist() == ["1", None]  # cleaning then names or counts the missing user
+    path = tmp_path / "ids.parquet"
+    pl.DataFrame({"user_id": [2.0, None, float("nan")], "latitude": [1.0] * 3, "longitude": [2.0] * 3,
+                  "timestamp": [1333476000] * 3}).write_parquet(path)
+    assert read_table(path, time_unit="s")["user_id"].to_pylist() == ["2", None, None]
+    with pytest.raises(CheckinReadError, match=r"column 'user_id', row 2: .*whole number.*inf"):
+        checkins_from_arrays(np.array([1.0, np.inf]), [40.0, 40.0], [1.0, 1.0], [1333476000, 1333476060])
+
+
+def test_stan_npy_sparse_location_ids_use_bounded_memory(tmp_path: Path) -> None:
+    import tracemalloc
+
+    d = tmp_path / "stan"
+    d.mkdir()
+    np.save(d / "NYC.npy", np.array([[1, 2**40, 60], [1, 7, 61]], dtype=np.int64))
+    np.save(d / "NYC_POI.npy", np.array([[2.0**40, 40.72, -74.0]]))
+    tracemalloc.start()
+    try:
+        table = read_stan_nyc(d)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10_000_000, f"peak {peak:,} bytes: the POI lookup must not be sized by the largest id"
+    assert table["latitude"].to_pylist() == [40.72, None]  # id 7 has no POI row: null, counted by cleaning
+    assert table["venue_id"].to_pylist() == [str(2**40), "7"]
+
+
+def test_stan_npy_ids_must_be_whole_numbers(tmp_path: Path) -> None:
+    d = tmp_path / "stan"
+    d.mkdir()
+    np.save(d / "NYC.npy", np.array([[1.0, 1.0, 60.0], [1.0, np.nan, 61.0]]))
+    np.save(d / "NYC_POI.npy", np.array([[1.0, 40.72, -74.0]]))
+    with pytest.raises(CheckinReadError, match=r"NYC.npy: column 'loc', row 2: expected a whole number .*nan"):
+        read_stan_nyc(d)

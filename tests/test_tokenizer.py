@@ -1,6 +1,7 @@
 """TrajTokenizer: input forms, clustering, whole-hexagon truncation/padding, features, save/load, bad input."""
 
 import datetime as dt
+import json
 
 import datasets
 import h3.api.basic_int as h3
@@ -11,6 +12,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from tokenization_trajfm import TrajTokenizer, build_trajectories
+from tokenization_trajfm.errors import TokenizerFileError, TrajInputError
 from tokenization_trajfm.synthetic import generate_checkins
 from tokenization_trajfm.tokenization_trajfm import time_feature_ids
 
@@ -231,3 +233,107 @@ def test_left_truncation_keeps_the_most_recent_visits(tokenizer):
         assert cells_a == all_a[-len(cells_a) :] and cells_b == all_b[: len(cells_b)]
     finally:
         tokenizer.truncation_side = "right"
+
+
+# ------------------------------------------------------------------------------------------------ issue 10, item 6
+
+
+@pytest.fixture
+def saved(tmp_path, tokenizer):
+    tokenizer.save_pretrained(tmp_path)
+    return tmp_path
+
+
+def _edit_json(path, edit):
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def _swap_two_ids(vocab):
+    a, b = list(vocab)[40:42]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+
+
+def _duplicate_an_id(vocab):
+    a, b = list(vocab)[40:42]
+    vocab[a] = vocab[b]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / "vocab.json").unlink(), r"vocab.json is missing"),
+        (lambda d: (d / "vocab.json").write_text(""), r"vocab.json is not a readable vocabulary"),
+        (lambda d: _edit_json(d / "vocab.json", _swap_two_ids), r"vocab.json is not the vocabulary this tokenizer"),
+        (lambda d: _edit_json(d / "vocab.json", _duplicate_an_id), r"vocab.json: token .* also the id of"),
+        (lambda d: _edit_json(d / "tokenizer_config.json", lambda c: c.update(resolution=9)),
+         r"tokenizer_config.json: the settings \(resolution=9"),
+        (lambda d: _edit_json(d / "tokenizer_config.json", lambda c: c.update(max_levels=8)),
+         r"tokenizer_config.json: the settings .*max_levels=8"),
+    ],
+    ids=["missing-vocab", "empty-vocab", "swapped-ids", "duplicate-id", "resolution-edited", "max-levels-edited"],
+)
+def test_tokenizer_files_that_disagree_are_refused(saved, damage, message):
+    assert "fingerprint" in json.loads((saved / "tokenizer_config.json").read_text())
+    AutoTokenizer.from_pretrained(saved)  # intact: loads
+    damage(saved)
+    with pytest.raises(TokenizerFileError, match=message):
+        AutoTokenizer.from_pretrained(saved)
+
+
+def test_folder_without_fingerprint_still_loads(saved, tokenizer):
+    _edit_json(saved / "tokenizer_config.json", lambda c: c.pop("fingerprint"))
+    loaded = AutoTokenizer.from_pretrained(saved)
+    assert loaded(walk()) == tokenizer(walk())
+    assert loaded.fingerprint == tokenizer.fingerprint  # and re-saving records it
+
+
+def test_a_setting_changed_on_purpose_needs_fingerprint_none(saved):
+    with pytest.raises(TokenizerFileError, match="fingerprint=None"):
+        AutoTokenizer.from_pretrained(saved, utc_offset_minutes=60)
+    assert AutoTokenizer.from_pretrained(saved, utc_offset_minutes=60, fingerprint=None).utc_offset_minutes == 60
+
+
+# ------------------------------------------------------------------------------------------------ issue 10, item 7
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda tok: tok({"lat": [40.7, 40.71, 40.72], "lon": [-73.9] * 3, "timestamp": [MONDAY]}),
+         r"trajectories\[0\]: 3 points but 1 timestamps"),
+        (lambda tok: tok([(40.75, -73.98, 1333476000000), (40.76, -73.97, "2012-04-03T19:00:00Z")]),
+         r"timestamp 1333476000000 of point 0: .*year 44,226; it looks like epoch milliseconds"),
+        (lambda tok: tok([(40.75, -73.98, MONDAY), (40.76, -73.97, MONDAY * 1000)]),
+         r"point 1: .*looks like epoch milliseconds"),
+        (lambda tok: tok([(None, -73.98)]), r"trajectories\[0\]: latitude nan of point 0"),
+        (lambda tok: tok([(40.0, -73.98), (40.1, None)]), r"longitude nan of point 1"),
+        (lambda tok: tok([(40.0, -73.98), None]), r"point 1 is None"),
+        (lambda tok: tok([[(40.0, -73.98)], [(40.0, "east")]]), r"trajectories\[1\]: longitude of point 0 is 'east'"),
+        (lambda tok: tok([(40.0, -73.98, MONDAY), (40.0, -73.98, float("nan"))]), r"time\w* of point 1 is not finite"),
+    ],
+    ids=["column-lengths", "ms-beside-string", "ms-beside-seconds", "none-lat", "none-lon", "none-point",
+         "text-coordinate", "nan-time"],
+)
+def test_bad_tokenizer_inputs_name_the_position(tokenizer, call, message):
+    with pytest.raises(TrajInputError, match=message):
+        call(tokenizer)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"max_levels": 0}, r"max_levels must be an integer >= 2"),
+        ({"max_levels": 1}, r"max_levels must be an integer >= 2"),
+        ({"window_minutes": -1}, r"window_minutes must be a finite number >= 0"),
+        ({"utc_offset_minutes": 1.5}, r"utc_offset_minutes must be an integer"),
+        ({"utc_offset_minutes": 24 * 60}, r"utc_offset_minutes must be within"),
+        ({"time_features": "yes"}, r"time_features must be True or False"),
+        ({"resolution": 16}, r"resolution must be an integer in 0..15"),
+        ({"spelling": "base32"}, r"Unknown sub-hash spelling"),
+    ],
+)
+def test_invalid_settings_are_refused(settings, message):
+    with pytest.raises(TrajInputError, match=message):
+        TrajTokenizer(**settings)

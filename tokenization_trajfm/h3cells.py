@@ -9,6 +9,8 @@ from __future__ import annotations
 import h3.api.basic_int as h3
 import numpy as np
 
+from .errors import TrajInputError
+
 try:  # optional fast path
     import polars as pl
     import polars_h3 as plh3
@@ -21,7 +23,7 @@ MAX_RESOLUTION = 15
 
 def check_resolution(resolution: int) -> int:
     if not isinstance(resolution, (int, np.integer)) or not 0 <= int(resolution) <= MAX_RESOLUTION:
-        raise ValueError(f"H3 resolution must be an integer in 0..{MAX_RESOLUTION}, got {resolution!r}.")
+        raise TrajInputError(f"H3 resolution must be an integer in 0..{MAX_RESOLUTION}, got {resolution!r}.")
     return int(resolution)
 
 
@@ -52,9 +54,9 @@ def cells_from_any(cells, resolution: int) -> np.ndarray:
         out = np.array([h3.str_to_int(v) if isinstance(v, str) else int(v) for v in values], dtype=np.uint64)
     for position, cell in enumerate(out.tolist()):
         if not h3.is_valid_cell(cell):
-            raise ValueError(f"cells[{position}] = {format(cell, 'x')!r} is not a valid H3 cell.")
+            raise TrajInputError(f"cells[{position}] = {format(cell, 'x')!r} is not a valid H3 cell.")
         if h3.get_resolution(cell) != resolution:
-            raise ValueError(
+            raise TrajInputError(
                 f"cells[{position}] = {format(cell, 'x')!r} has resolution {h3.get_resolution(cell)}, but this "
                 f"tokenizer works at resolution {resolution}: re-encode the points or use a tokenizer of that "
                 "resolution."
@@ -70,7 +72,7 @@ def cell_resolution_check(cells: np.ndarray, resolution: int, where: str) -> np.
     bad = np.flatnonzero((mode != 1) | (found != resolution))
     if bad.size:
         cell = int(cells[bad[0]])
-        raise ValueError(
+        raise TrajInputError(
             f"{where}: {bad.size:,} cell(s) are not H3 cells at resolution {resolution}; the first, at position "
             f"{int(bad[0])}, is {cell:x} (resolution {(cell >> 52) & 0xF}). Build the corpus and the tokenizer at "
             "the same resolution."

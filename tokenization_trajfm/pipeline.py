@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from .cluster import visit_spans, visit_starts
+from .errors import EmptyInputError, TrajInputError
 from .h3cells import check_resolution, encode_cells
 from .report import PipelineReport
 from .segment import US_PER_MINUTE, SegmentationConfig, filter_trajectories, trajectory_starts
@@ -26,6 +27,19 @@ def _list_column(values: np.ndarray, offsets: np.ndarray, type_: pa.DataType) ->
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=type_))
 
 
+def _nothing_left(report: PipelineReport) -> str:
+    if report.points_read == 0:
+        return (
+            "No check-ins to build trajectories from: 0 rows read (a header-only file or an empty table). Check the "
+            "file and the reader's column mapping."
+        )
+    reasons = ", ".join(f"{reason}={n:,}" for reason, n in report.points_dropped.items() if n)
+    return (
+        f"No check-ins left after cleaning: {report.points_read:,} row(s) read, all dropped ({reasons}). Check the "
+        "file and the reader's column mapping (see the drop reasons); with invalid='raise' the first bad row is named."
+    )
+
+
 def build_trajectories(
     checkins: pa.Table,
     resolution: int = 8,
@@ -35,16 +49,19 @@ def build_trajectories(
 ) -> tuple[pa.Table, PipelineReport]:
     """Clean, H3-encode, cluster into visits and segment into trajectories.
 
-    Returns the trajectory table (see docs/design.md) and a `PipelineReport` whose counts add up.
+    Returns the trajectory table (see docs/design.md) and a `PipelineReport` whose counts add up. Raises
+    `EmptyInputError` when no check-in survives cleaning: an empty corpus would only fail later, less clearly.
     """
     resolution = check_resolution(resolution)
     if window_minutes < 0:
-        raise ValueError(f"window_minutes must be >= 0, got {window_minutes}.")
+        raise TrajInputError(f"window_minutes must be >= 0, got {window_minutes}.")
     segmentation = segmentation or SegmentationConfig()
     report = PipelineReport(points_read=checkins.num_rows)
     clean = checkin_order(checkins, invalid=invalid)
     report.points_dropped = clean.drops
     report.points_valid = int(clean.user_codes.size)
+    if report.points_valid == 0:
+        raise EmptyInputError(_nothing_left(report))
     user_codes, times = clean.user_codes, clean.times_us
     report.users = int(np.unique(user_codes).size)
     cells = encode_cells(clean.latitude, clean.longitude, resolution)

@@ -26,11 +26,13 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .epochs import LATEST_SECONDS, UNIT_NAMES, UNITS_PER_SECOND, epoch_problem, implausible_epochs
+from .errors import CheckinReadError, TrajInputError
 from .schema import CHECKIN_COLUMNS, CHECKIN_TYPES, LATITUDE, LONGITUDE, TIMESTAMP, USER_ID, VENUE_ID
 
 PathLike = str | Path
 
-TIME_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1}
+TIME_UNITS = tuple(UNITS_PER_SECOND)  # epoch units a numeric time column can be read in
 
 # Raw TSMC2014 layout (dataset_TSMC2014_NYC.txt / _TKY.txt): tab-separated, no header.
 TSMC_COLUMNS = (
@@ -57,10 +59,6 @@ GEOLIFE_INVALID_ALTITUDE = -777.0
 # ISO-8601 after normalization ("T" -> " ", trailing "Z" -> "+00:00"); %.f also accepts no fraction.
 _ISO_AWARE_FORMATS = ("%Y-%m-%d %H:%M:%S%.f%z", "%Y-%m-%d %H:%M%z")
 _ISO_NAIVE_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%d")
-
-
-class CheckinReadError(ValueError):
-    """A file or array cannot be turned into a canonical check-in table (message names file, column, row)."""
 
 
 @dataclass(frozen=True)
@@ -156,12 +154,14 @@ def _to_float(s: pl.Series, column: str, ctx: _Ctx) -> pl.Series:
     return out
 
 
-def _to_user_id(s: pl.Series) -> pl.Series:
+def _to_user_id(s: pl.Series, column: str, ctx: _Ctx) -> pl.Series:
+    """User ids as strings. A float column is an int column with gaps: NaN is a missing id, the rest must be whole."""
     if s.dtype.is_float():
-        # Integral float ids (an int column with nulls that went through float) print as ints.
-        integral = (s.is_null() | (s == s.round(0))).all()
-        if integral:
-            s = s.cast(pl.Int64)
+        s = s.fill_nan(None)
+        bad = s.is_not_null() & ~((s.abs() < 2.0**63) & (s == s.round(0)))
+        if bad.any():
+            raise ctx.fail(column, bad, s, "a user id in a float column must be a whole number (or empty), got")
+        s = s.cast(pl.Int64)
     return s.cast(pl.String)
 
 
@@ -188,25 +188,33 @@ def _to_utc(parsed: pl.Series, timezone: str, column: str, raw: pl.Series, ctx: 
 
 
 def _epoch(s: pl.Series, unit: str, column: str, ctx: _Ctx) -> pl.Series:
-    """Epoch numbers (s / ms / us, always UTC) to timestamps; integers stay exact."""
-    if unit not in TIME_UNITS:
-        raise ValueError(f"time_unit must be one of {sorted(TIME_UNITS)}, got {unit!r}")
-    factor = TIME_UNITS[unit]
+    """Epoch numbers (s / ms / us / ns, always UTC) to timestamps; integers stay exact (ns are floored to us).
+
+    Values implausible in `unit` (see `epochs`) are an error naming the unit they look like, before any
+    arithmetic: so nothing can overflow int64 or silently land in 1970 or the year 44,000.
+    """
+    if unit not in UNITS_PER_SECOND:
+        raise TrajInputError(f"time_unit must be one of {list(TIME_UNITS)}, got {unit!r}")
     raw = s
     if s.dtype == pl.String:
         s = s.str.strip_chars()
-        as_int = s.cast(pl.Int64, strict=False)
         as_float = s.cast(pl.Float64, strict=False)
         bad = as_float.is_null() & s.is_not_null() & (s != "")
         if bad.any():
             raise ctx.fail(column, bad, raw, f"cannot parse epoch time ({unit}):")
-        us = pl.Series(column, as_int * factor).fill_null((as_float * factor).round(0).cast(pl.Int64, strict=False))
-    elif s.dtype.is_integer():
-        us = s.cast(pl.Int64) * factor
-    elif s.dtype.is_float():
-        us = (s.fill_nan(None) * factor).round(0).cast(pl.Int64, strict=False)
+    elif s.dtype.is_numeric():
+        as_float = s.cast(pl.Float64).fill_nan(None)
     else:
         raise CheckinReadError(f"{ctx.source}: column {column!r} has type {s.dtype}, cannot read epoch times")
+    bad, looks_like = implausible_epochs(as_float.to_numpy(), unit)
+    if bad.any():
+        first = as_float[int(bad.argmax())]
+        fix = f" (pass time_unit={looks_like!r})" if looks_like else f" (is the column epoch {UNIT_NAMES[unit]}?)"
+        raise ctx.fail(column, pl.Series(bad), raw, f"{epoch_problem(first, unit, looks_like)}{fix}:")
+    per_second = UNITS_PER_SECOND[unit]
+    us = (as_float * (1e6 / per_second)).round(0).cast(pl.Int64)
+    if not s.dtype.is_float():  # whole numbers stay exact: within the plausible range, ns fit int64
+        us = (s.cast(pl.Int64, strict=False) * (10**9 // per_second) // 1000).fill_null(us)
     return us.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
 
 
@@ -258,7 +266,7 @@ def _to_timestamp(
         return _parse_strings(s, time_format, timezone, column, ctx)
     if dtype.is_numeric():
         raise CheckinReadError(
-            f"{ctx.source}: column {column!r} holds numbers; pass time_unit in {sorted(TIME_UNITS)} for epoch times"
+            f"{ctx.source}: column {column!r} holds numbers; pass time_unit in {list(TIME_UNITS)} for epoch times"
         )
     raise CheckinReadError(f"{ctx.source}: column {column!r} has type {dtype}, cannot read timestamps")
 
@@ -306,7 +314,7 @@ def read_foursquare_tsmc(path: PathLike) -> pa.Table:
     if bad.any():
         raise ctx.fail("tz_offset_min", bad, df["tz_offset_min"], "not an integer:")
     df = df.with_columns(
-        _to_user_id(df["user_id"]),
+        _to_user_id(df["user_id"], "user_id", ctx),
         _to_float(df["latitude"], "latitude", ctx),
         _to_float(df["longitude"], "longitude", ctx),
         tz_int.alias("tz_offset_min"),
@@ -332,6 +340,23 @@ def _stan_paths(path: Path) -> tuple[str, Path, Path | None]:
     return "csv", path, None
 
 
+def _whole_numbers(values: np.ndarray, column: str, path: Path, limit: float = 2.0**63) -> np.ndarray:
+    """An id or count column of a ``.npy`` file as int64; a value that is not a whole number below `limit` is an
+    error naming the row (a float array can hold NaN or 1e30, which ``astype`` would turn into garbage)."""
+    if values.dtype.kind in "iu" and limit >= 2.0**63:
+        return values.astype(np.int64)
+    as_float = values.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        bad = ~((np.abs(as_float) < limit) & (as_float == np.round(as_float)))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise CheckinReadError(
+            f"{path}: column {column!r}, row {row + 1}: expected a whole number below {limit:.0f}, got "
+            f"{values[row].item()!r} ({int(bad.sum())} such rows)"
+        )
+    return values.astype(np.int64)
+
+
 def read_stan_nyc(path_or_dir: PathLike) -> pa.Table:
     """Foursquare NYC as preprocessed by STAN: ``NYC.npy`` + ``NYC_POI.npy``, a directory, or the derived CSV.
 
@@ -344,7 +369,7 @@ def read_stan_nyc(path_or_dir: PathLike) -> pa.Table:
         df = _read_csv(main, ctx, infer_schema=False)
         _require(df.columns, [USER_ID, "loc_id", LATITUDE, LONGITUDE, "utc_time_approx"], ctx)
         df = df.with_columns(
-            _to_user_id(df[USER_ID]),
+            _to_user_id(df[USER_ID], USER_ID, ctx),
             _to_float(df[LATITUDE], LATITUDE, ctx),
             _to_float(df[LONGITUDE], LONGITUDE, ctx),
             df["loc_id"].str.strip_chars().alias(VENUE_ID),
@@ -359,17 +384,22 @@ def read_stan_nyc(path_or_dir: PathLike) -> pa.Table:
             f"{main}: expected (n, 3) [user, loc, t_min] and {poi}: (m, 3) [loc, lat, lon], "
             f"got {checkins.shape} and {pois.shape}"
         )
-    loc = checkins[:, 1].astype(np.int64)
-    poi_ids = pois[:, 0].astype(np.int64)
-    size = int(max(loc.max(initial=0), poi_ids.max(initial=0))) + 1
-    lut = np.full((size, 2), np.nan)
-    lut[poi_ids] = pois[:, 1:]
-    coords = lut[np.clip(loc, 0, size - 1)]
-    unknown = (loc < 0) | np.isnan(coords[:, 0])  # venue without coordinates -> null, cleaning reports it
-    times = STAN_NYC_EPOCH + checkins[:, 2].astype("timedelta64[m]")
+    users = _whole_numbers(checkins[:, 0], "user", main)
+    loc = _whole_numbers(checkins[:, 1], "loc", main)
+    minutes = _whole_numbers(checkins[:, 2], "t_min", main, limit=LATEST_SECONDS // 60)
+    poi_ids = _whole_numbers(pois[:, 0], "loc", poi)
+    # sorted lookup, not a table indexed by id: ids are sparse (one id of 2**40 must not allocate terabytes)
+    order = np.argsort(poi_ids, kind="stable")
+    slot = np.searchsorted(poi_ids[order], loc, side="right") - 1  # a repeated POI id keeps its last row
+    found = slot >= 0
+    found[found] = poi_ids[order[slot[found]]] == loc[found]
+    coords = np.full((loc.size, 2), np.nan)
+    coords[found] = pois[order[slot[found]], 1:]
+    unknown = np.isnan(coords[:, 0])  # venue without coordinates -> null, cleaning reports it
+    times = STAN_NYC_EPOCH + minutes.astype("timedelta64[m]")
     return pa.table(
         {
-            USER_ID: pc.cast(pa.array(checkins[:, 0].astype(np.int64)), pa.string()),
+            USER_ID: pc.cast(pa.array(users), pa.string()),
             LATITUDE: pa.array(coords[:, 0], mask=unknown),
             LONGITUDE: pa.array(coords[:, 1], mask=unknown),
             TIMESTAMP: pa.array(times.astype("datetime64[us]").astype(np.int64), pa.int64()).cast(
@@ -420,7 +450,7 @@ def read_table(
     p = _existing(path)
     mapping = {user_col: USER_ID, lat_col: LATITUDE, lon_col: LONGITUDE, time_col: TIMESTAMP}
     if len(mapping) != 4:
-        raise ValueError(f"the four mapped columns must differ, got {list(mapping)}")
+        raise TrajInputError(f"the four mapped columns must differ, got {list(mapping)}")
     if _is_parquet(p):
         ctx = _Ctx(str(p))
         try:
@@ -438,7 +468,7 @@ def read_table(
     renamed = {c: f"{c}_orig" if c in CHECKIN_COLUMNS else c for c in extras}
     df = df.rename({c: n for c, n in renamed.items() if c != n})
     df = df.with_columns(
-        _to_user_id(df[user_col]).alias(USER_ID),
+        _to_user_id(df[user_col], user_col, ctx).alias(USER_ID),
         _to_float(df[lat_col], lat_col, ctx).alias(LATITUDE),
         _to_float(df[lon_col], lon_col, ctx).alias(LONGITUDE),
         _to_timestamp(
@@ -479,6 +509,10 @@ def _mixed_type_error(values: Sequence[Any], column: str, cause: Exception) -> C
                 f"{ref}; a column must hold one type"
                 + (" (user ids: all strings or all integers)" if column == USER_ID else "")
             )
+    huge = [i for i in present if kinds[i] == "int" and not -(2**63) <= values[i] < 2**63]
+    if huge:
+        i = int(huge[0])
+        return CheckinReadError(f"column {column!r}, row {i + 1}: integer {values[i]!r} does not fit 64 bits")
     return CheckinReadError(f"column {column!r}: cannot convert to an Arrow array: {cause}")
 
 
@@ -491,7 +525,7 @@ def _as_arrow(values: Any, column: str) -> pa.Array | pa.ChunkedArray:
         return pa.array(values)
     try:
         return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
         raise _mixed_type_error(list(values), column, e) from e
 
 
@@ -517,12 +551,12 @@ def checkins_from_arrays(
     arrow = {name: _as_arrow(values, name) for name, values in arrays.items()}
     lengths = {name: len(a) for name, a in arrow.items()}
     if len(set(lengths.values())) > 1:
-        raise ValueError(f"all columns must have the same length, got {lengths}")
+        raise CheckinReadError(f"all columns must have the same length, got {lengths}")
     series = {name: pl.Series(name, a) for name, a in arrow.items()}
     ts = series[TIMESTAMP]
     df = pl.DataFrame(
         {
-            USER_ID: _to_user_id(series[USER_ID]),
+            USER_ID: _to_user_id(series[USER_ID], USER_ID, ctx),
             LATITUDE: _to_float(series[LATITUDE], LATITUDE, ctx),
             LONGITUDE: _to_float(series[LONGITUDE], LONGITUDE, ctx),
             TIMESTAMP: _to_timestamp(
@@ -579,7 +613,7 @@ def read_checkins(path: PathLike, reader: str = "auto", **mapping: Any) -> pa.Ta
     if reader == "auto":
         reader = sniff_reader(path)
     if reader not in READERS:
-        raise ValueError(f"unknown reader {reader!r}; valid readers: {', '.join(['auto', *sorted(READERS)])}")
+        raise TrajInputError(f"unknown reader {reader!r}; valid readers: {', '.join(['auto', *sorted(READERS)])}")
     return READERS[reader](path, **mapping)
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import TrajInputError
+
 TRAJECTORY_DROP_REASONS = ("too_few_cells", "too_few_points")
 US_PER_MINUTE = 60_000_000
 US_PER_DAY = 86_400_000_000
@@ -30,11 +32,11 @@ class SegmentationConfig:
 
     def __post_init__(self):
         if self.max_gap_minutes is not None and self.max_gap_minutes <= 0:
-            raise ValueError(f"max_gap_minutes must be positive or None, got {self.max_gap_minutes}.")
+            raise TrajInputError(f"max_gap_minutes must be positive or None, got {self.max_gap_minutes}.")
         if self.max_visits is not None and self.max_visits < 1:
-            raise ValueError(f"max_visits must be at least 1 or None, got {self.max_visits}.")
+            raise TrajInputError(f"max_visits must be at least 1 or None, got {self.max_visits}.")
         if self.min_cells < 1 or self.min_points < 1:
-            raise ValueError("min_cells and min_points must be at least 1.")
+            raise TrajInputError("min_cells and min_points must be at least 1.")
 
 
 def trajectory_starts(

@@ -22,6 +22,8 @@ from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers.models import WordPiece
 from tokenizers.trainers import WordPieceTrainer
 
+from .errors import TrajInputError
+
 SPELLINGS = ("hex", "hierarchy")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CONTINUATION = "##"
@@ -36,7 +38,7 @@ _H3_CELL_MODE = 1
 
 def check_spelling(spelling: str) -> str:
     if spelling not in SPELLINGS:
-        raise ValueError(f"Unknown sub-hash spelling {spelling!r}: choose one of {', '.join(SPELLINGS)}.")
+        raise TrajInputError(f"Unknown sub-hash spelling {spelling!r}: choose one of {', '.join(SPELLINGS)}.")
     return spelling
 
 
@@ -83,14 +85,14 @@ def cells_to_words(cells: np.ndarray, resolution: int, spelling: str) -> list[st
 
 
 def words_to_cells(words: Iterable[str], resolution: int, spelling: str) -> np.ndarray:
-    """Inverse of `cells_to_words`; raises ValueError on a word that is not a cell of this spelling."""
+    """Inverse of `cells_to_words`; raises TrajInputError on a word that is not a cell of this spelling."""
     words = list(words)
     if check_spelling(spelling) == "hex":
         width = hex_width(resolution)
         out = []
         for w in words:
             if len(w) != width or any(ch not in HEX_DIGITS for ch in w):
-                raise ValueError(f"{w!r} is not a resolution-{resolution} cell in the hex spelling.")
+                raise TrajInputError(f"{w!r} is not a resolution-{resolution} cell in the hex spelling.")
             out.append(int(w.ljust(15, "f"), 16))
         return _valid_cells(np.array(out, dtype=np.uint64), words, resolution, spelling)
     cells = np.empty(len(words), dtype=np.uint64)
@@ -99,7 +101,7 @@ def words_to_cells(words: Iterable[str], resolution: int, spelling: str) -> np.n
     for i, w in enumerate(words):
         base = ord(w[0]) - BASE_CELL_OFFSET if w else -1
         if len(w) != resolution + 1 or not 0 <= base < NUM_BASE_CELLS or any(ch not in "0123456" for ch in w[1:]):
-            raise ValueError(f"{w!r} is not a resolution-{resolution} cell in the hierarchy spelling.")
+            raise TrajInputError(f"{w!r} is not a resolution-{resolution} cell in the hierarchy spelling.")
         value = header | (base << 45) | unused
         for r, ch in enumerate(w[1:], start=1):
             value |= int(ch) << (3 * (15 - r))
@@ -111,7 +113,7 @@ def _valid_cells(cells: np.ndarray, words: list[str], resolution: int, spelling:
     """Well-formed words can still name no cell (e.g. a digit a pentagon deletes): reject those too."""
     for cell, word in zip(cells.tolist(), words):
         if not h3.is_valid_cell(cell):
-            raise ValueError(f"{word!r} is not a resolution-{resolution} cell in the {spelling} spelling.")
+            raise TrajInputError(f"{word!r} is not a resolution-{resolution} cell in the {spelling} spelling.")
     return cells
 
 
@@ -126,7 +128,7 @@ def train_vocab(words: Iterable[str], counts: Iterable[int], spelling: str, voca
     """Train a WordPiece vocabulary on cell words weighted by how often each occurs in the corpus."""
     minimum = minimum_vocab_size(spelling)
     if vocab_size < minimum:
-        raise ValueError(
+        raise TrajInputError(
             f"vocab_size={vocab_size} is too small for the {spelling!r} spelling: it needs at least {minimum} "
             "entries (special tokens plus every single character in both word positions)."
         )
@@ -197,7 +199,7 @@ class CellEncoder:
         missing = [c for i, c in enumerate(initial) if i not in singles_first]
         missing += [CONTINUATION + c for i, c in enumerate(continuation) if i not in singles_later]
         if missing:
-            raise ValueError(
+            raise TrajInputError(
                 f"The vocabulary lacks single-character pieces {missing[:8]}: some cells could not be spelled. "
                 "Train it with TrajTokenizer.train (or subhash.train_vocab), which always includes them."
             )
@@ -254,7 +256,7 @@ class CellEncoder:
         _, offsets = self.encode_unique(unique)
         counts = np.diff(offsets)[inverse]
         if counts.size and int(counts.max()) > budget:
-            raise ValueError(
+            raise TrajInputError(
                 f"A cell takes {int(counts.max())} tokens but only {budget} fit in a sequence: raise max_length."
             )
         ends = np.cumsum(counts)

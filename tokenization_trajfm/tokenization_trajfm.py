@@ -7,9 +7,12 @@ depend on numpy, h3, tokenizers and transformers.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
+from math import inf
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -17,6 +20,8 @@ from transformers import BatchEncoding, PreTrainedTokenizer
 from transformers.utils import PaddingStrategy
 
 from .cluster import visit_starts
+from .epochs import epoch_problem, implausible_epochs
+from .errors import TokenizerFileError, TrajInputError
 from .h3cells import cell_centers, cells_from_any, check_resolution, encode_cells
 from .h3cells import cell_resolution_check as check_cell_resolution
 from .subhash import (
@@ -37,7 +42,8 @@ _LON_KEYS = ("longitude", "lon", "lng")
 _TIME_KEYS = ("timestamp", "timestamps", "time", "times", "t")
 _HOURS_PER_WEEK = 168
 _MAX_GAP_BUCKET = 22
-_MAX_EPOCH_SECONDS = 1e11  # about the year 5138: larger numbers are milliseconds or finer
+# settings that change the ids or features: with the vocabulary, they make up the saved fingerprint
+FINGERPRINT_SETTINGS = ("resolution", "spelling", "max_levels", "window_minutes", "utc_offset_minutes", "time_features")
 
 
 def _first_key(mapping: Mapping, keys: Sequence[str]) -> str | None:
@@ -47,56 +53,69 @@ def _first_key(mapping: Mapping, keys: Sequence[str]) -> str | None:
 def to_epoch_seconds(values: Any, where: str) -> np.ndarray | None:
     """Timestamps (numbers = epoch seconds, datetimes, numpy datetime64, ISO strings) → int64 epoch seconds.
 
-    Returns None when every value is missing; a partly missing column is an error naming the first bad point.
+    Returns None when every value is missing; a partly missing column is an error naming the first bad point, and so
+    is a number that cannot be epoch seconds (e.g. milliseconds), even beside strings.
     """
     if values is None:
         return None
     array = np.asarray(values)
+    if array.ndim != 1:
+        raise TrajInputError(f"{where}: timestamps must be a flat sequence, one per point; got shape {array.shape}.")
     if array.dtype.kind in "US":  # numpy turns a list mixing numbers and strings into strings: keep each as given
         array = np.array(list(values), dtype=object)
     if array.dtype.kind == "M":
         if np.isnat(array).any():
-            raise ValueError(f"{where}: timestamp of point {int(np.flatnonzero(np.isnat(array))[0])} is missing.")
+            raise TrajInputError(f"{where}: timestamp of point {int(np.flatnonzero(np.isnat(array))[0])} is missing.")
         return array.astype("datetime64[s]").astype(np.int64)
     if array.dtype.kind in "iuf":
-        if array.size and np.nanmax(np.abs(array)) > _MAX_EPOCH_SECONDS:
-            raise ValueError(
-                f"{where}: timestamp {np.nanmax(np.abs(array)):.0f} is past the year 5000 as epoch seconds: "
-                "convert epoch milliseconds (or finer) to seconds first."
-            )
-        if not np.isfinite(array).all():
-            raise ValueError(
-                f"{where}: timestamp of point {int(np.flatnonzero(~np.isfinite(array))[0])} is not finite."
-            )
-        return np.floor(array).astype(np.int64)
-    seconds = []
-    missing = []
+        return _epoch_seconds(array, np.arange(array.size), where)
+    seconds = np.zeros(array.size, dtype=np.int64)
+    missing, numbers = [], []
     for position, value in enumerate(array.tolist()):
-        if value is None:
+        if value is None or (isinstance(value, float) and value != value):
             missing.append(position)
-            seconds.append(0)
         elif isinstance(value, _dt.datetime):
             value = value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)
-            seconds.append(int(value.timestamp()))
+            seconds[position] = int(value.timestamp())
         elif isinstance(value, (int, float, np.integer, np.floating)):
-            seconds.append(int(value))
+            numbers.append(position)
         elif isinstance(value, np.datetime64):
-            seconds.append(int(value.astype("datetime64[s]").astype(np.int64)))
+            seconds[position] = int(value.astype("datetime64[s]").astype(np.int64))
         else:
             try:
                 parsed = _dt.datetime.fromisoformat(str(value))
             except ValueError:
-                raise ValueError(
+                raise TrajInputError(
                     f"{where}: cannot parse timestamp {value!r} of point {position}; use epoch seconds, datetime "
                     "objects or ISO-8601 strings."
                 ) from None
             parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=_dt.timezone.utc)
-            seconds.append(int(parsed.timestamp()))
-    if len(missing) == len(seconds):
+            seconds[position] = int(parsed.timestamp())
+    if len(missing) == array.size:
         return None
     if missing:
-        raise ValueError(f"{where}: timestamp of point {missing[0]} is missing while others are given.")
-    return np.asarray(seconds, dtype=np.int64)
+        raise TrajInputError(f"{where}: timestamp of point {missing[0]} is missing while others are given.")
+    if numbers:
+        positions = np.array(numbers)
+        seconds[positions] = _epoch_seconds(np.array([array[i] for i in numbers]), positions, where)
+    return seconds
+
+
+def _epoch_seconds(numbers: np.ndarray, positions: np.ndarray, where: str) -> np.ndarray:
+    """Epoch-second numbers (at `positions` of the trajectory) → int64, refusing non-finite or implausible ones."""
+    as_float = numbers.astype(np.float64)
+    finite = np.isfinite(as_float)
+    if not finite.all():
+        raise TrajInputError(f"{where}: timestamp of point {int(positions[np.argmin(finite)])} is not finite.")
+    bad, looks_like = implausible_epochs(as_float, "s")
+    if bad.any():
+        first = int(bad.argmax())
+        raise TrajInputError(
+            f"{where}: timestamp {numbers[first].item()!r} of point {int(positions[first])}: "
+            f"{epoch_problem(as_float[first], 's', looks_like)}. Numbers are read as epoch seconds: convert them "
+            "(or pass datetimes or ISO-8601 strings)."
+        )
+    return np.floor(numbers).astype(np.int64)
 
 
 class TrajTokenizer(PreTrainedTokenizer):
@@ -107,6 +126,10 @@ class TrajTokenizer(PreTrainedTokenizer):
     Raw points are H3-encoded and clustered (same cell, within `window_minutes`) first; `cells=` are taken as given.
     Outputs `input_ids`, `attention_mask`, `token_type_ids` and, per token, `hexagon_ids`, `level_ids`, `hour_ids`,
     `gap_ids` (see docs/design.md). Truncation and padding never split a hexagon.
+
+    `save_pretrained` records a fingerprint of the vocabulary and the settings in `tokenizer_config.json`; loading
+    checks it, so files that were edited or mixed from two tokenizers are refused (`TokenizerFileError`) instead of
+    silently changing ids. Folders saved before fingerprints existed load with the structural checks only.
     """
 
     vocab_files_names = VOCAB_FILES_NAMES
@@ -127,26 +150,35 @@ class TrajTokenizer(PreTrainedTokenizer):
         cls_token: str = "[CLS]",
         mask_token: str = "[MASK]",
         vocab: dict[str, int] | None = None,
+        fingerprint: dict[str, str] | None = None,
         **kwargs,
     ):
         self.resolution = check_resolution(resolution)
         self.spelling = check_spelling(spelling)
-        if window_minutes < 0:
-            raise ValueError(f"window_minutes must be >= 0, got {window_minutes}.")
-        self.window_minutes = float(window_minutes)
-        self.utc_offset_minutes = int(utc_offset_minutes)
-        self.time_features = bool(time_features)
-        self.max_levels = int(max_levels)
+        self.window_minutes, self.utc_offset_minutes, self.time_features, self.max_levels = _check_settings(
+            window_minutes, utc_offset_minutes, time_features, max_levels
+        )
+        folder = kwargs.get("name_or_path") or None  # set by from_pretrained: the folder or repo loaded from
+        source = vocab_file or "the vocab argument"
         if vocab is None and vocab_file is not None:
-            with open(vocab_file, encoding="utf-8") as handle:
-                vocab = json.load(handle)
+            vocab = _read_vocab(vocab_file)
+        elif vocab is None and folder is not None:
+            raise TokenizerFileError(
+                f"{folder}: {VOCAB_FILES_NAMES['vocab_file']} is missing, so this tokenizer's ids are unknown. Copy it "
+                "back from where the tokenizer was saved (save_pretrained writes it next to tokenizer_config.json)."
+            )
         if vocab is None:
             initial, continuation = alphabet(self.spelling)
             tokens = list(SPECIAL_TOKENS) + initial + [CONTINUATION + c for c in continuation]
             vocab = {token: index for index, token in enumerate(tokens)}
-        self.vocab = dict(vocab)
+        self.vocab = _check_vocab(vocab, source)
         self.ids_to_tokens = {index: token for token, index in self.vocab.items()}
-        self._cell_encoder = CellEncoder(self.vocab, self.resolution, self.spelling)
+        try:
+            self._cell_encoder = CellEncoder(self.vocab, self.resolution, self.spelling)
+        except TrajInputError as error:
+            raise TokenizerFileError(f"{source}: {error}") from None
+        if fingerprint is not None:
+            self._check_fingerprint(fingerprint, source, folder)
         kwargs.setdefault("model_max_length", 512)
         super().__init__(
             resolution=self.resolution,
@@ -155,6 +187,7 @@ class TrajTokenizer(PreTrainedTokenizer):
             utc_offset_minutes=self.utc_offset_minutes,
             time_features=self.time_features,
             max_levels=self.max_levels,
+            fingerprint=self.fingerprint,
             unk_token=unk_token,
             sep_token=sep_token,
             pad_token=pad_token,
@@ -162,6 +195,33 @@ class TrajTokenizer(PreTrainedTokenizer):
             mask_token=mask_token,
             **kwargs,
         )
+
+    @property
+    def fingerprint(self) -> dict[str, str]:
+        """SHA-256 of the vocabulary (tokens in id order) and of the settings that change ids or features."""
+        tokens = sorted(self.vocab, key=self.vocab.__getitem__)
+        settings = {name: getattr(self, name) for name in FINGERPRINT_SETTINGS}
+        return {"vocab": _sha256(tokens), "settings": _sha256(settings)}
+
+    def _check_fingerprint(self, saved: Any, source: str, folder: str | None) -> None:
+        """Refuse files that disagree with the fingerprint saved beside them, naming the file that changed."""
+        config = f"{folder}/tokenizer_config.json" if folder else "tokenizer_config.json"
+        if not isinstance(saved, dict) or set(saved) != {"vocab", "settings"}:
+            raise TokenizerFileError(f"{config}: 'fingerprint' is malformed ({saved!r}); re-save the tokenizer.")
+        current = self.fingerprint
+        if saved["vocab"] != current["vocab"]:
+            raise TokenizerFileError(
+                f"{source} is not the vocabulary this tokenizer was saved with (its fingerprint in {config} differs): "
+                "it was edited or copied from another tokenizer, and ids would change. Restore the saved "
+                "vocab.json, or retrain the tokenizer."
+            )
+        if saved["settings"] != current["settings"]:
+            settings = ", ".join(f"{name}={getattr(self, name)!r}" for name in FINGERPRINT_SETTINGS)
+            raise TokenizerFileError(
+                f"{config}: the settings ({settings}) are not those the vocabulary was saved with (fingerprint "
+                "differs): a setting was edited, or overridden at load. Restore the saved tokenizer_config.json; to "
+                "change a setting on purpose, pass it together with fingerprint=None and re-save."
+            )
 
     # ----------------------------------------------------------------------------------------------- training
     @classmethod
@@ -180,7 +240,7 @@ class TrajTokenizer(PreTrainedTokenizer):
         """
         flat = _flatten_cells(cells)
         if flat.size == 0:
-            raise ValueError("Cannot train a tokenizer on an empty corpus: no cells were given.")
+            raise TrajInputError("Cannot train a tokenizer on an empty corpus: no cells were given.")
         resolution = check_resolution(resolution)
         check_cell_resolution(flat, resolution, "the training corpus")
         unique, counts = np.unique(flat, return_counts=True)
@@ -245,7 +305,7 @@ class TrajTokenizer(PreTrainedTokenizer):
         if pair is not None or pair_cells is not None:
             second, pair_batched = self._normalize(pair, pair_cells, pair_timestamps, "pair")
             if len(second) != len(first) or pair_batched != batched:
-                raise ValueError(f"Got {len(first)} trajectories but {len(second)} pair trajectories.")
+                raise TrajInputError(f"Got {len(first)} trajectories but {len(second)} pair trajectories.")
         max_length = max_length if max_length is not None else self.model_max_length
         encoded = self.encode_visits(first, second, max_length=max_length if truncation else None)
         if not batched:
@@ -263,7 +323,7 @@ class TrajTokenizer(PreTrainedTokenizer):
         """→ (list of (visit cells uint64, visit start epoch seconds or None), whether the input was a batch)."""
         if cells is not None:
             if trajectories is not None:
-                raise ValueError(f"Pass either {name} or cells=, not both.")
+                raise TrajInputError(f"Pass either {name} or cells=, not both.")
             batched = _is_batch_of_cells(cells)
             cell_lists = list(cells) if batched else [cells]
             if not batched:
@@ -271,7 +331,7 @@ class TrajTokenizer(PreTrainedTokenizer):
             elif timestamps is None:
                 time_lists = [None] * len(cell_lists)
             elif len(timestamps) != len(cell_lists):
-                raise ValueError(f"Got {len(cell_lists)} cell sequences but {len(timestamps)} timestamp sequences.")
+                raise TrajInputError(f"Got {len(cell_lists)} cell sequences but {len(timestamps)} timestamp sequences.")
             else:
                 time_lists = list(timestamps)
             out = []
@@ -281,11 +341,11 @@ class TrajTokenizer(PreTrainedTokenizer):
                 visit_times = to_epoch_seconds(t, where)
                 _check_nonempty(visit_cells, where)
                 if visit_times is not None and visit_times.size != visit_cells.size:
-                    raise ValueError(f"{where}: {visit_cells.size} cells but {visit_times.size} timestamps.")
+                    raise TrajInputError(f"{where}: {visit_cells.size} cells but {visit_times.size} timestamps.")
                 out.append(_sorted_by_time(visit_cells, visit_times))
             return out, batched
         if trajectories is None:
-            raise ValueError("Nothing to tokenize: pass trajectories (points) or cells=.")
+            raise TrajInputError("Nothing to tokenize: pass trajectories (points) or cells=.")
         batched = _is_batch_of_points(trajectories)
         items = trajectories if batched else [trajectories]
         return [self._points_to_visits(item, f"{name}[{i}]") for i, item in enumerate(items)], batched
@@ -297,10 +357,12 @@ class TrajTokenizer(PreTrainedTokenizer):
             bad = ~(np.abs(values) <= limit)
             if bad.any():
                 j = int(np.flatnonzero(bad)[0])
-                raise ValueError(
+                raise TrajInputError(
                     f"{where}: {column} {float(values[j])!r} of point {j} is not a number in [-{limit}, {limit}]."
                 )
         seconds = to_epoch_seconds(times, where)
+        if seconds is not None and seconds.size != lat.size:
+            raise TrajInputError(f"{where}: {lat.size} points but {seconds.size} timestamps; give one per point.")
         if seconds is not None:
             order = np.argsort(seconds, kind="stable")
             lat, lon, seconds = lat[order], lon[order], seconds[order]
@@ -398,11 +460,11 @@ class TrajTokenizer(PreTrainedTokenizer):
         repeated for every piece.
         """
         if overflow not in ("split", "truncate"):
-            raise ValueError(f"overflow={overflow!r}: choose 'split' or 'truncate'.")
+            raise TrajInputError(f"overflow={overflow!r}: choose 'split' or 'truncate'.")
         max_length = max_length or self.model_max_length
         longest = self._cell_encoder.width
         if max_length - 2 < longest:
-            raise ValueError(
+            raise TrajInputError(
                 f"max_length={max_length} cannot hold one hexagon: the longest cell takes {longest} tokens plus 2 "
                 f"special tokens. Use max_length >= {longest + 2}."
             )
@@ -464,7 +526,7 @@ class TrajTokenizer(PreTrainedTokenizer):
                 words[-1] += token[len(CONTINUATION) :]
             elif token.startswith(CONTINUATION):
                 if strict:
-                    raise ValueError(f"Token {token!r} continues a hexagon but no hexagon started before it.")
+                    raise TrajInputError(f"Token {token!r} continues a hexagon but no hexagon started before it.")
                 words.append("")
             else:
                 words.append(token)
@@ -496,6 +558,62 @@ def time_feature_ids(times: np.ndarray, utc_offset_minutes: int = 0) -> tuple[np
     return hours.astype(np.int64), gaps
 
 
+def _check_settings(
+    window_minutes: float, utc_offset_minutes: int, time_features: bool, max_levels: int
+) -> tuple[float, int, bool, int]:
+    """Validated (window_minutes, utc_offset_minutes, time_features, max_levels), each named when wrong."""
+    if isinstance(window_minutes, bool) or not isinstance(window_minutes, Real) or not 0 <= window_minutes < inf:
+        raise TrajInputError(f"window_minutes must be a finite number >= 0, got {window_minutes!r}.")
+    if not isinstance(utc_offset_minutes, Integral) or isinstance(utc_offset_minutes, bool):
+        raise TrajInputError(f"utc_offset_minutes must be an integer, got {utc_offset_minutes!r}.")
+    if not -14 * 60 <= utc_offset_minutes <= 14 * 60:
+        raise TrajInputError(f"utc_offset_minutes must be within ±840 (UTC-14..UTC+14), got {utc_offset_minutes}.")
+    if not isinstance(time_features, bool):
+        raise TrajInputError(f"time_features must be True or False, got {time_features!r}.")
+    if not isinstance(max_levels, Integral) or isinstance(max_levels, bool) or max_levels < 2:
+        raise TrajInputError(
+            f"max_levels must be an integer >= 2 (level ids run 1..max_levels-1; 0 marks special tokens), got "
+            f"{max_levels!r}."
+        )
+    return float(window_minutes), int(utc_offset_minutes), time_features, int(max_levels)
+
+
+def _read_vocab(path: str) -> dict[str, int]:
+    """vocab.json as a dict, or an error naming the file when it is empty or not JSON."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TokenizerFileError(
+            f"{path} is not a readable vocabulary ({error}); it is empty or corrupt. Restore it from where the "
+            "tokenizer was saved."
+        ) from None
+
+
+def _check_vocab(vocab: Any, source: str) -> dict[str, int]:
+    """The vocabulary as given, if it maps tokens to the ids 0..n-1 once each with the special tokens first."""
+    if not isinstance(vocab, dict) or not vocab:
+        raise TokenizerFileError(f"{source}: a vocabulary must be a non-empty JSON object of token → id.")
+    owner: dict[Any, str] = {}
+    for token, index in vocab.items():  # once per load, not per point
+        valid = isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(vocab)
+        if not valid or index in owner:
+            problem = f"also the id of {owner[index]!r}" if valid else f"not an integer in 0..{len(vocab) - 1}"
+            raise TokenizerFileError(
+                f"{source}: token {token!r} has id {index!r}, {problem}. Ids must be 0..n-1, each once: the file was "
+                "edited; restore it from where the tokenizer was saved."
+            )
+        owner[index] = token
+    specials = {token: vocab.get(token) for token in SPECIAL_TOKENS}
+    if list(specials.values()) != list(range(len(SPECIAL_TOKENS))):
+        raise TokenizerFileError(f"{source}: special tokens must have ids 0..4 in this order, got {specials}.")
+    return dict(vocab)
+
+
+def _sha256(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
 def _fit_hexagons(counts: list[np.ndarray], budget: int | None, keep_last_of_first: bool) -> list[tuple[int, int]]:
     """The (start, stop) visits of each segment that fit in `budget` tokens; the longest segment loses visits first.
 
@@ -519,7 +637,7 @@ def _fit_hexagons(counts: list[np.ndarray], budget: int | None, keep_last_of_fir
             spans[longest][1] -= 1
     if sum(totals) > budget or any(a == b for (a, b), c in zip(spans, counts) if c.size):
         need = max(int(c[0]) for c in counts if c.size) * len(counts)
-        raise ValueError(
+        raise TrajInputError(
             f"max_length leaves {budget} tokens after special tokens, too few to hold a whole hexagon of every "
             f"segment (need {need}); raise max_length."
         )
@@ -536,7 +654,7 @@ def _flatten_cells(cells: Any) -> np.ndarray:
 
 def _check_nonempty(values: np.ndarray, where: str) -> None:
     if values.size == 0:
-        raise ValueError(f"{where} is empty: a trajectory needs at least one point.")
+        raise TrajInputError(f"{where} is empty: a trajectory needs at least one point.")
 
 
 def _sorted_by_time(cells: np.ndarray, times: np.ndarray | None):
@@ -547,7 +665,8 @@ def _sorted_by_time(cells: np.ndarray, times: np.ndarray | None):
 
 
 def _is_scalar(value: Any) -> bool:
-    return isinstance(value, (int, float, str, np.integer, np.floating, np.str_))
+    """A value of one point; None too (a missing coordinate is the point's problem, not a sign of a batch)."""
+    return value is None or isinstance(value, (int, float, str, np.integer, np.floating, np.str_))
 
 
 def _is_batch_of_cells(cells: Any) -> bool:
@@ -579,26 +698,46 @@ def _columns(trajectory: Any, where: str) -> tuple[np.ndarray, np.ndarray, Any]:
     if isinstance(trajectory, Mapping):
         lat_key, lon_key, time_key = (_first_key(trajectory, keys) for keys in (_LAT_KEYS, _LON_KEYS, _TIME_KEYS))
         if lat_key is None or lon_key is None:
-            raise ValueError(f"{where}: a mapping needs latitude/longitude columns, got keys {list(trajectory)}.")
+            raise TrajInputError(f"{where}: a mapping needs latitude/longitude columns, got keys {list(trajectory)}.")
         columns = [trajectory[lat_key], trajectory[lon_key], trajectory[time_key] if time_key else None]
         columns = [c.to_numpy() if hasattr(c, "to_numpy") and not isinstance(c, np.ndarray) else c for c in columns]
-        lat, lon = (np.asarray(c, dtype=np.float64) for c in columns[:2])
+        lat, lon = (_coordinates(c, name, where) for c, name in zip(columns, ("latitude", "longitude")))
         if lat.shape != lon.shape:
-            raise ValueError(f"{where}: {lat.size} latitudes but {lon.size} longitudes.")
+            raise TrajInputError(f"{where}: {lat.size} latitudes but {lon.size} longitudes.")
         return lat, lon, columns[2]
     if isinstance(trajectory, np.ndarray) and trajectory.dtype != object:
         if trajectory.ndim != 2 or trajectory.shape[1] not in (2, 3):
-            raise ValueError(f"{where}: an array trajectory must have shape (n, 2) or (n, 3), got {trajectory.shape}.")
+            raise TrajInputError(
+                f"{where}: an array trajectory must have shape (n, 2) or (n, 3), got {trajectory.shape}."
+            )
         times = trajectory[:, 2] if trajectory.shape[1] == 3 else None
         return trajectory[:, 0].astype(np.float64), trajectory[:, 1].astype(np.float64), times
     points = list(trajectory)
-    widths = {len(p) for p in points}
-    if not widths <= {2, 3} or len(widths) > 1:
-        raise ValueError(f"{where}: every point must be (lat, lon) or (lat, lon, timestamp), all the same.")
-    try:
-        lat = np.array([p[0] for p in points], dtype=np.float64)
-        lon = np.array([p[1] for p in points], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: latitude and longitude must be numbers.") from None
-    times = [p[2] for p in points] if widths == {3} else None
+    widths = [len(p) if isinstance(p, (Sequence, np.ndarray)) and not isinstance(p, str) else -1 for p in points]
+    if set(widths) - {2, 3} or len(set(widths)) > 1:
+        position = next(i for i, w in enumerate(widths) if w != widths[0] or w not in (2, 3))
+        raise TrajInputError(
+            f"{where}: point {position} is {points[position]!r}; every point must be (lat, lon) or "
+            "(lat, lon, timestamp), all the same."
+        )
+    lat = _coordinates([p[0] for p in points], "latitude", where)
+    lon = _coordinates([p[1] for p in points], "longitude", where)
+    times = [p[2] for p in points] if 3 in widths else None
     return lat, lon, times
+
+
+def _coordinates(values: Any, name: str, where: str) -> np.ndarray:
+    """A flat float64 column of coordinates (None becomes NaN, refused later with its position), or an error
+    naming the first point that is not a number."""
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        for position, value in enumerate(values):  # error path only: find the culprit
+            try:
+                float(value if value is not None else "nan")
+            except (TypeError, ValueError):
+                raise TrajInputError(f"{where}: {name} of point {position} is {value!r}, not a number.") from None
+        raise TrajInputError(f"{where}: {name} must be a flat sequence of numbers.") from None
+    if array.ndim != 1:
+        raise TrajInputError(f"{where}: {name} must be a flat sequence, one per point; got shape {array.shape}.")
+    return array

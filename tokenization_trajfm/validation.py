@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .errors import TrajInputError
 from .schema import CHECKIN_COLUMNS, CHECKIN_TYPES, LATITUDE, LONGITUDE, TIMESTAMP, USER_ID
 
 INVALID_MODES = ("raise", "drop")
@@ -24,7 +25,7 @@ TIMESTAMP_US = pa.timestamp("us", tz="UTC")
 def _check_schema(table: pa.Table) -> None:
     missing = [c for c in CHECKIN_COLUMNS if c not in table.column_names]
     if missing:
-        raise ValueError(
+        raise TrajInputError(
             f"Check-in table lacks column(s) {missing}; it has {table.column_names}. Build it with a reader from "
             "tokenization_trajfm.readers or checkins_from_arrays."
         )
@@ -33,12 +34,12 @@ def _check_schema(table: pa.Table) -> None:
         actual = table.schema.field(name).type
         if name == TIMESTAMP:
             if not pa.types.is_timestamp(actual):
-                raise ValueError(f"Column {name!r} must be a timestamp, got {actual}.")
+                raise TrajInputError(f"Column {name!r} must be a timestamp, got {actual}.")
         elif name == USER_ID:
             if not (pa.types.is_string(actual) or pa.types.is_large_string(actual)):
-                raise ValueError(f"Column {name!r} must hold strings, got {actual}: cast user ids to str first.")
+                raise TrajInputError(f"Column {name!r} must hold strings, got {actual}: cast user ids to str first.")
         elif actual != expected:
-            raise ValueError(f"Column {name!r} must be {expected}, got {actual}.")
+            raise TrajInputError(f"Column {name!r} must be {expected}, got {actual}.")
 
 
 def _null_mask(column: pa.ChunkedArray) -> np.ndarray | None:
@@ -73,7 +74,7 @@ class CleanCheckins:
 def checkin_order(table: pa.Table, invalid: str = "raise") -> CleanCheckins:
     """Validate and order check-ins without materializing a new table (the pipeline's fast path)."""
     if invalid not in INVALID_MODES:
-        raise ValueError(f"invalid={invalid!r}: choose one of {INVALID_MODES}.")
+        raise TrajInputError(f"invalid={invalid!r}: choose one of {INVALID_MODES}.")
     _check_schema(table)
     lat = table[LATITUDE].to_numpy()
     lon = table[LONGITUDE].to_numpy()
@@ -94,7 +95,7 @@ def checkin_order(table: pa.Table, invalid: str = "raise") -> CleanCheckins:
         fresh = mask if bad is None else mask & ~bad
         if fresh.any():
             if invalid == "raise":
-                raise ValueError(_first_problem(fresh, reason, column, table[column]))
+                raise TrajInputError(_first_problem(fresh, reason, column, table[column]))
             drops[reason] += int(fresh.sum())
             bad = fresh if bad is None else bad | fresh
 
