@@ -11,6 +11,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest
 from transformers import AutoTokenizer
 
+import modeling_trajfm  # noqa: F401  (registers TrajTokenizer with AutoTokenizer)
 from tokenization_trajfm import TrajTokenizer, build_trajectories
 from tokenization_trajfm.errors import TokenizerFileError, TrajInputError
 from tokenization_trajfm.synthetic import generate_checkins
@@ -291,8 +292,10 @@ def test_folder_without_fingerprint_still_loads(saved, tokenizer):
 
 def test_a_setting_changed_on_purpose_needs_fingerprint_none(saved):
     with pytest.raises(TokenizerFileError, match="fingerprint=None"):
-        AutoTokenizer.from_pretrained(saved, utc_offset_minutes=60)
-    assert AutoTokenizer.from_pretrained(saved, utc_offset_minutes=60, fingerprint=None).utc_offset_minutes == 60
+        AutoTokenizer.from_pretrained(saved, resolution=9)
+    assert AutoTokenizer.from_pretrained(saved, resolution=9, fingerprint=None).resolution == 9
+    # Settings that change features, not ids, may be overridden at load (data from another time zone).
+    assert AutoTokenizer.from_pretrained(saved, utc_offset_minutes=60).utc_offset_minutes == 60
 
 
 # ------------------------------------------------------------------------------------------------ issue 10, item 7

@@ -5,6 +5,7 @@ classes) with the transformers Auto classes.
 """
 
 from .corpus import CorpusConfig, CorpusDescription, UserSplit, load_checkins, select_users, split_users
+from .errors import CheckinReadError, EmptyInputError, TokenizerFileError, TrajInputError
 from .pipeline import TRAJECTORY_SCHEMA, build_trajectories
 from .readers import READERS, read_checkins
 from .report import PipelineReport
@@ -14,6 +15,10 @@ from .validation import clean_checkins
 
 __all__ = [
     "FEATURE_KEYS",
+    "CheckinReadError",
+    "EmptyInputError",
+    "TokenizerFileError",
+    "TrajInputError",
     "READERS",
     "TRAJECTORY_SCHEMA",
     "CorpusConfig",

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .errors import EmptyInputError
 from .pipeline import build_trajectories
 from .readers import READERS
 from .report import PipelineReport
@@ -50,7 +51,7 @@ class CorpusConfig:
     lon_col: str | None = field(default=None, metadata={"help": "--reader table: longitude column."})
     time_col: str | None = field(default=None, metadata={"help": "--reader table: timestamp column."})
     time_format: str | None = field(default=None, metadata={"help": "--reader table: strftime format of times."})
-    time_unit: str | None = field(default=None, metadata={"help": "--reader table: epoch unit s|ms|us."})
+    time_unit: str | None = field(default=None, metadata={"help": "--reader table: epoch unit s|ms|us|ns."})
     timezone: str | None = field(default=None, metadata={"help": "--reader table: IANA zone of naive times."})
     separator: str | None = field(default=None, metadata={"help": "--reader table: CSV separator."})
     dataset_dir: str | None = field(
@@ -277,7 +278,7 @@ def trajectories_with_report(
     """`build_trajectories`, with an error that says what to change when nothing survives."""
     table, report = build_trajectories(checkins, resolution, window_minutes, segmentation, invalid)
     if table.num_rows == 0:
-        raise ValueError(
+        raise EmptyInputError(
             f"No trajectory survived segmentation and filtering:\n{report}\nLower min_points/min_cells or raise "
             "max_gap_minutes."
         )

@@ -198,7 +198,7 @@ def _epoch(s: pl.Series, unit: str, column: str, ctx: _Ctx) -> pl.Series:
     raw = s
     if s.dtype == pl.String:
         s = s.str.strip_chars()
-        as_float = s.cast(pl.Float64, strict=False)
+        as_float = s.cast(pl.Float64, strict=False).fill_nan(None)  # the text "nan" is no time either
         bad = as_float.is_null() & s.is_not_null() & (s != "")
         if bad.any():
             raise ctx.fail(column, bad, raw, f"cannot parse epoch time ({unit}):")

@@ -42,8 +42,9 @@ _LON_KEYS = ("longitude", "lon", "lng")
 _TIME_KEYS = ("timestamp", "timestamps", "time", "times", "t")
 _HOURS_PER_WEEK = 168
 _MAX_GAP_BUCKET = 22
-# settings that change the ids or features: with the vocabulary, they make up the saved fingerprint
-FINGERPRINT_SETTINGS = ("resolution", "spelling", "max_levels", "window_minutes", "utc_offset_minutes", "time_features")
+# settings that change the ids: with the vocabulary, they make up the saved fingerprint (time and clustering settings
+# change features only and may be overridden at load, e.g. another utc_offset_minutes for data from another zone)
+FINGERPRINT_SETTINGS = ("resolution", "spelling", "max_levels")
 
 
 def _first_key(mapping: Mapping, keys: Sequence[str]) -> str | None:
