@@ -4,6 +4,7 @@ They rely only on `tokenizer.pad_token_id`, `tokenizer.mask_token_id`, `len(toke
 so any tokenizer exposing those works.
 """
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,6 +102,9 @@ class DataCollatorForWholeHexagonMasking:
         mask_replace_prob / random_replace_prob: shares of chosen hexagons replaced by `[MASK]` / random tokens.
         pad_to_multiple_of: round the padded length up to a multiple of this.
         seed: seed of a private `torch.Generator` (reproducible masks); `generator` may be passed instead.
+        reseed_per_batch: draw each batch's masks from a generator seeded by (`seed`, `epoch`, the batch's ids), so
+            the masks are a function of the batch alone: a resumed run masks exactly as an uninterrupted one, however
+            far ahead the data loader prefetched or which RNG draws happened before (set `epoch` each epoch).
     """
 
     tokenizer: Any
@@ -110,6 +114,8 @@ class DataCollatorForWholeHexagonMasking:
     pad_to_multiple_of: int | None = None
     seed: int | None = None
     generator: torch.Generator | None = field(default=None, repr=False)
+    reseed_per_batch: bool = False
+    epoch: int = 0
 
     def __post_init__(self) -> None:
         if not 0 < self.mlm_probability < 1:
@@ -125,6 +131,8 @@ class DataCollatorForWholeHexagonMasking:
             )
         if self.tokenizer.mask_token_id is None or self.tokenizer.pad_token_id is None:
             raise ValueError("The tokenizer needs a mask token and a pad token for whole-hexagon masking.")
+        if self.reseed_per_batch and self.seed is None:
+            raise ValueError("`reseed_per_batch` needs a `seed`.")
         if self.generator is None and self.seed is not None:
             self.generator = torch.Generator().manual_seed(self.seed)
         special = set(self.tokenizer.all_special_ids)
@@ -141,6 +149,10 @@ class DataCollatorForWholeHexagonMasking:
         batch = pad_trajectory_features(features, self.tokenizer.pad_token_id, self.pad_to_multiple_of)
         if "hexagon_ids" not in batch:
             raise ValueError("Whole-hexagon masking needs `hexagon_ids` in every feature (see docs/design.md).")
+        if self.reseed_per_batch:
+            digest = hashlib.blake2b(batch["input_ids"].numpy().tobytes(), digest_size=8,
+                                     key=f"{self.seed}:{self.epoch}".encode()).digest()
+            self.generator.manual_seed(int.from_bytes(digest, "little") >> 1)
         batch["input_ids"], batch["labels"] = self.mask_hexagons(batch["input_ids"], batch["hexagon_ids"])
         return batch
 

@@ -36,6 +36,7 @@ from .hub import check_push_possible, push_checkpoint
 from .modeling_trajbert import TrajBertForHexagonPrediction, TrajBertForSequenceClassification
 from .plotting import plot_training_curves
 from .registration import set_auto_map
+from .run_guard import check_output_dir, wants_overwrite
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ class FinetuneTrainingArguments(TrainingArguments):
     warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up steps (< 1: share of all steps)."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     save_strategy: str = field(default="no", metadata={"help": "Intermediate checkpoints: no | steps | epoch."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace what --output_dir holds; without it a non-empty one is refused."}
+    )
 
 
 @dataclass
@@ -272,6 +276,7 @@ def prepare(model_path: str, task_config: TaskConfig, entries: Sequence[str], tr
     examples, and write `task_data.json`; fails before any training when a task cannot be built."""
     task_config.check_entries(entries)
     check_push_possible(training_args.push_to_hub, training_args.hub_model_id)
+    check_output_dir(training_args.output_dir, wants_overwrite(training_args), reads_from=(model_path,))
     tokenizer, base_config = load_tokenizer_and_config(model_path)
     tokenizer.model_max_length = min(task_config.max_seq_length, base_config.max_position_embeddings)
     heldout, heldout_source = resolve_heldout_users(model_path, task_config.heldout_users)

@@ -30,7 +30,6 @@ import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 from transformers import AutoTokenizer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from tokenization_trajfm import CorpusConfig, CorpusDescription, TrajTokenizer, UserSplit
 from tokenization_trajfm.corpus import select_users
@@ -44,6 +43,15 @@ from .metrics import compute_mtm_metrics, preprocess_logits_for_mtm_metrics
 from .modeling_trajbert import TrajBertForMaskedTrajectoryModeling
 from .plotting import plot_training_curves
 from .registration import set_auto_map
+from .run_guard import (
+    RunRecord,
+    check_output_dir,
+    check_resume,
+    is_complete,
+    last_complete_checkpoint,
+    remove_checkpoints,
+    wants_overwrite,
+)
 from .trainer import MTMTrainer
 
 logger = logging.getLogger(__name__)
@@ -72,6 +80,11 @@ class MTMTrainingArguments(TrainingArguments):
     seed: int = field(default=42, metadata={"help": "Seed of the run (and of the user split by default)."})
     train_sampling_strategy: str = field(
         default="group_by_length", metadata={"help": "group_by_length (little padding: lengths vary a lot) | random."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace what --output_dir holds (its checkpoints are deleted) and train from scratch; "
+                  "without it a non-empty --output_dir is refused unless it holds a run to resume."},
     )
 
 
@@ -139,9 +152,6 @@ class MTMArguments:
     mlm_probability: float = field(default=0.2, metadata={"help": "Share of hexagons masked, in (0, 1)."})
     mask_replace_prob: float = field(default=0.8, metadata={"help": "Masked hexagons replaced by [MASK]."})
     random_replace_prob: float = field(default=0.1, metadata={"help": "Masked hexagons replaced by random tokens."})
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Ignore checkpoints in --output_dir and train from scratch."}
-    )
 
     def __post_init__(self):
         if not 0 < self.mlm_probability < 1:
@@ -300,18 +310,40 @@ def build_model(model_args: MTMModelArguments, mtm_args: MTMArguments,
 # ------------------------------------------------------------------------------------------------ the run
 
 
-def _resume_checkpoint(training_args: TrainingArguments, mtm_args: MTMArguments, output_dir: Path) -> str | None:
-    """The checkpoint to continue: the last one in `output_dir` unless told otherwise."""
-    last_checkpoint = None
-    if training_args.do_train and output_dir.is_dir() and not mtm_args.overwrite_output_dir:
-        last_checkpoint = training_args.resume_from_checkpoint or get_last_checkpoint(str(output_dir))
-        if last_checkpoint is not None:
-            logger.info(f"Resuming from {last_checkpoint} (pass --overwrite_output_dir to train from scratch).")
-    elif training_args.resume_from_checkpoint:
-        last_checkpoint = training_args.resume_from_checkpoint
-    if last_checkpoint is not None and not Path(last_checkpoint).is_dir():
-        raise ValueError(f"--resume_from_checkpoint {last_checkpoint}: no such checkpoint folder.")
-    return last_checkpoint
+def _resume_checkpoint(training_args: TrainingArguments, output_dir: Path) -> str | None:
+    """The checkpoint to continue: `resume_from_checkpoint`, else the last complete one in `output_dir`."""
+    if training_args.resume_from_checkpoint:
+        checkpoint = training_args.resume_from_checkpoint
+        if not Path(checkpoint).is_dir():
+            raise ValueError(f"--resume_from_checkpoint {checkpoint}: no such checkpoint folder.")
+        if not is_complete(checkpoint):
+            raise ValueError(f"--resume_from_checkpoint {checkpoint} is incomplete (the run stopped while saving it); "
+                             "pass an earlier checkpoint.")
+        return checkpoint
+    if not training_args.do_train or wants_overwrite(training_args):
+        return None
+    checkpoint = last_complete_checkpoint(output_dir, remove_incomplete=training_args.process_index == 0)
+    if checkpoint is not None:
+        logger.info(f"Resuming from {checkpoint} (pass --overwrite_output_dir to train from scratch).")
+    return checkpoint
+
+
+def _guard_output(corpus: CorpusConfig, model_args: MTMModelArguments, mtm_args: MTMArguments,
+                  training_args: TrainingArguments, output_dir: Path) -> tuple[str | None, RunRecord]:
+    """Refuse an output folder where work would be lost; → (checkpoint to resume, the run's record)."""
+    last_checkpoint = _resume_checkpoint(training_args, output_dir)
+    check_output_dir(output_dir, wants_overwrite(training_args),
+                     reads_from=(model_args.model_name_or_path, model_args.tokenizer_name),
+                     resumable=last_checkpoint is not None)
+    model_values = {k: v for k, v in asdict(model_args).items() if k != "cache_dir"}
+    mtm_values = {k: v for k, v in asdict(mtm_args).items() if k != "preprocessing_num_workers"}
+    record = RunRecord.from_arguments({"corpus": asdict(corpus), "model": model_values, "mtm": mtm_values},
+                                      training_args)
+    if last_checkpoint is not None:
+        check_resume(output_dir, last_checkpoint, record)
+    elif wants_overwrite(training_args) and training_args.process_index == 0:
+        remove_checkpoints(output_dir)
+    return last_checkpoint, record
 
 
 def _check_split_unchanged(output_dir: Path, last_checkpoint: str | None, split: UserSplit) -> None:
@@ -350,7 +382,7 @@ def pretrain(
         training_args.eval_strategy = "no"
     output_dir = Path(training_args.output_dir)
     logger.info(f"Process rank {training_args.process_index}/{training_args.world_size}, device {training_args.device}")
-    last_checkpoint = _resume_checkpoint(training_args, mtm_args, output_dir)
+    last_checkpoint, record = _guard_output(corpus, model_args, mtm_args, training_args, output_dir)
 
     set_seed(training_args.seed)
     split_seed = training_args.seed if mtm_args.split_seed is None else mtm_args.split_seed
@@ -414,6 +446,7 @@ def pretrain(
     if training_args.process_index == 0:  # written before training: a crash must not lose which users are held out
         output_dir.mkdir(parents=True, exist_ok=True)
         description.save(output_dir)
+        record.save(output_dir)
 
     model = build_model(model_args, mtm_args, tokenizer)
     set_auto_map(model.config)  # complete auto_map (every head + tokenizer) in every saved config.json
@@ -424,8 +457,9 @@ def pretrain(
 
     collator_kwargs = {"mlm_probability": mtm_args.mlm_probability, "mask_replace_prob": mtm_args.mask_replace_prob,
                        "random_replace_prob": mtm_args.random_replace_prob}
-    # Training masks use the global torch RNG, which Trainer seeds and saves in checkpoints (exact resumes).
-    train_collator = DataCollatorForWholeHexagonMasking(tokenizer, **collator_kwargs)
+    # Training masks are a function of (seed, epoch, batch): a resumed run masks exactly as an uninterrupted one.
+    train_collator = DataCollatorForWholeHexagonMasking(tokenizer, seed=training_args.seed, reseed_per_batch=True,
+                                                        **collator_kwargs)
     eval_collator = DataCollatorForWholeHexagonMasking(tokenizer, seed=training_args.seed, **collator_kwargs)
     resuming = last_checkpoint is not None
     training_args.eval_on_start = training_args.do_eval and training_args.do_train and not resuming
@@ -482,6 +516,8 @@ def pretrain(
             repo_id = push_checkpoint(output_dir, hub_model_id or output_dir.name, card,
                                       token=training_args.hub_token, private=training_args.hub_private_repo)
             logger.info(f"Pushed to {repo_id}")
+        record.finished, record.results = True, metrics
+        record.save(output_dir)
         _print_summary(output_dir, metrics)
     return PretrainingResult(output_dir=str(output_dir), metrics=metrics, model=trainer.model, tokenizer=tokenizer,
                              datasets=tokenized, split=users)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import datasets
 import numpy as np
 import pyarrow.compute as pc
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .data_collator import DataCollatorForWholeHexagonMasking
 from .metrics import perplexity
+from .run_guard import mark_complete
 
 
 class BucketedLengthSampler(torch.utils.data.Sampler):
@@ -49,16 +52,41 @@ class BucketedLengthSampler(torch.utils.data.Sampler):
             yield from batches[index].tolist()
 
 
+class _MaskingEpoch(TrainerCallback):
+    """Tells a per-batch-seeded masking collator which epoch it is masking (masks differ between epochs)."""
+
+    def __init__(self, collator: DataCollatorForWholeHexagonMasking):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = math.floor(state.epoch + 1e-9)
+
+
 class MTMTrainer(Trainer):
-    """Trainer that adds `*_perplexity = exp(*_loss)` to every logged evaluation, uses fixed evaluation masks and
-    groups sequences of similar length into batches with a seeded, resumable order (`train_sampling_strategy
-    group_by_length`, see `BucketedLengthSampler`)."""
+    """Trainer for masked trajectory modeling.
+
+    - adds `*_perplexity = exp(*_loss)` to every logged evaluation and uses fixed evaluation masks;
+    - groups sequences of similar length into batches with a seeded, resumable order (`train_sampling_strategy
+      group_by_length`, see `BucketedLengthSampler`);
+    - exact resumes: with a `reseed_per_batch` masking collator, masks depend on the batch alone, and the global RNG
+      (dropout) is restored from the checkpoint, so a resumed run ends bit-identical to an uninterrupted one on CPU;
+    - a checkpoint gets `run_guard.COMPLETE_MARKER` once everything in it is written, so a run killed while saving
+      never resumes from a half-written checkpoint.
+    """
 
     def __init__(self, *args, eval_data_collator: DataCollatorForWholeHexagonMasking | None = None,
                  eval_mask_seed: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
         self.eval_mask_seed = eval_mask_seed
+        if getattr(self.data_collator, "reseed_per_batch", False):
+            self.add_callback(_MaskingEpoch(self.data_collator))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            mark_complete(f"{self._get_output_dir(trial=trial)}/{folder}")
 
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = self.train_dataset if train_dataset is None else train_dataset

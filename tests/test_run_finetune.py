@@ -313,3 +313,17 @@ def test_arguments_file(tmp_path):
         assert overrides == {"min_points": 9}
     with pytest.raises(ValueError, match="does not exist"):
         run_finetune.parse_args([str(tmp_path / "nope.json")])
+
+
+def test_output_dir_is_protected(checkpoint, tmp_path):
+    # Never into the pre-trained checkpoint's own folder (that would replace the pre-trained model).
+    _fails(checkpoint, tmp_path, "the folder the model is loaded from", "--task", "destination", "--output_dir",
+           str(checkpoint["path"]))
+    # A folder with other files is refused; --overwrite_output_dir replaces them.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="--overwrite_output_dir"):
+        _run(checkpoint, other, "--task", "destination")
+    _run(checkpoint, other, "--task", "destination", "--overwrite_output_dir")
+    assert _read(other / "all_results.json")["test_samples"] > 0

@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may touch the netwo
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from transformers import AutoModelForMaskedLM, AutoTokenizer, TrainerCallback  # noqa: E402
+from transformers import AutoModelForMaskedLM, AutoTokenizer  # noqa: E402
 
 import run_mtm  # noqa: E402
 from modeling_trajfm import DataCollatorWithTrajectoryPadding, TrajBertForMaskedTrajectoryModeling  # noqa: E402
@@ -148,32 +148,83 @@ def test_user_split(basic_run):
     assert description.config.synthetic_users == 60  # read back whole: fine-tuning rebuilds the same corpus
 
 
-class _CrashAfterSave(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
 
-    def on_save(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise RuntimeError("simulated crash")
+    return load_file(str(folder / "model.safetensors"))
 
 
-def test_kill_and_resume_matches_uninterrupted(tmp_path):
-    common = ("--max_steps", "12", "--save_steps", "6", "--eval_steps", "6", "--logging_steps", "1")
-    full = run_mtm.main(_args(tmp_path / "full", *common))
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_mtm.main(_args(tmp_path / "crashed", *common), callbacks=[_CrashAfterSave(6)])
-    assert (tmp_path / "crashed" / "checkpoint-6").is_dir()
-    assert not (tmp_path / "crashed" / "checkpoint-12").exists()
-    resumed = run_mtm.main(_args(tmp_path / "crashed", *common))  # finds checkpoint-6 by itself
-    state_full = json.loads((tmp_path / "full" / "trainer_state.json").read_text())
-    state_resumed = json.loads((tmp_path / "crashed" / "trainer_state.json").read_text())
-    assert state_full["global_step"] == state_resumed["global_step"] == 12
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "out"
+    run_mtm.main(_args(out, *RESUME_RUN))
+    return out
 
-    def last_loss(state):
-        return [e["loss"] for e in state["log_history"] if "loss" in e and e["step"] == 12][-1]
 
-    assert abs(last_loss(state_resumed) - last_loss(state_full)) <= 0.01 * last_loss(state_full)
-    assert abs(resumed.metrics["eval_loss"] - full.metrics["eval_loss"]) <= 0.01 * full.metrics["eval_loss"]
+RESUME_RUN = ("--max_steps", "12", "--save_steps", "4", "--eval_steps", "4", "--logging_steps", "1")
+
+
+@pytest.mark.parametrize(("point", "step", "resumes_from"),
+                         [("after_checkpoint", 4, 4), ("mid_step", 7, 4), ("mid_save", 8, 4)])
+def test_killed_and_resumed_run_is_bit_identical(uninterrupted, tmp_path, point, step, resumes_from, capsys):
+    """SIGKILL after a checkpoint, inside an optimizer step, or while a checkpoint is being written; the re-run
+    resumes from the last COMPLETE checkpoint and ends with exactly the weights of an uninterrupted run."""
+    out = tmp_path / "killed"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")  # same threads as this process: same float sums
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_driver.py"), point, str(step),
+                           *_args(out, *RESUME_RUN)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stdout[-2000:] + proc.stderr[-2000:]
+    if point == "mid_save":
+        assert (out / f"checkpoint-{step}" / "model.safetensors").is_file()  # half-written
+    run_mtm.main(_args(out, *RESUME_RUN))
+    log = capsys.readouterr().out
+    assert f"Resuming from {out / f'checkpoint-{resumes_from}'}" in log
+    if point == "mid_save":
+        assert f"Skipping {out / f'checkpoint-{step}'}: incomplete" in log
+    expected, got = _weights(uninterrupted), _weights(out)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    state = json.loads((out / "trainer_state.json").read_text())
+    full = json.loads((uninterrupted / "trainer_state.json").read_text())
+    losses = {e["step"]: e["loss"] for e in full["log_history"] if "loss" in e}
+    assert {e["step"]: e["loss"] for e in state["log_history"] if "loss" in e and e["step"] > resumes_from} == {
+        k: v for k, v in losses.items() if k > resumes_from}
+
+
+def test_output_dir_is_protected(uninterrupted, tmp_path):
+    # A finished run is not re-run as a no-op that rewrites its results.
+    results = (uninterrupted / "all_results.json").read_text()
+    with pytest.raises(ValueError, match="holds a finished run"):
+        run_mtm.main(_args(uninterrupted, *RESUME_RUN))
+    assert (uninterrupted / "all_results.json").read_text() == results
+    # A folder with files of something else.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="--overwrite_output_dir to replace them"):
+        run_mtm.main(_args(other, "--max_steps", "2"))
+    # Never into the folder the model or tokenizer is read from.
+    with pytest.raises(ValueError, match="the folder the model is loaded from"):
+        run_mtm.main(_args(uninterrupted, "--model_name_or_path", str(uninterrupted), "--max_steps", "2"))
+
+
+def test_resume_with_changed_arguments_is_refused(tmp_path):
+    out = tmp_path / "changed"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")  # same threads as this process: same float sums
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_driver.py"), "after_checkpoint", "2",
+                           *_args(out, "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    with pytest.raises(ValueError, match=r"training.learning_rate: 0.003 -> 0.005") as error:
+        run_mtm.main(_args(out, "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no", "--learning_rate",
+                           "5e-3", "--vocab_size", "300"))
+    assert "model.vocab_size: 100 -> 300" in str(error.value)
+    # --overwrite_output_dir starts again from scratch and drops the old checkpoints.
+    run_mtm.main(_args(out, "--max_steps", "2", "--save_steps", "2", "--eval_strategy", "no",
+                       "--overwrite_output_dir"))
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
 
 
 def _free_port() -> int:
@@ -264,10 +315,16 @@ def test_streaming_trains_from_an_iterable_dataset(tmp_path):
 
 
 def test_resume_with_other_held_out_users_is_refused_before_training(tmp_path):
+    """Same arguments, but the data behind them changed: the recorded held-out users no longer match."""
     out = tmp_path / "resplit"
-    run_mtm.main(_args(out, "--max_steps", "2", "--save_steps", "2", "--eval_strategy", "no"))
-    before = (out / "trajfm_corpus.json").read_text()
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    args = _args(out, "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no")
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_driver.py"), "after_checkpoint", "2", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    description = json.loads((out / "trajfm_corpus.json").read_text())
+    description["split"]["heldout_users"] = description["split"]["heldout_users"][1:]
+    (out / "trajfm_corpus.json").write_text(json.dumps(description))
     with pytest.raises(ValueError, match="held-out users differ"):
-        run_mtm.main(_args(out, "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no", "--split_seed", "99"))
-    assert (out / "trajfm_corpus.json").read_text() == before
-    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+        run_mtm.main(args)
+    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
