@@ -100,7 +100,8 @@ def build_mtm_card(model: Any, tokenizer: TrajTokenizer, description: CorpusDesc
         random_replace_prob=mtm_args.random_replace_prob,
         keep_prob=round(1 - mtm_args.mask_replace_prob - mtm_args.random_replace_prob, 4),
         training_summary=(f"{metrics.get('epoch', 'n/a')} epochs, {_steps(training_args)} "
-                          f"steps, batch {training_args.per_device_train_batch_size} x {training_args.world_size} "
+                          f"steps, batch {training_args.per_device_train_batch_size}"
+                          f"{' packed rows' if mtm_args.pack_sequences else ''} x {training_args.world_size} "
                           f"process(es) x {training_args.gradient_accumulation_steps} accumulation, learning rate "
                           f"{training_args.learning_rate}, seed {training_args.seed}"),
         train_tokens=f"{train_counts.get('tokens'):,}" if train_counts.get("tokens") is not None else "n/a",

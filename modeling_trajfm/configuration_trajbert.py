@@ -52,6 +52,10 @@ class TrajBertConfig(PreTrainedConfig):
         num_gap_buckets (`int`, defaults to 24): 23 log2 gap buckets + id 0.
         hexagon_candidates (`list[list[int]]`, *optional*): for [`TrajBertForHexagonPrediction`], the candidate cells
             as lists of their sub-token ids (one list per cell, in label order; `id2label` holds the cell strings).
+        sparse_prediction (`bool`, defaults to `False`): when [`TrajBertForMaskedTrajectoryModeling`] gets `labels`, run
+            the MTM head only at labelled positions (~20% of tokens) and return logits of shape
+            `(num_labelled_tokens, vocab_size)`; the loss is unchanged. Without `labels` the logits stay full. Off by
+            default so older checkpoints behave as before; pre-training turns it on.
 
     Example:
 
@@ -86,6 +90,7 @@ class TrajBertConfig(PreTrainedConfig):
     num_hour_buckets: int = 169
     num_gap_buckets: int = 24
     hexagon_candidates: list[list[int]] | None = None
+    sparse_prediction: bool = False
     # The MTM decoder shares the input word embeddings (like BERT); read by `PreTrainedModel` tying logic.
     tie_word_embeddings: bool = True
     # Encoder only: these keep masking utilities and the generic BERT code paths on the bidirectional branch.

@@ -14,8 +14,9 @@ import torch
 
 from tokenization_trajfm.tokenization_trajfm import FEATURE_KEYS
 
-#: Per-token keys of the TrajTokenizer output (see docs/design.md); all are padded, `input_ids` with the PAD id.
-TOKEN_FEATURE_KEYS: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids", *FEATURE_KEYS)
+#: Per-token keys of the TrajTokenizer output (see docs/design.md) plus `sequence_ids` of packed rows
+#: (`modeling_trajfm.packing`); all are padded, `input_ids` with the PAD id, the others with 0.
+TOKEN_FEATURE_KEYS: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids", *FEATURE_KEYS, "sequence_ids")
 
 
 def _as_list(value: Any) -> list:
@@ -91,10 +92,11 @@ class DataCollatorForWholeHexagonMasking:
     """Pads trajectories and masks whole hexagons (visits) for masked trajectory modeling.
 
     Per sequence, each hexagon (a distinct `hexagon_ids` value > 0) is chosen with probability `mlm_probability`, and at
-    least one is chosen when the sequence has any. All sub-tokens of a chosen hexagon get `labels` = original id (-100
-    elsewhere); per chosen hexagon, `mask_replace_prob` of them become all `[MASK]`, `random_replace_prob` all random
-    non-special tokens, the rest stay unchanged. Masking a whole hexagon stops the model from reading a cell off its
-    own coarser sub-tokens. The hexagon / level / hour / gap features stay visible: the model knows when, not where.
+    least one is chosen when the sequence has any; in packed rows (with `sequence_ids`) each trajectory counts as a
+    sequence, so masking is the same as without packing. All sub-tokens of a chosen hexagon get `labels` = original id
+    (-100 elsewhere); per chosen hexagon, `mask_replace_prob` of them become all `[MASK]`, `random_replace_prob` all
+    random non-special tokens, the rest stay unchanged. Masking a whole hexagon stops the model from reading a cell off
+    its own coarser sub-tokens. The hexagon / level / hour / gap features stay visible: the model knows when, not where.
 
     Args:
         tokenizer: anything with `pad_token_id`, `mask_token_id`, `all_special_ids` and `__len__`.
@@ -153,29 +155,42 @@ class DataCollatorForWholeHexagonMasking:
             digest = hashlib.blake2b(batch["input_ids"].numpy().tobytes(), digest_size=8,
                                      key=f"{self.seed}:{self.epoch}".encode()).digest()
             self.generator.manual_seed(int.from_bytes(digest, "little") >> 1)
-        batch["input_ids"], batch["labels"] = self.mask_hexagons(batch["input_ids"], batch["hexagon_ids"])
+        batch["input_ids"], batch["labels"] = self.mask_hexagons(
+            batch["input_ids"], batch["hexagon_ids"], batch.get("sequence_ids")
+        )
         return batch
 
-    def mask_hexagons(self, input_ids: torch.Tensor, hexagon_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return `(masked_input_ids, labels)` for a padded `(batch, seq)` batch; inputs are not modified."""
+    def mask_hexagons(
+        self, input_ids: torch.Tensor, hexagon_ids: torch.Tensor, sequence_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return `(masked_input_ids, labels)` for a padded `(batch, seq)` batch; inputs are not modified.
+
+        `sequence_ids` (packed rows) makes each (trajectory, hexagon) pair its own masking unit.
+        """
         input_ids = input_ids.clone()
         batch_size = input_ids.shape[0]
         special = torch.isin(input_ids, self._special_ids)
         hex_ids = torch.where(special, torch.zeros_like(hexagon_ids), hexagon_ids.clamp(min=0))
-        n_slots = int(hex_ids.max()) + 1 if hex_ids.numel() else 1
+        n_hex = int(hex_ids.max()) + 1 if hex_ids.numel() else 1
+        seq_ids = torch.zeros_like(hex_ids) if sequence_ids is None else sequence_ids.clamp(min=0)
+        n_seq = int(seq_ids.max()) + 1 if seq_ids.numel() else 1
+        # Slot of a token: its hexagon within its trajectory (slot 0 of every trajectory is "no hexagon").
+        slots = seq_ids * n_hex + hex_ids
+        n_slots = n_seq * n_hex
 
-        # present[b, h]: hexagon h occurs (on a non-special token) in sequence b; slot 0 is "no hexagon".
+        # present[b, s]: slot s occurs (on a non-special token) in row b.
         present = torch.zeros(batch_size, n_slots, dtype=torch.bool)
-        present.scatter_(1, hex_ids, True)
-        present[:, 0] = False
+        present.scatter_(1, slots, True)
+        present.view(batch_size, n_seq, n_hex)[..., 0] = False
 
         chosen = (self._rand(batch_size, n_slots) < self.mlm_probability) & present
-        # Guarantee one masked hexagon per sequence that has any: pick a random present one.
-        needs_one = present.any(dim=1) & ~chosen.any(dim=1)
+        # Guarantee one masked hexagon per trajectory that has any: pick a random present one.
+        per_trajectory = (batch_size * n_seq, n_hex)
+        needs_one = present.view(per_trajectory).any(dim=1) & ~chosen.view(per_trajectory).any(dim=1)
         if needs_one.any():
             scores = self._rand(batch_size, n_slots).masked_fill(~present, -1.0)
-            pick = scores.argmax(dim=1)
-            chosen[needs_one, pick[needs_one]] = True
+            pick = scores.view(per_trajectory).argmax(dim=1)
+            chosen.view(per_trajectory)[needs_one, pick[needs_one]] = True
 
         # One action per hexagon, so all its sub-tokens are treated alike.
         action = self._rand(batch_size, n_slots)
@@ -183,12 +198,12 @@ class DataCollatorForWholeHexagonMasking:
         keep_from = self.mask_replace_prob + self.random_replace_prob
         to_random = chosen & (action >= self.mask_replace_prob) & (action < keep_from)
 
-        token_chosen = chosen.gather(1, hex_ids) & (hex_ids > 0)
+        token_chosen = chosen.gather(1, slots) & (hex_ids > 0)
         labels = torch.where(token_chosen, input_ids, torch.full_like(input_ids, -100))
 
-        token_mask = to_mask.gather(1, hex_ids) & token_chosen
+        token_mask = to_mask.gather(1, slots) & token_chosen
         input_ids[token_mask] = self.tokenizer.mask_token_id
-        token_random = to_random.gather(1, hex_ids) & token_chosen
+        token_random = to_random.gather(1, slots) & token_chosen
         n_random = int(token_random.sum())
         if n_random:
             picks = torch.randint(len(self._random_pool), (n_random,), generator=self.generator)

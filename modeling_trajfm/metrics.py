@@ -38,10 +38,24 @@ def perplexity(loss: float) -> float:
 
 
 def preprocess_logits_for_mtm_metrics(logits: Any, labels: Any = None) -> torch.Tensor:
-    """Reduce `(batch, seq, vocab)` logits to the `(batch, seq, 5)` best token ids (best first)."""
+    """Reduce `(batch, seq, vocab)` logits to the `(batch, seq, 5)` best token ids (best first).
+
+    Sparse logits (`(num_labelled, vocab)`, from `config.sparse_prediction`) are scattered back to the labelled
+    positions of `labels` (Trainer passes the batch's label tensors, `labels` first); other positions get -100.
+    """
     if isinstance(logits, (tuple, list)):
         logits = logits[0]
-    return logits.topk(k=min(TOP_K, logits.shape[-1]), dim=-1).indices
+    top_ids = logits.topk(k=min(TOP_K, logits.shape[-1]), dim=-1).indices
+    if logits.ndim == 3:
+        return top_ids
+    if isinstance(labels, (tuple, list)):
+        labels = labels[0]
+    if labels is None:
+        raise ValueError("Sparse MTM logits need the batch's `labels` to know which positions they belong to.")
+    labelled = labels.to(top_ids.device) != IGNORE_INDEX
+    dense = top_ids.new_full((*labels.shape, top_ids.shape[-1]), IGNORE_INDEX)
+    dense[labelled] = top_ids
+    return dense
 
 
 def mtm_accuracies(top_ids: np.ndarray, labels: np.ndarray, hexagon_ids: np.ndarray) -> dict[str, float]:

@@ -25,7 +25,7 @@ from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.loss.loss_utils import ForMaskedLMLoss
-from transformers.masking_utils import create_bidirectional_mask
+from transformers.masking_utils import create_bidirectional_mask, packed_sequence_mask_function
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
@@ -42,6 +42,14 @@ from transformers.utils.output_capturing import capture_outputs
 from .configuration_trajbert import TrajBertConfig
 
 logger = logging.get_logger(__name__)
+
+
+def packed_position_ids(sequence_ids: torch.Tensor) -> torch.Tensor:
+    """Positions restarting at 0 wherever `sequence_ids` changes: each packed trajectory is numbered as if alone."""
+    index = torch.arange(sequence_ids.shape[-1], device=sequence_ids.device).expand_as(sequence_ids)
+    starts = torch.ones_like(sequence_ids, dtype=torch.bool)
+    starts[:, 1:] = sequence_ids[:, 1:] != sequence_ids[:, :-1]
+    return index - torch.where(starts, index, 0).cummax(dim=-1).values
 
 
 class TrajBertEmbeddings(nn.Module):
@@ -430,15 +438,29 @@ class TrajBertModel(TrajBertPreTrainedModel):
         hour_ids: torch.Tensor | None = None,
         gap_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        sequence_ids: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor] | BaseModelOutputWithPooling:
         r"""
         hexagon_ids / level_ids / hour_ids / gap_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
             Per-token trajectory features from `TrajTokenizer` (0 on special tokens and padding). Each is used only
             when its embedding is enabled in the config, and ignored otherwise.
+        sequence_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            For rows packing several trajectories (`modeling_trajfm.packing.pack_trajectories`): which trajectory of
+            the row each token belongs to (1, 2, ..., 0 on padding). Attention stays inside each trajectory and
+            positions restart at 0 for each one (unless `position_ids` is given), so every trajectory is encoded as
+            if it were alone.
         """
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        packed_mask = None
+        if sequence_ids is not None:
+            if self.config._attn_implementation.startswith("flash"):
+                # Flash attention masks only padding: the trajectories of a row would attend to each other.
+                raise ValueError("Packed rows (`sequence_ids`) need sdpa, eager or flex attention, not flash.")
+            packed_mask = packed_sequence_mask_function(sequence_ids)
+            if position_ids is None:
+                position_ids = packed_position_ids(sequence_ids)
 
         embedding_output = self.embeddings(
             input_ids=input_ids,
@@ -454,6 +476,7 @@ class TrajBertModel(TrajBertPreTrainedModel):
             config=self.config,
             inputs_embeds=embedding_output,
             attention_mask=attention_mask,
+            and_mask_function=packed_mask,
         )
         encoder_outputs = self.encoder(embedding_output, attention_mask=attention_mask, **kwargs)
         sequence_output = encoder_outputs.last_hidden_state
@@ -466,6 +489,11 @@ class TrajBertForMaskedTrajectoryModeling(TrajBertPreTrainedModel):
 
     The loss honours Trainer's `num_items_in_batch`, so under DDP it is the per-token mean over the global batch and
     is not scaled by the number of processes.
+
+    With `config.sparse_prediction` and `labels`, the head (transform + vocabulary decoder, the largest matmul of a
+    step at a 30k vocabulary) runs only at the labelled positions: `logits` are then `(num_labelled_tokens,
+    vocab_size)`, rows in the order of `labels != -100` (row-major), and `preprocess_logits_for_mtm_metrics` scatters
+    them back for evaluation metrics. Calls without `labels` (fill-mask, embeddings) always get full logits.
     """
 
     _tied_weights_keys = {
@@ -501,11 +529,14 @@ class TrajBertForMaskedTrajectoryModeling(TrajBertPreTrainedModel):
         gap_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        sequence_ids: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor] | MaskedLMOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Original token ids at masked positions, -100 elsewhere (what `DataCollatorForWholeHexagonMasking` returns).
+        sequence_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Trajectory index of each token in packed rows (see [`TrajBertModel`]).
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         outputs = self.trajbert(
@@ -518,10 +549,16 @@ class TrajBertForMaskedTrajectoryModeling(TrajBertPreTrainedModel):
             hour_ids=hour_ids,
             gap_ids=gap_ids,
             inputs_embeds=inputs_embeds,
+            sequence_ids=sequence_ids,
             return_dict=True,
             **kwargs,
         )
-        prediction_scores = self.cls(outputs.last_hidden_state)
+        sequence_output = outputs.last_hidden_state
+        if self.config.sparse_prediction and labels is not None:
+            labels = labels.to(sequence_output.device)
+            labelled = labels != -100
+            sequence_output, labels = sequence_output[labelled], labels[labelled]
+        prediction_scores = self.cls(sequence_output)
 
         loss = None
         if labels is not None:

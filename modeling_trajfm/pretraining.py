@@ -9,8 +9,10 @@ Data flow (every step logged with counts):
    is saved in the corpus description (`trajfm_corpus.json`) before any training, so a crash never loses it.
 3. Tokenizer: `tokenizer_name` (an existing TrajTokenizer) or a new sub-hash vocabulary trained on the TRAINING users.
 4. Sequences: each trajectory is ONE sequence `[CLS] visits... [SEP]`; one longer than `max_seq_length` is split into
-   pieces of WHOLE hexagons. Short trajectories are padded per batch (length-grouped), not packed.
-5. Whole-hexagon masking (`DataCollatorForWholeHexagonMasking`); evaluation masks come from a fixed seed.
+   pieces of WHOLE hexagons. Training sequences are packed several to a row (`pack_sequences`; attention, positions
+   and masking stay per trajectory, see `modeling_trajfm.packing`); validation sequences are padded per batch.
+5. Whole-hexagon masking (`DataCollatorForWholeHexagonMasking`); evaluation masks come from a fixed seed. The MTM
+   head predicts only the masked positions during training (`sparse_prediction`).
 6. Metrics at every evaluation and at step 0: `eval_perplexity` per sub-token, `eval_hexagon_acc_top1` / `top5`.
 
 The output folder is a complete checkpoint: model + config (complete `auto_map`), tokenizer, Trainer files, results
@@ -41,6 +43,7 @@ from .data_collator import DataCollatorForWholeHexagonMasking
 from .hub import check_push_possible, push_checkpoint
 from .metrics import compute_mtm_metrics, preprocess_logits_for_mtm_metrics
 from .modeling_trajbert import TrajBertForMaskedTrajectoryModeling
+from .packing import pack_trajectories
 from .plotting import plot_training_curves
 from .registration import set_auto_map
 from .run_guard import (
@@ -123,6 +126,11 @@ class MTMModelArguments:
     use_time_embeddings: bool = field(
         default=False, metadata={"help": "Add hour-of-week and time-gap embeddings (the paper ignores time)."}
     )
+    sparse_prediction: bool = field(
+        default=True,
+        metadata={"help": "Training computes MTM logits and loss only at masked positions (same loss, less compute); "
+                  "false: at every position."},
+    )
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
 
     def __post_init__(self):
@@ -152,6 +160,12 @@ class MTMArguments:
     mlm_probability: float = field(default=0.2, metadata={"help": "Share of hexagons masked, in (0, 1)."})
     mask_replace_prob: float = field(default=0.8, metadata={"help": "Masked hexagons replaced by [MASK]."})
     random_replace_prob: float = field(default=0.1, metadata={"help": "Masked hexagons replaced by random tokens."})
+    pack_sequences: bool = field(
+        default=True,
+        metadata={"help": "Pack several training trajectories into each row of --max_seq_length tokens (attention "
+                  "and positions stay per trajectory); --per_device_train_batch_size still counts trajectories: "
+                  "rows per batch are scaled to hold about that many. false: one trajectory per row."},
+    )
 
     def __post_init__(self):
         if not 0 < self.mlm_probability < 1:
@@ -266,6 +280,19 @@ def tokenize(tokenizer: TrajTokenizer, dataset: datasets.Dataset, mtm_args: MTMA
                         fn_kwargs={"max_length": mtm_args.max_seq_length, "split": True})
 
 
+def _pack(train: datasets.Dataset, mtm_args: MTMArguments, training_args: TrainingArguments) -> datasets.Dataset:
+    """Pack the training trajectories into rows and scale the rows per batch so that a batch still holds about
+    `per_device_train_batch_size` trajectories (same number of optimizer steps per epoch as unpacked)."""
+    packed = pack_trajectories(train, mtm_args.max_seq_length)
+    per_row = len(train) / max(1, len(packed))
+    rows = max(1, round(training_args.per_device_train_batch_size / per_row))
+    logger.info(f"Packing: {len(train):,} training sequences -> {len(packed):,} rows of <= {mtm_args.max_seq_length} "
+                f"tokens ({per_row:.1f} per row); {rows} rows per device batch hold about "
+                f"{training_args.per_device_train_batch_size} trajectories.")
+    training_args.per_device_train_batch_size = rows
+    return packed
+
+
 def vocab_regime(vocab: int, distinct_cells: int, longest: int) -> str:
     """Which regime a vocabulary is in for a corpus: sub-hashing, or (nearly) one token per cell."""
     if vocab >= distinct_cells + longest * 16:
@@ -283,6 +310,7 @@ def build_model(model_args: MTMModelArguments, mtm_args: MTMArguments,
         model = TrajBertForMaskedTrajectoryModeling.from_pretrained(model_args.model_name_or_path,
                                                                      cache_dir=model_args.cache_dir)
         model.config.check_tokenizer_compatibility(tokenizer)
+        model.config.sparse_prediction = model_args.sparse_prediction
         return model
     config = TrajBertConfig(
         vocab_size=len(tokenizer),
@@ -296,6 +324,7 @@ def build_model(model_args: MTMModelArguments, mtm_args: MTMArguments,
         use_hexagon_embeddings=model_args.use_hexagon_embeddings,
         use_level_embeddings=model_args.use_level_embeddings,
         use_time_embeddings=model_args.use_time_embeddings,
+        sparse_prediction=model_args.sparse_prediction,
         max_levels=getattr(tokenizer, "max_levels", 16),
         pad_token_id=tokenizer.pad_token_id,
     )
@@ -464,10 +493,14 @@ def pretrain(
     resuming = last_checkpoint is not None
     training_args.eval_on_start = training_args.do_eval and training_args.do_train and not resuming
 
+    train_dataset = tokenized.get("train")
+    if mtm_args.pack_sequences and isinstance(train_dataset, datasets.Dataset):
+        train_dataset = _pack(train_dataset, mtm_args, training_args)
+
     trainer = MTMTrainer(
         model=model,
         args=training_args,
-        train_dataset=tokenized.get("train"),
+        train_dataset=train_dataset,
         eval_dataset=tokenized.get("validation"),
         processing_class=tokenizer,
         data_collator=train_collator,

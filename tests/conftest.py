@@ -17,7 +17,7 @@ SHARED_DATA = Path(os.environ.get("TRAJFM_SHARED_DATA", REPO.parent / "shared" /
 TINY_CORPUS = dict(synthetic_users=36, synthetic_days=21, synthetic_seed=3, max_gap_minutes=360)
 TINY_CORPUS_ARGS = [item for key, value in TINY_CORPUS.items() for item in (f"--{key}", str(value))]
 #: Model sizes shared by the tiny test models.
-TINY_MODEL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+TINY_MODEL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                   max_position_embeddings=64)
 
 

@@ -8,8 +8,10 @@ import sys
 import textwrap
 from collections import Counter
 
+import datasets
 import pytest
 import torch
+from conftest import TINY_MODEL
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import (
     AutoConfig,
@@ -30,6 +32,8 @@ from modeling_trajfm import (
     TrajBertModel,
     set_auto_map,
 )
+from modeling_trajfm.metrics import compute_mtm_metrics, preprocess_logits_for_mtm_metrics
+from modeling_trajfm.packing import first_fit_decreasing, pack_trajectories, padding_share
 
 CONFIG_ERRORS = (ValueError, StrictDataclassClassValidationError)
 SPECIAL_IDS = [0, 1, 2, 3, 4]
@@ -54,14 +58,7 @@ class FakeTokenizer:
         return self.size
 
 
-TINY_SIZES = dict(
-    vocab_size=VOCAB,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=64,
-)
+TINY_SIZES = dict(vocab_size=VOCAB, **TINY_MODEL)
 
 
 def tiny_config(**kwargs) -> TrajBertConfig:
@@ -116,7 +113,7 @@ def real_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def test_config_validation_errors():
     with pytest.raises(CONFIG_ERRORS, match="multiple of `num_attention_heads`"):
-        tiny_config(hidden_size=30)
+        tiny_config(hidden_size=31)
     with pytest.raises(CONFIG_ERRORS, match="positive"):
         tiny_config(num_hidden_layers=0)
     with pytest.raises(CONFIG_ERRORS, match=r"\[0, 1\)"):
@@ -186,12 +183,16 @@ def test_sdpa_matches_eager_with_padding():
     assert not torch.allclose(a[:, 0], c[:, 0])
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_padding_tokens_change_nothing(attn):
+def _encoder(attn: str) -> TrajBertModel:
     torch.manual_seed(0)
     config = tiny_config(**ALL_FEATURES)
     config._attn_implementation = attn
-    model = TrajBertModel(config).eval()
+    return TrajBertModel(config).eval()
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_padding_tokens_change_nothing(attn):
+    model = _encoder(attn)
     batch = make_batch()
     pad = ~real_positions(batch)
     changed = {k: v.clone() for k, v in batch.items()}
@@ -281,6 +282,69 @@ def test_mtm_decoder_tied_and_loss_ignores_minus_100():
     # With Trainer's num_items_in_batch the loss is sum / that count.
     out2 = model(**batch, labels=labels, num_items_in_batch=torch.tensor(6))
     torch.testing.assert_close(out2.loss, expected * 3 / 6)
+
+
+def _dense_and_sparse_mtm(**config_kwargs) -> tuple[TrajBertForMaskedTrajectoryModeling, ...]:
+    """Two MTM models with the same weights, one with sparse prediction."""
+    torch.manual_seed(0)
+    dense = TrajBertForMaskedTrajectoryModeling(tiny_config(**config_kwargs)).eval()
+    sparse = TrajBertForMaskedTrajectoryModeling(tiny_config(sparse_prediction=True, **config_kwargs)).eval()
+    sparse.load_state_dict(dense.state_dict())
+    return dense, sparse
+
+
+def test_sparse_prediction_same_loss_and_gradients_as_dense():
+    assert TrajBertConfig().sparse_prediction is False  # old checkpoints keep full logits
+    dense, sparse = _dense_and_sparse_mtm(**ALL_FEATURES)
+    batch = DataCollatorForWholeHexagonMasking(FakeTokenizer(), seed=0)(_collator_features(4, seed=0, n_hex=10))
+    labelled = batch["labels"] != -100
+    assert 0 < int(labelled.sum()) < labelled.numel() // 2
+    for kwargs in ({}, {"num_items_in_batch": torch.tensor(50)}):
+        out_dense, out_sparse = dense(**batch, **kwargs), sparse(**batch, **kwargs)
+        assert out_sparse.logits.shape == (int(labelled.sum()), VOCAB)
+        torch.testing.assert_close(out_sparse.logits, out_dense.logits[labelled], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out_sparse.loss, out_dense.loss, atol=1e-6, rtol=1e-6)
+    for model in (dense, sparse):
+        model.zero_grad()
+        model(**batch).loss.backward()
+    for (name, p_dense), p_sparse in zip(dense.named_parameters(), sparse.parameters()):
+        torch.testing.assert_close(p_sparse.grad, p_dense.grad, atol=1e-6, rtol=1e-4, msg=name)
+    # Without labels (fill-mask, embeddings) the logits are full.
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(**inputs).logits, dense(**inputs).logits, atol=0, rtol=0)
+
+
+def test_sparse_logits_give_the_same_trainer_metrics(tmp_path):
+    """Trainer evaluation with `compute_mtm_metrics`: sparse logits are scattered back, metrics are unchanged."""
+    from transformers import Trainer, TrainingArguments
+
+    dense, sparse = _dense_and_sparse_mtm()
+    eval_set = datasets.Dataset.from_list(_collator_features(10, seed=3, n_hex=8))
+    results = []
+    for model in (dense, sparse):
+        args = TrainingArguments(
+            output_dir=str(tmp_path),
+            per_device_eval_batch_size=4,
+            label_names=["labels", "hexagon_ids"],
+            report_to="none",
+            use_cpu=True,
+        )
+        collator = DataCollatorForWholeHexagonMasking(FakeTokenizer(), seed=11)
+        trainer = Trainer(
+            model=model,
+            args=args,
+            eval_dataset=eval_set,
+            data_collator=collator,
+            compute_metrics=compute_mtm_metrics,
+            preprocess_logits_for_metrics=preprocess_logits_for_mtm_metrics,
+        )
+        results.append(trainer.evaluate())
+    dense_metrics, sparse_metrics = results
+    assert dense_metrics["eval_masked_hexagons"] == sparse_metrics["eval_masked_hexagons"] > 10
+    for key in ("eval_loss", "eval_token_acc_top1", "eval_hexagon_acc_top1", "eval_hexagon_acc_top5"):
+        assert sparse_metrics[key] == pytest.approx(dense_metrics[key], abs=1e-6), key
+    assert dense_metrics["eval_hexagon_acc_top5"] > 0
 
 
 def test_sequence_classification_problem_types():
@@ -515,18 +579,36 @@ def test_collator_padding_and_features_visible():
         assert (batch["labels"][i, n:] == -100).all()
 
 
-def test_collator_masking_statistics():
+def _masked_trajectories(collator, feats: list[dict], packed: bool):
+    """Collate `feats` (packed into rows of 256 tokens or not) and yield `(row, sequence id, original ids, masked ids,
+    labels, hexagon ids)` for every trajectory of the batch."""
+    rows = pack_trajectories(datasets.Dataset.from_list(feats), 256).to_list() if packed else feats
+    batch = collator(rows)
+    for r, row in enumerate(rows):
+        n = len(row["input_ids"])
+        sequence_ids = torch.tensor(row.get("sequence_ids", [1] * n))
+        for sid in sequence_ids.unique().tolist():
+            pos = torch.nonzero(sequence_ids == sid).squeeze(1)
+            yield (
+                r,
+                sid,
+                torch.tensor(row["input_ids"])[pos],
+                batch["input_ids"][r, pos],
+                batch["labels"][r, pos],
+                batch["hexagon_ids"][r, pos],
+            )
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_collator_masking_statistics(packed):
     p = 0.2
     collator = DataCollatorForWholeHexagonMasking(FakeTokenizer(), mlm_probability=p, seed=123)
     chosen_total = hexes_total = 0
     actions = Counter()
+    chosen_in_row = {}  # (rep, row, hexagon id) -> chosen flags of that hexagon id in the row's trajectories
     for rep in range(12):
         feats = _collator_features(32, seed=rep)
-        batch = collator(feats)
-        for i, f in enumerate(feats):
-            n = len(f["input_ids"])
-            orig = torch.tensor(f["input_ids"])
-            ids, labels, hexes = batch["input_ids"][i, :n], batch["labels"][i, :n], batch["hexagon_ids"][i, :n]
+        for row, _, orig, ids, labels, hexes in _masked_trajectories(collator, feats, packed):
             special = torch.isin(orig, torch.tensor(SPECIAL_IDS))
             # Special tokens are never masked, replaced or labelled.
             assert torch.equal(ids[special], orig[special]) and (labels[special] == -100).all()
@@ -538,6 +620,7 @@ def test_collator_masking_statistics():
                 pos = hexes == h
                 hexes_total += 1
                 lab = labels[pos]
+                chosen_in_row.setdefault((rep, row, h), []).append(bool((lab != -100).any()))
                 if (lab == -100).all():
                     assert torch.equal(ids[pos], orig[pos])
                     continue
@@ -552,9 +635,15 @@ def test_collator_masking_statistics():
                 else:
                     assert not (ids[pos] == MASK).any()
                     actions["random"] += 1
+            # At least one masked hexagon per trajectory, packed or not.
             assert seq_chosen >= 1
             # Labels only where a chosen hexagon is.
             assert ((labels != -100) == (labels == orig) & (labels != -100)).all()
+    if packed:
+        # The same hexagon id in two trajectories of a row is two independent draws (both chosen ~ p**2, not p).
+        pairs = [(a, b) for flags in chosen_in_row.values() for a, b in zip(flags, flags[1:])]
+        assert len(pairs) > 1000
+        assert abs(sum(a and b for a, b in pairs) / len(pairs) - p * p) < 0.02
     frac = chosen_total / hexes_total
     assert abs(frac - p) < 0.02, frac
     total = sum(actions.values())
@@ -604,3 +693,89 @@ def test_every_parameter_gets_a_gradient_even_with_missing_features():
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert missing == []
     assert model.loss_type == "ForMaskedLM"
+
+
+# -------------------------------------------------------------------------------------------------------- packing
+
+
+def test_first_fit_decreasing():
+    assert first_fit_decreasing([3, 5, 2, 7, 1, 4], 8) == [[3, 4], [1, 0], [5, 2]]
+    lengths = torch.randint(1, 40, (300,), generator=torch.Generator().manual_seed(0)).tolist()
+    bins = first_fit_decreasing(lengths, 64)
+    assert sorted(i for b in bins for i in b) == list(range(300))
+    # The tree search gives exactly the textbook quadratic first-fit-decreasing.
+    naive: list[list[int]] = []
+    for i in sorted(range(300), key=lambda i: -lengths[i]):
+        target = next((b for b in naive if sum(lengths[j] for j in b) + lengths[i] <= 64), None)
+        naive.append([i]) if target is None else target.append(i)
+    assert bins == naive
+    with pytest.raises(ValueError, match="longer than max_length=8"):
+        first_fit_decreasing([3, 9], 8)
+
+
+def test_pack_trajectories_keeps_every_trajectory_whole():
+    feats = [dict(f, user_id=f"u{i}") for i, f in enumerate(_collator_features(20, seed=4, n_hex=6))]
+    packed = pack_trajectories(datasets.Dataset.from_list(feats), 64)
+    assert packed.column_names == [*[k for k in feats[0] if k != "user_id"], "sequence_ids"]
+    assert len(packed) < len(feats) / 2
+    unpacked_share = padding_share([len(f["input_ids"]) for f in feats], 4)
+    assert padding_share([len(r) for r in packed["input_ids"]], 4) < unpacked_share
+    pieces = []
+    for row in packed.to_list():
+        assert len(row["input_ids"]) <= 64
+        sequence_ids = row["sequence_ids"]
+        assert sequence_ids[0] == 1 and all(0 <= b - a <= 1 for a, b in zip(sequence_ids, sequence_ids[1:]))
+        for sid in sorted(set(sequence_ids)):
+            pieces.append(
+                {
+                    k: [v for v, s in zip(values, sequence_ids) if s == sid]
+                    for k, values in row.items()
+                    if k != "sequence_ids"
+                }
+            )
+    expected = [{k: v for k, v in f.items() if k != "user_id"} for f in feats]
+    assert sorted(pieces, key=str) == sorted(expected, key=str)
+    assert pack_trajectories(datasets.Dataset.from_list(feats), 64)[:] == packed[:]  # deterministic
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_rows_encode_each_trajectory_as_if_alone(attn):
+    model = _encoder(attn)
+    gen = torch.Generator().manual_seed(8)
+    feats = [make_trajectory(gen, n_hex) for n_hex in (9, 3, 6, 2, 12, 5, 4)]
+    rows = pack_trajectories(datasets.Dataset.from_list(feats), 64).to_list()
+    assert len(rows) < len(feats)
+    batch = DataCollatorWithTrajectoryPadding(FakeTokenizer())(rows)
+    assert (batch["attention_mask"] == 0).any()  # rows of different lengths: padding too
+    with torch.no_grad():
+        packed = model(**batch).last_hidden_state
+        leaky = model(**{k: v for k, v in batch.items() if k != "sequence_ids"}).last_hidden_state
+        n_checked = 0
+        for r, row in enumerate(rows):
+            sequence_ids = torch.tensor(row["sequence_ids"])
+            for sid in sequence_ids.unique().tolist():
+                pos = torch.nonzero(sequence_ids == sid).squeeze(1)
+                alone = {k: torch.tensor([row[k]])[:, pos] for k in row if k != "sequence_ids"}
+                expected = model(**alone).last_hidden_state[0]
+                torch.testing.assert_close(packed[r, pos], expected, atol=1e-5, rtol=0)
+                n_checked += 1
+                if len(set(row["sequence_ids"])) > 1:  # without sequence_ids trajectories of a row see each other
+                    assert not torch.allclose(leaky[r, pos], expected, atol=1e-3)
+    assert n_checked == len(feats)
+
+
+def test_nyc_packing_removes_padding(shared_data_dir):
+    from tokenization_trajfm import SegmentationConfig, TrajTokenizer, build_trajectories
+    from tokenization_trajfm.readers import read_stan_nyc
+
+    table = read_stan_nyc(shared_data_dir / "foursquare_nyc_stan" / "nyc_stan_checkins.csv.gz")
+    trajectories, _ = build_trajectories(table, segmentation=SegmentationConfig(max_gap_minutes=72 * 60))
+    tokenizer = TrajTokenizer.train(trajectories, vocab_size=300)
+    corpus = tokenizer.tokenize_dataset(datasets.Dataset(trajectories), max_length=512)
+    packed = pack_trajectories(corpus, 512)
+    lengths = [len(ids) for ids in corpus["input_ids"]]
+    packed_lengths = [len(ids) for ids in packed["input_ids"]]
+    assert sum(packed_lengths) == sum(lengths) and max(packed_lengths) <= 512
+    shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).tolist()
+    assert padding_share([lengths[i] for i in shuffled], 32) > 0.5
+    assert padding_share(packed_lengths, 32) < 0.05
