@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench
+.PHONY: demo test lint bench nyc
 
 $(VENV)/.installed: requirements-cpu.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,15 @@ $(VENV)/.installed: requirements-cpu.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
+# The demo is rebuilt from scratch on every call (--overwrite_output_dir); the scripts refuse to overwrite otherwise.
 demo: $(VENV)/.installed
-	$(PY) run_mtm.py
-	$(PY) run_finetune.py --compare --model_name_or_path trajfm-base --output_dir trajfm-compare
+	$(PY) run_mtm.py --overwrite_output_dir
+	$(PY) run_finetune.py --compare --model_name_or_path trajfm-base --output_dir trajfm-compare --overwrite_output_dir
+
+# NYC pre-training + compare end to end from ../shared/data (the README's NYC results); writes nyc-compare/.
+nyc: $(VENV)/.installed
+	$(PY) run_mtm.py configs/nyc_pretrain.yaml
+	$(PY) run_finetune.py configs/nyc_compare.yaml
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
