@@ -1,9 +1,9 @@
 """TrajBert models, config, collators and the Python API (`pretrain`, `finetune`, `compare`).
 
-Importing this package registers `trajbert` and `TrajTokenizer` with the transformers Auto classes, once
-(`modeling_trajfm.registration`). Before saving or pushing a checkpoint meant for `trust_remote_code=True` users, call
-`set_auto_map(model.config)` so that `config.json` lists every head and the tokenizer (transformers only records the
-class being saved). `TrajBertForHexagonPrediction` has no matching Auto class: load it with the class itself.
+Importing this package registers `trajbert`, `TrajTokenizer` and the trajectory pipelines with transformers, once
+(`modeling_trajfm.registration`). Every saved checkpoint lists every head, the tokenizer and its pipelines in
+`config.json` for `trust_remote_code=True` users. `AutoModelForSequenceClassification` loads
+`TrajBertForHexagonPrediction` from its checkpoints.
 """
 
 from tokenization_trajfm import TrajTokenizer

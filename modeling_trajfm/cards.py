@@ -35,12 +35,23 @@ FINETUNE_CARD_METRICS = {
                 "test_distance_km_mean": ("mean_distance_error_km", "Mean distance error (km)"),
                 "test_distance_km_median": ("median_distance_error_km", "Median distance error (km)")},
 }
+#: Hub `pipeline_tag` of each trajectory pipeline task (the Hub knows only its own tasks; the card's snippet and
+#: tags name the trajectory task).
+HUB_PIPELINE_TAGS = {
+    "trajectory-fill-mask": "fill-mask",
+    "trajectory-destination": "text-classification",
+    "trajectory-classification": "text-classification",
+}
 TASK_DESCRIPTIONS = {
     "next_subtrajectory": "does sub-trajectory B directly follow sub-trajectory A? (binary, trajectory pair)",
     "destination": "the last hexagon of a trajectory from the first part of its visits",
     "user_association_linking": "which of the held-out users made this trajectory? (trajectory-user linking)",
     "user_association_binary": "were these two trajectories made by the same user? (binary, trajectory pair)",
 }
+
+
+def _epochs(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) else "n/a"
 
 
 def _steps(training_args: TrainingArguments) -> str:
@@ -73,7 +84,9 @@ def build_mtm_card(model: Any, tokenizer: TrajTokenizer, description: CorpusDesc
         metrics,
         model_name=Path(repo_id).name,
         eval_results=eval_results,
-        pipeline_tag="fill-mask",
+        pipeline_tag=HUB_PIPELINE_TAGS["trajectory-fill-mask"],
+        tags=("trajfm", "trajectory", "h3", "trajectory-fill-mask", "trajectory-feature-extraction"),
+        datasets=[corpus.dataset_name()],
         repo_id=repo_id,
         init_perplexity=fmt("init_eval_perplexity", "%.4g"),
         init_top1=fmt("init_eval_hexagon_acc_top1", "%.4f"),
@@ -99,7 +112,7 @@ def build_mtm_card(model: Any, tokenizer: TrajTokenizer, description: CorpusDesc
         mask_replace_prob=mtm_args.mask_replace_prob,
         random_replace_prob=mtm_args.random_replace_prob,
         keep_prob=round(1 - mtm_args.mask_replace_prob - mtm_args.random_replace_prob, 4),
-        training_summary=(f"{metrics.get('epoch', 'n/a')} epochs, {_steps(training_args)} "
+        training_summary=(f"{_epochs(metrics.get('epoch'))} epochs, {_steps(training_args)} "
                           f"steps, batch {training_args.per_device_train_batch_size}"
                           f"{' packed rows' if mtm_args.pack_sequences else ''} x {training_args.world_size} "
                           f"process(es) x {training_args.gradient_accumulation_steps} accumulation, learning rate "
@@ -126,15 +139,18 @@ def build_finetune_card(task: Any, init: str, base_checkpoint: str, data_source:
     default_name = f"{Path(base_checkpoint.rstrip('/')).name}-{task.name}" + (
         "-random-init" if init == "random" else "")
     model_name = args.hub_model_id if push and args.hub_model_id else default_name
+    pipeline_task = "trajectory-destination" if task.kind == "hexagon" else "trajectory-classification"
     return render_model_card(
         FINETUNE_TEMPLATE, metrics, model_name=model_name, eval_results=eval_results,
-        pipeline_tag=None, base_model=base_checkpoint if init == "pretrained" else None,
-        tags=("trajfm", "trajectory", "h3", task.name),
+        pipeline_tag=HUB_PIPELINE_TAGS[pipeline_task], base_model=base_checkpoint if init == "pretrained" else None,
+        tags=("trajfm", "trajectory", "h3", task.name, pipeline_task, "trajectory-feature-extraction"),
+        datasets=[dataset_name], pipeline_task=pipeline_task, pair=task.kind == "pair",
         task_name=task.name, task_description=TASK_DESCRIPTIONS[task.name], init=init,
         base_checkpoint=base_checkpoint, metrics_table=table, baselines_table=baselines,
         split=json.dumps(task.info, indent=1, default=str),
         data_source=data_source,
-        pipeline_report=str(pipeline_report), epochs=args.num_train_epochs, batch_size=args.per_device_train_batch_size,
+        pipeline_report=str(pipeline_report), epochs=_epochs(args.num_train_epochs),
+        batch_size=args.per_device_train_batch_size,
         learning_rate=args.learning_rate, seed=args.seed, train_samples=train_metrics.get("train_samples"),
         model_class="TrajBertForHexagonPrediction" if task.kind == "hexagon" else "TrajBertForSequenceClassification",
         repo_id=args.hub_model_id or Path(args.output_dir).name,

@@ -17,6 +17,7 @@ This file is copied next to saved weights (remote code): it must only import fro
 library and `huggingface_hub`.
 """
 
+import sys
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
@@ -52,6 +53,9 @@ class TrajBertConfig(PreTrainedConfig):
         num_gap_buckets (`int`, defaults to 24): 23 log2 gap buckets + id 0.
         hexagon_candidates (`list[list[int]]`, *optional*): for [`TrajBertForHexagonPrediction`], the candidate cells
             as lists of their sub-token ids (one list per cell, in label order; `id2label` holds the cell strings).
+        add_pooling_layer (`bool`, defaults to `False`): whether the encoder has BERT's pooler (tanh dense over
+            [CLS]). Written by the model: on for sequence classification, whose training trains it, off for MTM
+            pre-training, which never does, so `AutoModel` on an MTM checkpoint builds no random pooler.
         sparse_prediction (`bool`, defaults to `False`): when [`TrajBertForMaskedTrajectoryModeling`] gets `labels`, run
             the MTM head only at labelled positions (~20% of tokens) and return logits of shape
             `(num_labelled_tokens, vocab_size)`; the loss is unchanged. Without `labels` the logits stay full. Off by
@@ -90,6 +94,7 @@ class TrajBertConfig(PreTrainedConfig):
     num_hour_buckets: int = 169
     num_gap_buckets: int = 24
     hexagon_candidates: list[list[int]] | None = None
+    add_pooling_layer: bool = False
     sparse_prediction: bool = False
     # The MTM decoder shares the input word embeddings (like BERT); read by `PreTrainedModel` tying logic.
     tie_word_embeddings: bool = True
@@ -101,6 +106,8 @@ class TrajBertConfig(PreTrainedConfig):
         # One label per candidate cell unless the caller said otherwise (then validation reports the mismatch).
         if self.hexagon_candidates is not None and self.id2label is None and kwargs.get("num_labels") is None:
             kwargs["num_labels"] = len(self.hexagon_candidates)
+        if kwargs.get("custom_pipelines"):
+            kwargs["custom_pipelines"] = _not_registered_here(kwargs["custom_pipelines"])
         super().__post_init__(**kwargs)
 
     def validate_sizes(self) -> None:
@@ -185,6 +192,17 @@ class TrajBertConfig(PreTrainedConfig):
             )
         if problems:
             raise ValueError("Tokenizer and model config are incompatible: " + "; ".join(problems) + ".")
+
+
+def _not_registered_here(custom_pipelines: dict[str, Any]) -> dict[str, Any]:
+    """The `custom_pipelines` entries whose task this process has not registered.
+
+    `pipeline()` prefers a config's `custom_pipelines` (remote code, which demands `trust_remote_code=True`) over the
+    registry; where `import modeling_trajfm` registered the trajectory tasks, the registry must win.
+    """
+    pipelines = sys.modules.get("transformers.pipelines")
+    registered = pipelines.PIPELINE_REGISTRY.get_supported_tasks() if pipelines is not None else []
+    return {task: spec for task, spec in custom_pipelines.items() if task not in registered}
 
 
 __all__ = ["TrajBertConfig"]

@@ -14,9 +14,10 @@
 """PyTorch TrajBert: a BERT encoder over H3 sub-hash tokens with optional trajectory feature embeddings.
 
 This file is copied next to saved weights (remote code): it only imports `transformers`, `torch` and, relatively,
-`configuration_trajbert`.
+`configuration_trajbert` and `pipelines` (imported so that the pipelines travel with every checkpoint too).
 """
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -40,8 +41,19 @@ from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_trajbert import TrajBertConfig
+from .pipelines import custom_pipelines_for
 
 logger = logging.get_logger(__name__)
+
+#: Written into every saved config: transformers records only the class being saved, and `trust_remote_code` users
+#: must be able to load every head and the tokenizer from any checkpoint.
+AUTO_MAP = {
+    "AutoConfig": "configuration_trajbert.TrajBertConfig",
+    "AutoModel": "modeling_trajbert.TrajBertModel",
+    "AutoModelForMaskedLM": "modeling_trajbert.TrajBertForMaskedTrajectoryModeling",
+    "AutoModelForSequenceClassification": "modeling_trajbert.TrajBertForSequenceClassification",
+    "AutoTokenizer": ["tokenization_trajfm.TrajTokenizer", None],
+}
 
 
 def packed_position_ids(sequence_ids: torch.Tensor) -> torch.Tensor:
@@ -395,6 +407,21 @@ class TrajBertPreTrainedModel(PreTrainedModel):
         "attentions": TrajBertSelfAttention,
     }
 
+    def post_init(self) -> None:
+        super().post_init()
+        self._complete_config()
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained` (also what Trainer and `push_to_hub` call) with a complete `auto_map` and
+        this head's trajectory pipelines in `config.json`, so remote-code users can load every head and pipeline."""
+        self._complete_config()
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _complete_config(self) -> None:
+        # Entries already there win: a checkpoint loaded from the Hub keeps its "repo--module.Class" references.
+        self.config.auto_map = {**AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
+        self.config.custom_pipelines = custom_pipelines_for(type(self).__name__)
+
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, (TrajBertLMPredictionHead, TrajBertHexagonHead)):
@@ -410,14 +437,22 @@ class TrajBertPreTrainedModel(PreTrainedModel):
 
 
 class TrajBertModel(TrajBertPreTrainedModel):
-    """The bare TrajBert encoder; returns hidden states and (optionally) the BERT-style pooled [CLS] output."""
+    """The bare TrajBert encoder; returns hidden states and, where it was trained, the BERT-style pooled [CLS] output.
 
-    def __init__(self, config: TrajBertConfig, add_pooling_layer: bool = True):
+    Unlike BERT (whose pooler is trained by next-sentence prediction), MTM pre-training never trains a pooler, so
+    `add_pooling_layer` defaults to `config.add_pooling_layer`: off for an MTM checkpoint (`pooler_output` is None
+    rather than random; average the hexagon tokens, as the trajectory-feature-extraction pipeline does), on for a
+    fine-tuned classifier, whose pooler is trained. The choice is written back into the config.
+    """
+
+    def __init__(self, config: TrajBertConfig, add_pooling_layer: bool | None = None):
         super().__init__(config)
         self.config = config
+        if add_pooling_layer is not None:
+            config.add_pooling_layer = add_pooling_layer
         self.embeddings = TrajBertEmbeddings(config)
         self.encoder = TrajBertEncoder(config)
-        self.pooler = TrajBertPooler(config) if add_pooling_layer else None
+        self.pooler = TrajBertPooler(config) if config.add_pooling_layer else None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -587,7 +622,7 @@ class TrajBertForSequenceClassification(TrajBertPreTrainedModel):
     def __init__(self, config: TrajBertConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.trajbert = TrajBertModel(config)
+        self.trajbert = TrajBertModel(config, add_pooling_layer=True)
         classifier_dropout = (
             config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         )
@@ -669,7 +704,9 @@ class TrajBertForHexagonPrediction(TrajBertPreTrainedModel):
     strength); the query is the MTM-style transform (dense + activation + LayerNorm) of the [CLS] hidden state; logits
     are `query @ candidates.T + bias` and the loss is cross entropy over candidates.
 
-    No Auto class fits this head: load it with `TrajBertForHexagonPrediction.from_pretrained(path)`.
+    It is a sequence classifier over candidate cells (`SequenceClassifierOutput`, `id2label`), so
+    `AutoModelForSequenceClassification` loads it from a checkpoint whose `architectures` name it (remote code: the
+    checkpoint's `auto_map` points that Auto class here), and TrajBertForSequenceClassification from any other.
     """
 
     accepts_loss_kwargs = False

@@ -45,7 +45,6 @@ from .metrics import compute_mtm_metrics, preprocess_logits_for_mtm_metrics
 from .modeling_trajbert import TrajBertForMaskedTrajectoryModeling
 from .packing import pack_trajectories
 from .plotting import plot_training_curves
-from .registration import set_auto_map
 from .run_guard import (
     RunRecord,
     check_output_dir,
@@ -418,6 +417,8 @@ def pretrain(
 
     from tqdm.auto import tqdm
 
+    if not training_args.should_log:  # progress bars of `datasets` (tokenization, filters) once, on the main process
+        datasets.disable_progress_bars()
     with training_args.main_process_first(desc="data preparation"):
         bar = tqdm(total=4, desc="Preparing data", disable=not training_args.should_log or training_args.disable_tqdm)
         trajectories, report, source = corpus.load()
@@ -478,7 +479,6 @@ def pretrain(
         record.save(output_dir)
 
     model = build_model(model_args, mtm_args, tokenizer)
-    set_auto_map(model.config)  # complete auto_map (every head + tokenizer) in every saved config.json
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(f"TrajBert MTM: {model.config.num_hidden_layers} layers, hidden {model.config.hidden_size}, "
                 f"{model.config.num_attention_heads} heads, vocab {model.config.vocab_size}, {n_params / 1e6:.2f}M "

@@ -2,6 +2,8 @@
 
 import datetime as dt
 import json
+import subprocess
+import sys
 
 import datasets
 import h3.api.basic_int as h3
@@ -212,9 +214,20 @@ def test_decode_round_trip_and_coordinates(tokenizer):
     cells = tokenizer.decode_cells(ids)
     assert cells == [format(h3.latlng_to_cell(a, b, 8), "x") for a, b, _ in points]
     assert tokenizer.decode(ids, skip_special_tokens=True) == " ".join(cells)
+    assert tokenizer.decode(ids) == " ".join(["[CLS]", *cells, "[SEP]"])  # special tokens as text tokenizers show them
     coords = tokenizer.decode_coordinates(ids)
     assert coords.shape == (5, 2) and np.allclose(coords[:, 0], [p[0] for p in points], atol=0.01)
     assert tokenizer.decode_cells([tokenizer.vocab["##1"]], strict=False) == [None]
+
+
+def test_one_trajectory_with_tensors_is_a_batch_of_one(tokenizer):
+    points = walk(4)
+    flat = tokenizer(points)
+    tensors = tokenizer(points, return_tensors="pt")
+    for key, values in flat.items():
+        assert tensors[key].shape == (1, len(values)) and tensors[key][0].tolist() == values, key
+    assert tokenizer(cells=tokenizer.decode_cells(flat["input_ids"]), return_tensors="np")["input_ids"].shape[0] == 1
+    assert tokenizer.is_batch([points]) and not tokenizer.is_batch(points)
 
 
 def test_left_truncation_keeps_the_most_recent_visits(tokenizer):
@@ -340,3 +353,9 @@ def test_bad_tokenizer_inputs_name_the_position(tokenizer, call, message):
 def test_invalid_settings_are_refused(settings, message):
     with pytest.raises(TrajInputError, match=message):
         TrajTokenizer(**settings)
+
+
+def test_missing_h3_says_what_to_install():
+    code = "import sys; sys.modules['h3'] = None; import tokenization_trajfm"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "pip install 'h3" in proc.stderr

@@ -6,10 +6,16 @@ back to h3-py, which is exact but per point. Kept free of other package imports:
 
 from __future__ import annotations
 
-import h3.api.basic_int as h3
 import numpy as np
 
 from .errors import TrajInputError
+
+try:
+    import h3.api.basic_int as h3
+except ModuleNotFoundError as error:  # a remote-code user may lack it: say what to install
+    raise ModuleNotFoundError(
+        "trajfm tokenizers need the `h3` package (Uber H3 bindings, v4): install it with `pip install 'h3>=4.5,<5'`."
+    ) from error
 
 try:  # optional fast path
     import polars as pl

@@ -270,8 +270,20 @@ class TrajTokenizer(PreTrainedTokenizer):
         return self.ids_to_tokens.get(index, str(self.unk_token))
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
-        """Sub-hash pieces → space-separated H3 cell strings."""
-        return " ".join(format(int(c), "x") for c in self._pieces_to_cells(tokens, strict=True))
+        """Sub-hash pieces → space-separated H3 cell strings; special tokens stay as written, as in text tokenizers
+        (`decode(ids, skip_special_tokens=True)` drops them)."""
+        specials = set(self.all_special_tokens)
+        words: list[str] = []
+        run: list[str] = []
+        for token in [*tokens, None]:
+            if token is None or token in specials:
+                words += [format(int(c), "x") for c in self._pieces_to_cells(run, strict=True)]
+                run = []
+                if token is not None:
+                    words.append(token)
+            else:
+                run.append(token)
+        return " ".join(words)
 
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
         name = (filename_prefix + "-" if filename_prefix else "") + VOCAB_FILES_NAMES["vocab_file"]
@@ -309,7 +321,7 @@ class TrajTokenizer(PreTrainedTokenizer):
                 raise TrajInputError(f"Got {len(first)} trajectories but {len(second)} pair trajectories.")
         max_length = max_length if max_length is not None else self.model_max_length
         encoded = self.encode_visits(first, second, max_length=max_length if truncation else None)
-        if not batched:
+        if not batched and return_tensors is None:  # as text tokenizers: tensors of one trajectory are a batch of one
             encoded = {key: value[0] for key, value in encoded.items()}
         return self.pad(
             encoded,
@@ -319,6 +331,19 @@ class TrajTokenizer(PreTrainedTokenizer):
             return_tensors=return_tensors,
             return_attention_mask=return_attention_mask,
         )
+
+    def is_batch(self, trajectories: Any = None, cells: Any = None) -> bool:
+        """Whether `__call__` reads this input as a batch of trajectories rather than as one trajectory."""
+        return _is_batch_of_cells(cells) if cells is not None else _is_batch_of_points(trajectories)
+
+    def to_visits(
+        self, trajectory: Any = None, *, cells: Any = None, timestamps: Any = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One trajectory (any form `__call__` takes) → its visits: (H3 cells as uint64, start times or None)."""
+        visits, batched = self._normalize(trajectory, cells, timestamps, "trajectory")
+        if batched:
+            raise TrajInputError(f"Expected one trajectory, got a batch of {len(visits)}.")
+        return visits[0]
 
     def _normalize(self, trajectories: Any, cells: Any, timestamps: Any, name: str):
         """→ (list of (visit cells uint64, visit start epoch seconds or None), whether the input was a batch)."""
@@ -518,7 +543,16 @@ class TrajTokenizer(PreTrainedTokenizer):
 
     def decode_coordinates(self, token_ids: Any) -> np.ndarray:
         """Token ids → (n_hexagons, 2) cell-centre (lat, lon) in degrees."""
-        return cell_centers(np.asarray(self.decode_cells(token_ids, as_int=True), dtype=np.uint64))
+        return self.cell_coordinates(self.decode_cells(token_ids, as_int=True))
+
+    def cell_coordinates(self, cells: Any) -> np.ndarray:
+        """H3 cells (hex strings or ints) → (n, 2) cell-centre (lat, lon) in degrees."""
+        return cell_centers(cells_from_any(cells, self.resolution))
+
+    @property
+    def max_cell_tokens(self) -> int:
+        """Most sub-tokens one cell takes in this vocabulary."""
+        return self._cell_encoder.width
 
     def _pieces_to_cells(self, tokens: list[str], strict: bool) -> list:
         words: list[str] = []
