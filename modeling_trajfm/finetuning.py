@@ -35,7 +35,6 @@ from .downstream.compare import INITS, compare_markdown, compare_plot, compare_r
 from .hub import check_push_possible, push_checkpoint
 from .modeling_trajbert import TrajBertForHexagonPrediction, TrajBertForSequenceClassification
 from .plotting import plot_training_curves
-from .registration import set_auto_map
 from .run_guard import check_output_dir, wants_overwrite
 
 logger = logging.getLogger(__name__)
@@ -232,7 +231,6 @@ def build_model(task: PreparedTask, init: str, model_path: str, base_config: Tra
             _transfer_mtm_transform(model, model_path)
     else:
         model = model_class(config)
-    set_auto_map(model.config)
     return model
 
 
