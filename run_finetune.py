@@ -9,12 +9,15 @@ budget and writes `compare_report.{json,md,png}` with simple baselines and the a
 
     python run_finetune.py --compare --model_name_or_path trajfm-base            # embedded synthetic data, all tasks
     python run_finetune.py --task destination --model_name_or_path trajfm-base --output_dir outputs/dest
-    accelerate launch run_finetune.py --task user_association --model_name_or_path trajfm-base
-    python run_finetune.py args.json   # or args.yaml
+    python run_finetune.py --task user_association --model_name_or_path trajfm-base \
+        --train_file train.csv --validation_file valid.csv --test_file test.csv --trajectory_col tid --user_col label
+    accelerate launch --config_file configs/accelerate_cpu_2proc.yaml run_finetune.py --task destination ...
+    python run_finetune.py args.json --learning_rate 1e-4   # or args.yaml, then command-line overrides
 
 Argument parsing only: the work is `modeling_trajfm.finetune` / `modeling_trajfm.compare`. Data arguments
 (`--data`, `--reader`, segmentation, ...) default to what the checkpoint's pre-training recorded
 (`trajfm_corpus.json`); those given here override it (a new `--data` or `--dataset_dir` replaces the whole source).
+Given splits (`--train_file/--validation_file/--test_file`, `--dataset_name`) are used exactly as given.
 Bad arguments raise ValueError saying what to change.
 """
 

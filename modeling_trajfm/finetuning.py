@@ -1,10 +1,14 @@
 """Fine-tuning on the downstream tasks of arXiv 2312.00076 as library calls: `finetune` (one task, one init) and
 `compare` (pre-trained vs random init on the same data, seeds and budget, beside simple baselines).
 
-The examples come from the users HELD OUT from pre-training (the checkpoint's corpus description,
+The examples come either from given splits (`corpus_overrides` with `train_file`/`validation_file`/`test_file` or
+`hf_dataset`, i.e. `--dataset_name`), used exactly as given: train on train, keep the checkpoint with the lowest
+validation loss, report on test; or from the users HELD OUT from pre-training (the checkpoint's corpus description,
 `trajfm_corpus.json`, or `TaskConfig.heldout_users`), with their trajectories rebuilt exactly as pre-training built
-them (the recorded `CorpusConfig`, updated with `corpus_overrides`, e.g. the data file's new location). Each task is
-split by trajectory into train/test (`TaskConfig.test_fraction`), so no trajectory is on both sides.
+them (the recorded `CorpusConfig`, updated with `corpus_overrides`, e.g. the data file's new location), each task
+split by trajectory into train/test (`TaskConfig.test_fraction`), so no trajectory is on both sides. Held-out user
+ids are only matched against the pre-training corpus itself: other data (different counts, or fewer than half of
+the held-out users present) is an error unless the split is given.
 """
 
 from __future__ import annotations
@@ -24,13 +28,21 @@ import pyarrow as pa
 from transformers import Trainer, TrainingArguments, set_seed
 
 from tokenization_trajfm import CorpusConfig, CorpusDescription, PipelineReport, TrajTokenizer, select_users
-from tokenization_trajfm.corpus import CORPUS_FILE
+from tokenization_trajfm.corpus import CORPUS_FILE, SPLIT_SOURCE_FIELDS
 
+from .arguments import NoPinMemoryWithoutAccelerator
 from .cards import PLOT_FILE, build_finetune_card
 from .configuration_trajbert import TrajBertConfig
 from .data_collator import DataCollatorWithTrajectoryPadding
 from .downstream import examples as T
-from .downstream.builders import PreparedTask, TaskConfig, build_task, report_entries, task_metrics
+from .downstream.builders import (
+    PreparedTask,
+    TaskConfig,
+    build_task,
+    build_task_from_splits,
+    report_entries,
+    task_metrics,
+)
 from .downstream.compare import INITS, compare_markdown, compare_plot, compare_report
 from .hub import check_push_possible, push_checkpoint
 from .modeling_trajbert import TrajBertForHexagonPrediction, TrajBertForSequenceClassification
@@ -66,7 +78,7 @@ class FinetuneArguments:
 
 
 @dataclass
-class FinetuneTrainingArguments(TrainingArguments):
+class FinetuneTrainingArguments(NoPinMemoryWithoutAccelerator, TrainingArguments):
     """TrainingArguments with defaults for a small CPU budget (the paper: 10 epochs, batch 64)."""
 
     output_dir: str | None = field(default="outputs/finetune", metadata={"help": "Where results are written."})
@@ -170,24 +182,39 @@ def resolve_corpus(model_path: str, corpus_overrides: dict[str, Any] | None = No
     return CorpusConfig().with_overrides(corpus_overrides or {})
 
 
-def load_heldout_trajectories(corpus: CorpusConfig, tokenizer: TrajTokenizer, heldout: list[str]
+GIVE_THE_SPLIT = ("give the split instead: --train_file/--validation_file/--test_file or --dataset_name (used as "
+                  "given), or --heldout_users with users of this data")
+
+
+def load_heldout_trajectories(corpus: CorpusConfig, tokenizer: TrajTokenizer, heldout: list[str],
+                              recorded_report: dict[str, Any] | None = None
                               ) -> tuple[pa.Table, PipelineReport | None, str]:
     """Trajectories of the held-out users, built as pre-training built its corpus.
 
-    Returns (trajectory table of the held-out users, PipelineReport of the whole corpus or None, source).
+    `recorded_report` (the checkpoint's pipeline report, when `heldout` are the checkpoint's users) must match the
+    data's: other data has unrelated user ids, which would silently select wrong "users". Returns (trajectory table
+    of the held-out users, PipelineReport of the whole corpus or None, source).
     """
-    if corpus.resolution != tokenizer.resolution:
-        raise ValueError(f"--resolution {corpus.resolution} differs from the tokenizer's ({tokenizer.resolution}): "
-                         "drop --resolution or use a checkpoint trained at that resolution.")
     trajectories, report, source = corpus.load()
+    if recorded_report is not None and report is not None:
+        differs = {key: (recorded_report[key], getattr(report, key)) for key in ("points_read", "users")
+                   if recorded_report.get(key) is not None and recorded_report[key] != getattr(report, key)}
+        if differs:
+            counts = ", ".join(f"{key} {was:,} at pre-training, {now:,} here" for key, (was, now) in differs.items())
+            raise ValueError(f"{source} is not the checkpoint's pre-training corpus ({counts}), so its user ids are "
+                             f"not the checkpoint's held-out users; {GIVE_THE_SPLIT}.")
     table = trajectories if isinstance(trajectories, pa.Table) else trajectories.with_format("arrow")[:]
     present = set(table.column("user_id").cast(pa.string()).unique().to_pylist())
     found = sorted(set(heldout) & present)
     if not found:
         raise ValueError(
             f"None of the {len(set(heldout))} held-out users of the checkpoint has a trajectory in this data: pass the "
-            "same --data / --reader / --synthetic_* / segmentation arguments that run_mtm.py used for pre-training."
+            "same --data / --reader / --synthetic_* / segmentation arguments that run_mtm.py used for pre-training, "
+            f"or {GIVE_THE_SPLIT}."
         )
+    if len(found) < len(set(heldout)) / 2:
+        raise ValueError(f"Only {len(found)} of the {len(set(heldout))} held-out users have a trajectory in {source}: "
+                         f"it does not look like the pre-training corpus; {GIVE_THE_SPLIT}.")
     if len(found) < len(set(heldout)):
         logger.warning("%d of %d held-out users have no trajectory in this data.", len(set(heldout)) - len(found),
                        len(set(heldout)))
@@ -197,6 +224,7 @@ def load_heldout_trajectories(corpus: CorpusConfig, tokenizer: TrajTokenizer, he
 # ------------------------------------------------------------------------------------------------------ training
 def tokenize_examples(task: PreparedTask, columns: dict[str, list], tokenizer: TrajTokenizer,
                       max_length: int) -> datasets.Dataset:
+    """Examples → a tokenized Dataset with `labels` (visits without times get no time features)."""
     if task.kind == "pair":
         encoded = tokenizer(cells=columns["cells_a"], timestamps=columns["timestamps_a"],
                             pair_cells=columns["cells_b"], pair_timestamps=columns["timestamps_b"],
@@ -260,7 +288,7 @@ class _Prepared:
     tokenizer: TrajTokenizer
     base_config: TrajBertConfig
     tasks: dict[str, PreparedTask]
-    encoded: dict[str, tuple[datasets.Dataset, datasets.Dataset]]
+    encoded: dict[str, dict[str, datasets.Dataset]]  # entry → train / validation (given splits) / test
     corpus: CorpusConfig
     source: str
     pipeline_report: PipelineReport | None
@@ -277,14 +305,33 @@ def prepare(model_path: str, task_config: TaskConfig, entries: Sequence[str], tr
     check_output_dir(training_args.output_dir, wants_overwrite(training_args), reads_from=(model_path,))
     tokenizer, base_config = load_tokenizer_and_config(model_path)
     tokenizer.model_max_length = min(task_config.max_seq_length, base_config.max_position_embeddings)
-    heldout, heldout_source = resolve_heldout_users(model_path, task_config.heldout_users)
     corpus = resolve_corpus(model_path, corpus_overrides)
     logger.info("Corpus: %s", corpus)
+    if corpus.resolution != tokenizer.resolution:
+        raise ValueError(f"--resolution {corpus.resolution} differs from the tokenizer's ({tokenizer.resolution}): "
+                         "drop --resolution or use a checkpoint trained at that resolution.")
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
-    table, pipeline_report, source = load_heldout_trajectories(corpus, tokenizer, heldout)
-    records = T.trajectory_records(table)
-    logger.info("Data: %s; pipeline (all users):\n%s", source, pipeline_report)
-    tasks = {entry: build_task(entry, records, task_config, seed) for entry in entries}
+    if any(name in SPLIT_SOURCE_FIELDS for name in corpus_overrides or {}):
+        if task_config.heldout_users:
+            raise ValueError("--heldout_users picks users of the pre-training corpus; given splits are used whole: "
+                             "drop --heldout_users.")
+        tables, reports, source = corpus.load_splits()
+        splits = {name: T.trajectory_records(table) for name, table in tables.items()}
+        records = [r for name in splits for r in splits[name]]
+        heldout, heldout_source, pipeline_report = [], "given splits", reports.get("train")
+        logger.info("Data: %s\n%s", source, "\n".join(f"[{name}]\n{report}" for name, report in reports.items()))
+        tasks = {entry: build_task_from_splits(entry, splits, task_config, seed) for entry in entries}
+    else:
+        if corpus.has_split_source():
+            raise ValueError(f"{model_path} was pre-trained on given split files, which hold out no users: pass "
+                             "the fine-tuning data (--train_file/--validation_file/--test_file or --dataset_name), or "
+                             "--data with --heldout_users.")
+        heldout, heldout_source = resolve_heldout_users(model_path, task_config.heldout_users)
+        recorded = CorpusDescription.load(model_path).report if task_config.heldout_users is None else None
+        table, pipeline_report, source = load_heldout_trajectories(corpus, tokenizer, heldout, recorded)
+        records = T.trajectory_records(table)
+        logger.info("Data: %s; pipeline (all users):\n%s", source, pipeline_report)
+        tasks = {entry: build_task(entry, records, task_config, seed) for entry in entries}
 
     output_root = Path(training_args.output_dir)
     output_root.mkdir(parents=True, exist_ok=True)
@@ -299,8 +346,9 @@ def prepare(model_path: str, task_config: TaskConfig, entries: Sequence[str], tr
         (output_root / "task_data.json").write_text(json.dumps(data_summary, indent=1, default=str))
     for entry, task in tasks.items():
         print(f"[{entry}] " + json.dumps(task.info, default=str))
-    encoded = {entry: (tokenize_examples(task, task.train, tokenizer, tokenizer.model_max_length),
-                       tokenize_examples(task, task.test, tokenizer, tokenizer.model_max_length))
+    encoded = {entry: {name: tokenize_examples(task, columns, tokenizer, tokenizer.model_max_length)
+                       for name, columns in (("train", task.train), ("validation", task.validation),
+                                             ("test", task.test)) if columns}
                for entry, task in tasks.items()}
     return _Prepared(model_path, tokenizer, base_config, tasks, encoded, corpus, source, pipeline_report,
                      heldout_source, task_config)
@@ -310,17 +358,29 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Training
              output_dir: Path) -> dict[str, float]:
     """Fine-tune one (task entry, init); save model, tokenizer, metrics, task report and card in `output_dir`."""
     task = prepared.tasks[entry]
-    train_dataset, test_dataset = prepared.encoded[entry]
+    data = prepared.encoded[entry]
+    train_dataset, test_dataset, validation = data["train"], data["test"], data.get("validation")
     args = copy.deepcopy(training_args)
     args.output_dir = str(output_dir)
     push, args.push_to_hub = args.push_to_hub, False  # pushed by modeling_trajfm.hub, curated card last
+    if validation is not None:  # a given validation split chooses the checkpoint: lowest validation loss
+        args.eval_strategy = "epoch" if args.eval_strategy == "no" else args.eval_strategy
+        args.save_strategy, args.save_steps = args.eval_strategy, args.eval_steps
+        args.load_best_model_at_end, args.metric_for_best_model, args.greater_is_better = True, "loss", False
+        args.save_total_limit = 1
     model = build_model(task, init, prepared.model_path, prepared.base_config, prepared.tokenizer, args.seed)
-    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, processing_class=prepared.tokenizer,
+    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=validation,
+                      processing_class=prepared.tokenizer,
                       data_collator=DataCollatorWithTrajectoryPadding(prepared.tokenizer))
     started = time.perf_counter()
     train_result = trainer.train()
     train_metrics = dict(train_result.metrics)
     train_metrics["train_samples"] = len(train_dataset)
+    if validation is not None:
+        validation_metrics = trainer.evaluate(metric_key_prefix="validation")
+        validation_metrics["validation_samples"] = len(validation)
+        trainer.log_metrics("validation", validation_metrics)
+        trainer.save_metrics("validation", validation_metrics)
     prediction = trainer.predict(test_dataset, metric_key_prefix="test")
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
     metrics = {f"test_{k}": v for k, v in task_metrics(task, np.asarray(logits, dtype=np.float64)).items()}
@@ -344,8 +404,10 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Training
         }
         (output_dir / "task_report.json").write_text(json.dumps(report, indent=1, default=str))
         try:
-            plot_training_curves(trainer.state.log_history, output_dir / PLOT_FILE, metric_keys=(),
-                                 title=f"{task.name} ({init} init)")
+            history = [*trainer.state.log_history, {"step": trainer.state.global_step, **metrics}]
+            plot_training_curves(history, output_dir / PLOT_FILE, metric_keys=(),
+                                 loss_keys=("loss", "eval_loss", "test_loss"), title=f"{task.name} ({init} init)",
+                                 loss_label="loss (cross-entropy per example)")
         except Exception as error:  # a plot must never fail a run
             logger.warning("No training curve plot: %s", error)
         card = build_finetune_card(task, init, prepared.model_path, prepared.source, prepared.corpus.dataset_name(),

@@ -25,8 +25,10 @@ def plot_training_curves(
     metric_keys: Sequence[str] = ("eval_hexagon_acc_top1", "eval_hexagon_acc_top5"),
     loss_keys: Sequence[str] = ("loss", "eval_loss"),
     title: str | None = None,
+    loss_label: str = "loss (cross-entropy per sub-token)",
 ) -> Path | None:
-    """Plot losses (left axis) and metrics (right axis, e.g. accuracies) against the optimizer step.
+    """Plot losses (left axis, `loss_label`: what one loss value averages over) and metrics (right axis, e.g.
+    accuracies) against the optimizer step; a key logged once (e.g. `test_loss`) shows as one marker.
 
     Returns the written path, or None when the history holds none of the keys (nothing to plot).
     """
@@ -35,7 +37,7 @@ def plot_training_curves(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    labels = {"loss": "train loss", "eval_loss": "eval loss"}
+    labels = {"loss": "train loss", "eval_loss": "validation loss", "test_loss": "test loss"}
     losses = {key: _series(log_history, key) for key in loss_keys}
     metrics = {key: _series(log_history, key) for key in metric_keys}
     if not any(s for s, _ in losses.values()) and not any(s for s, _ in metrics.values()):
@@ -43,9 +45,10 @@ def plot_training_curves(
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     for key, (steps, values) in losses.items():
         if steps:
-            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, ms=3, label=labels.get(key, key))
+            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, ms=3 if len(steps) > 1 else 7,
+                    label=labels.get(key, key))
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (cross-entropy per sub-token)")
+    ax.set_ylabel(loss_label)
     handles, names = ax.get_legend_handles_labels()
     if any(s for s, _ in metrics.values()):
         right = ax.twinx()

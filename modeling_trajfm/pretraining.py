@@ -37,6 +37,7 @@ from tokenization_trajfm import CorpusConfig, CorpusDescription, TrajTokenizer, 
 from tokenization_trajfm.corpus import select_users
 from tokenization_trajfm.subhash import SPELLINGS, max_cell_tokens
 
+from .arguments import NoPinMemoryWithoutAccelerator
 from .cards import PLOT_FILE, build_mtm_card
 from .configuration_trajbert import TrajBertConfig
 from .data_collator import DataCollatorForWholeHexagonMasking
@@ -61,7 +62,7 @@ logger = logging.getLogger(__name__)
 SPECIAL_TOKENS_PER_SEQUENCE = 2  # [CLS] ... [SEP]
 
 @dataclass
-class MTMTrainingArguments(TrainingArguments):
+class MTMTrainingArguments(NoPinMemoryWithoutAccelerator, TrainingArguments):
     """TrainingArguments with pre-training defaults (tuned for the embedded synthetic run: a few minutes on 2 CPU
     cores). Ratios < 1 for eval/logging/save/warm-up steps are fractions of all steps."""
 
@@ -338,6 +339,44 @@ def build_model(model_args: MTMModelArguments, mtm_args: MTMArguments,
 # ------------------------------------------------------------------------------------------------ the run
 
 
+def _no_evaluation(training_args: TrainingArguments, why: str) -> None:
+    if training_args.do_eval:
+        logger.warning(f"{why}: evaluation is disabled.")
+    training_args.do_eval = False
+    training_args.eval_strategy = "no"
+
+
+def _stage_data(corpus: CorpusConfig, mtm_args: MTMArguments, split_seed: int
+                ) -> tuple[dict[str, datasets.Dataset], dict[str, list[str]], UserSplit, Any, str]:
+    """Trajectories of each stage → (parts, users per part, the user split, pipeline report, source).
+
+    Given split files replace the user split: the train file trains, the validation file validates, nobody is held
+    out (fine-tuning then needs its own data). Otherwise users are split by `heldout_fraction` and
+    `validation_fraction`, seeded.
+    """
+    if corpus.has_split_source():
+        tables, reports, source = corpus.load_splits()
+        if "train" not in tables:
+            raise ValueError(f"{source}: pre-training needs a train split (--train_file, or a dataset with one).")
+        if "test" in tables:
+            logger.info("The test split is for fine-tuning: pre-training does not read it.")
+        parts = {name: datasets.Dataset(tables[name]) for name in ("train", "validation") if name in tables}
+        users = {name: _users(tables[name]) for name in parts}
+        for name, part_report in reports.items():
+            logger.info(f"Read {name} split of {source}:\n{part_report}")
+        return parts, users, UserSplit(split_seed, 0.0, [], 0.0, users.get("validation", [])), reports["train"], source
+    trajectories, report, source = corpus.load()
+    logger.info(f"Read {source}")
+    if report is not None:
+        logger.info(f"Pipeline report (resolution {corpus.resolution}, {corpus.window_minutes:g}-minute "
+                    f"clustering, {corpus.segmentation()}):\n{report}")
+    split, train_users = UserSplit.assign(_users(trajectories), mtm_args.heldout_fraction,
+                                          mtm_args.validation_fraction, split_seed)
+    users = {"train": train_users, "validation": split.validation_users, "heldout": split.heldout_users}
+    parts = {name: _select(trajectories, users[name]) for name in ("train", "validation", "heldout") if users[name]}
+    return parts, users, split, report, source
+
+
 def _resume_checkpoint(training_args: TrainingArguments, output_dir: Path) -> str | None:
     """The checkpoint to continue: `resume_from_checkpoint`, else the last complete one in `output_dir`."""
     if training_args.resume_from_checkpoint:
@@ -403,9 +442,10 @@ def pretrain(
     training_args.push_to_hub = False  # we push ourselves at the end, with the curated card last
     training_args.label_names = ["labels", "hexagon_ids"]  # hexagon_ids reach compute_metrics next to the labels
     training_args.eval_do_concat_batches = True
-    if mtm_args.validation_fraction == 0 and training_args.do_eval:
-        logger.warning("--validation_fraction 0: no validation users, evaluation is disabled.")
-        training_args.do_eval = False
+    if not corpus.has_split_source() and mtm_args.validation_fraction == 0:
+        _no_evaluation(training_args, "--validation_fraction 0: no validation users")
+    elif corpus.has_split_source() and corpus.validation_file is None and corpus.hf_dataset is None:
+        _no_evaluation(training_args, "no --validation_file")
     if not training_args.do_eval:
         training_args.eval_strategy = "no"
     output_dir = Path(training_args.output_dir)
@@ -421,18 +461,11 @@ def pretrain(
         datasets.disable_progress_bars()
     with training_args.main_process_first(desc="data preparation"):
         bar = tqdm(total=4, desc="Preparing data", disable=not training_args.should_log or training_args.disable_tqdm)
-        trajectories, report, source = corpus.load()
+        parts, users, split, report, source = _stage_data(corpus, mtm_args, split_seed)
+        if "validation" not in parts and training_args.do_eval:
+            _no_evaluation(training_args, f"{source} has no validation split")
         bar.update()
-        logger.info(f"Read {source}")
-        if report is not None:
-            logger.info(f"Pipeline report (resolution {corpus.resolution}, {corpus.window_minutes:g}-minute "
-                        f"clustering, {corpus.segmentation()}):\n{report}")
-        split, train_users = UserSplit.assign(_users(trajectories), mtm_args.heldout_fraction,
-                                              mtm_args.validation_fraction, split_seed)
-        users = {"train": train_users, "validation": split.validation_users, "heldout": split.heldout_users}
         _check_split_unchanged(output_dir, last_checkpoint, split)
-        parts = {name: _select(trajectories, users[name]) for name in ("train", "validation", "heldout")
-                 if users[name]}
         bar.update()
         tokenizer = load_tokenizer(model_args, corpus, mtm_args, parts["train"], last_checkpoint)
         train_cells = _arrow_column(parts["train"], "cells").combine_chunks().flatten()

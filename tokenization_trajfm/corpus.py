@@ -26,13 +26,17 @@ from .pipeline import build_trajectories
 from .readers import READERS
 from .report import PipelineReport
 from .segment import SegmentationConfig
+from .splits import SPLITS, file_builder, given_trajectories, load_split_datasets, points_to_trajectories, renumber
 
 CORPUS_FILE = "trajfm_corpus.json"
 #: Reader arguments of `reader="table"` (column mapping and time parsing).
 TABLE_MAPPING_FIELDS = ("user_col", "lat_col", "lon_col", "time_col", "time_format", "time_unit", "timezone",
                         "separator")
+#: Given splits (`tokenization_trajfm.splits`): files or a `datasets.load_dataset` source, and their extra columns.
+SPLIT_SOURCE_FIELDS = ("train_file", "validation_file", "test_file", "hf_dataset", "dataset_config_name")
+SPLIT_COLUMN_FIELDS = ("trajectory_col", "label_column", "weekday_col", "hour_col")
 #: Where the raw data is and how to read it: these go together (a column mapping belongs to one file).
-SOURCE_FIELDS = ("data", "dataset_dir", "reader", *TABLE_MAPPING_FIELDS)
+SOURCE_FIELDS = ("data", "dataset_dir", "reader", *TABLE_MAPPING_FIELDS, *SPLIT_SOURCE_FIELDS, *SPLIT_COLUMN_FIELDS)
 INVALID_POLICIES = ("raise", "drop")
 
 
@@ -57,6 +61,28 @@ class CorpusConfig:
     dataset_dir: str | None = field(
         default=None, metadata={"help": "Corpus saved with datasets' save_to_disk (trajectories or check-ins)."}
     )
+    train_file: str | None = field(
+        default=None, metadata={"help": "Training split: CSV/JSON/Parquet of points or of built trajectories."}
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "Validation split (same layout)."})
+    test_file: str | None = field(default=None, metadata={"help": "Test split, fine-tuning only (same layout)."})
+    hf_dataset: str | None = field(
+        default=None, metadata={"aliases": ["--dataset_name"], "help": "A datasets.load_dataset source (Hub id, "
+                                "local folder or script) with train/validation/test splits, instead of split files."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of --dataset_name."})
+    trajectory_col: str | None = field(
+        default=None, metadata={"help": "Split files: trajectory id column; a (user, id)'s rows, in file order, form "
+                                "one trajectory."}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "Split files: the label column. The tasks' label is the user (user linking "
+                                "classifies users), so this is the user column (same as --user_col)."}
+    )
+    weekday_col: str | None = field(
+        default=None, metadata={"help": "Split files without dates: weekday column (0-6, Monday = 0), with --hour_col."}
+    )
+    hour_col: str | None = field(default=None, metadata={"help": "Split files without dates: hour column (0-23)."})
     synthetic_users: int = field(default=300, metadata={"help": "Embedded default: synthetic users."})
     synthetic_days: int = field(default=42, metadata={"help": "Embedded default: synthetic days."})
     synthetic_seed: int = field(default=0, metadata={"help": "Embedded default: generator seed."})
@@ -77,14 +103,16 @@ class CorpusConfig:
             raise ValueError("Give either --data (raw check-ins) or --dataset_dir (prepared corpus), not both.")
         if self.reader not in ("auto", *READERS):
             raise ValueError(f"Unknown --reader {self.reader!r}: choose one of auto, {', '.join(sorted(READERS))}.")
+        self._check_split_source()
         mapping = self.table_mapping()
         if self.data is not None:
             if not Path(self.data).exists():
                 raise ValueError(f"--data {self.data}: no such file or directory; check the path.")
             if mapping and self.reader not in ("table", "auto"):
                 raise ValueError(f"Column mapping arguments ({', '.join(mapping)}) only apply to --reader table.")
-        elif mapping:
-            raise ValueError(f"Column mapping arguments ({', '.join(mapping)}) need --data FILE --reader table.")
+        elif mapping and not self.has_split_source():
+            raise ValueError(f"Column mapping arguments ({', '.join(mapping)}) need --data FILE --reader table, or "
+                             "split files.")
         if self.dataset_dir is not None and not Path(self.dataset_dir).is_dir():
             raise ValueError(f"--dataset_dir {self.dataset_dir}: no such directory (expected datasets' save_to_disk).")
         if self.invalid not in INVALID_POLICIES:
@@ -92,6 +120,64 @@ class CorpusConfig:
         if not 0 <= self.resolution <= 15:
             raise ValueError(f"--resolution must be an H3 resolution in 0..15, got {self.resolution}.")
         self.segmentation()  # its own checks, with their messages
+
+    def has_split_source(self) -> bool:
+        """Whether the data comes as given splits (split files or `dataset_name`)."""
+        return any(getattr(self, name) is not None for name in SPLIT_SOURCE_FIELDS)
+
+    def split_files(self) -> dict[str, str]:
+        """{split name: file} of the split files given."""
+        return {name: getattr(self, f"{name}_file") for name in SPLITS if getattr(self, f"{name}_file") is not None}
+
+    def _check_split_source(self) -> None:
+        if self.label_column is not None:
+            if self.user_col not in (None, self.label_column):
+                raise ValueError(f"--label_column {self.label_column!r} and --user_col {self.user_col!r} differ: the "
+                                 "label of the tasks is the user, give one of them.")
+            self.user_col = self.label_column
+        files = self.split_files()
+        if not self.has_split_source():
+            given = [f"--{name}" for name in SPLIT_COLUMN_FIELDS if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} describe split files: give --train_file/--validation_file/"
+                                 "--test_file or --dataset_name (for --data, use --reader table and its mapping).")
+            return
+        if self.data is not None or self.dataset_dir is not None:
+            raise ValueError("Give either --data/--dataset_dir or split files/--dataset_name, not both.")
+        if self.hf_dataset is not None and files:
+            raise ValueError("Give either --dataset_name or --train_file/--validation_file/--test_file, not both.")
+        if self.dataset_config_name is not None and self.hf_dataset is None:
+            raise ValueError("--dataset_config_name needs --dataset_name.")
+        for name, path in files.items():
+            if not Path(path).is_file():
+                raise ValueError(f"--{name}_file {path}: no such file; check the path.")
+            file_builder(path)  # a known type, or an error naming it
+        if (self.weekday_col is None) != (self.hour_col is None):
+            raise ValueError("Give --weekday_col and --hour_col together (time as hour of week).")
+        if self.weekday_col is not None and self.time_col is not None:
+            raise ValueError("Give either --time_col or --weekday_col/--hour_col, not both.")
+
+    def load_splits(self) -> tuple[dict[str, pa.Table], dict[str, PipelineReport], str]:
+        """The given splits as trajectory tables (ids unique across splits), their pipeline reports and a one-line
+        description of the source; see `tokenization_trajfm.splits` for the accepted layouts."""
+        loaded = load_split_datasets(self.split_files(), self.hf_dataset, self.dataset_config_name, self.separator)
+        if not loaded:
+            raise ValueError(f"--dataset_name {self.hf_dataset}: no train/validation/test split in it.")
+        mapping = {**self.table_mapping(), **{k: getattr(self, k) for k in SPLIT_COLUMN_FIELDS}}
+        tables, reports = {}, {}
+        for name, dataset in loaded.items():
+            table = dataset.with_format("arrow")[:]
+            where = self.split_files().get(name) or f"{self.hf_dataset} [{name}]"
+            if "cells" in table.column_names:
+                tables[name], reports[name] = given_trajectories(table, where, self.user_col, self.resolution)
+            else:
+                tables[name], reports[name] = points_to_trajectories(
+                    table, where, mapping, self.resolution, self.window_minutes, self.segmentation(), self.invalid)
+            if tables[name].num_rows == 0:
+                raise EmptyInputError(f"{where}: no trajectory survived filtering:\n{reports[name]}\nLower "
+                                      "--min_points/--min_cells.")
+        source = self.hf_dataset or ", ".join(f"{name}: {path}" for name, path in self.split_files().items())
+        return renumber(tables), reports, f"given splits ({source})"
 
     def table_mapping(self) -> dict[str, str]:
         """The column mapping given for `reader="table"` (only the fields that are set)."""
@@ -149,7 +235,7 @@ class CorpusConfig:
 
     def dataset_name(self) -> str:
         """A short name of the data for model cards."""
-        for value in (self.dataset_dir, self.data):
+        for value in (self.hf_dataset, self.train_file, self.dataset_dir, self.data):
             if value:
                 return Path(str(value).rstrip("/")).name
         return "trajfm synthetic city"

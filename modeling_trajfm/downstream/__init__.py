@@ -1,15 +1,26 @@
 """Downstream tasks in one place: example builders (`examples`), the task config and prepared tasks (`builders`),
 simple baselines (`baselines`), task metrics (`metrics`) and the pre-trained-vs-random report (`compare`)."""
 
-from .builders import BUILDERS, PreparedTask, TaskConfig, build_task, report_entries, task_metrics
+from .builders import (
+    BUILDERS,
+    GivenSplit,
+    PreparedTask,
+    TaskConfig,
+    build_task,
+    build_task_from_splits,
+    report_entries,
+    task_metrics,
+)
 from .compare import avg_f1_improvement, compare_markdown, compare_plot, compare_report
 
 __all__ = [
     "BUILDERS",
+    "GivenSplit",
     "PreparedTask",
     "TaskConfig",
     "avg_f1_improvement",
     "build_task",
+    "build_task_from_splits",
     "compare_markdown",
     "compare_plot",
     "compare_report",

@@ -1,5 +1,6 @@
 """From trajectory records and a `TaskConfig` to a `PreparedTask`: train/test examples, labels and the baselines'
-test metrics, independent of the model init. Splits are by trajectory (see `examples`), seeded."""
+test metrics, independent of the model init. Splits are by trajectory (see `examples`), seeded, unless the records
+come as given partitions (`GivenSplit`, `build_task_from_splits`): those are used exactly as given."""
 
 from __future__ import annotations
 
@@ -107,6 +108,28 @@ class PreparedTask:
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
     test_extra: dict[str, list] = field(default_factory=dict)
     candidates: list[int] = field(default_factory=list)
+    validation: dict[str, list] = field(default_factory=dict)
+
+
+class GivenSplit(list):
+    """Records of given train and test partitions (a list of both): builders take these partitions as they are
+    instead of splitting, and user linking takes its classes from the training users."""
+
+    def __init__(self, train: Sequence[T.Record], test: Sequence[T.Record]):
+        super().__init__([*train, *test])
+        self.train, self.test = list(train), list(test)
+
+
+def _partition(records: Sequence[T.Record], config: TaskConfig, seed: int, by_user: bool = False
+               ) -> tuple[list[T.Record], list[T.Record]]:
+    """(train, test) records: the given partitions, or a seeded split by trajectory (`by_user`: per user)."""
+    if isinstance(records, GivenSplit):
+        return records.train, records.test
+    if by_user:
+        train_ids, test_ids = T.split_trajectories_by_user(records, config.test_fraction, seed)
+    else:
+        train_ids, test_ids = T.split_trajectories([r.traj_id for r in records], config.test_fraction, seed)
+    return T.select(records, train_ids), T.select(records, test_ids)
 
 
 def _cap(columns: dict[str, list], limit: int | None, keep_pairs: bool = False) -> dict[str, list]:
@@ -153,8 +176,7 @@ def _slice_visits(columns: dict[str, list], keys: tuple[str, ...], limit: int, l
 
 
 def build_next_subtrajectory(records: Sequence[T.Record], config: TaskConfig, seed: int) -> PreparedTask:
-    train_ids, test_ids = T.split_trajectories([r.traj_id for r in records], config.test_fraction, seed)
-    train_records, test_records = T.select(records, train_ids), T.select(records, test_ids)
+    train_records, test_records = _partition(records, config, seed)
     sizes = (config.min_segment_visits, config.max_segment_visits, config.pairs_per_trajectory)
     train = T.next_subtrajectory_pairs(train_records, seed, *sizes)
     test = T.next_subtrajectory_pairs(test_records, seed + 1, *sizes)
@@ -174,8 +196,7 @@ def build_next_subtrajectory(records: Sequence[T.Record], config: TaskConfig, se
 
 
 def build_destination(records: Sequence[T.Record], config: TaskConfig, seed: int) -> PreparedTask:
-    train_ids, test_ids = T.split_trajectories([r.traj_id for r in records], config.test_fraction, seed)
-    train_records, test_records = T.select(records, train_ids), T.select(records, test_ids)
+    train_records, test_records = _partition(records, config, seed)
     train = T.destination_examples(train_records, config.prefix_fraction)
     test = T.destination_examples(test_records, config.prefix_fraction)
     order = np.random.default_rng(seed).permutation(len(train["destination"]))
@@ -214,10 +235,13 @@ def build_destination(records: Sequence[T.Record], config: TaskConfig, seed: int
 
 
 def build_user_linking(records: Sequence[T.Record], config: TaskConfig, seed: int) -> PreparedTask:
-    users = T.linking_users(records, config.num_users, config.min_user_trajectories)
-    chosen = [r for r in records if r.user_id in set(users)]
-    train_ids, test_ids = T.split_trajectories_by_user(chosen, config.test_fraction, seed)
-    train_records, test_records = T.select(chosen, train_ids), T.select(chosen, test_ids)
+    given = isinstance(records, GivenSplit)
+    users = T.linking_users(records.train if given else records, config.num_users, config.min_user_trajectories)
+    wanted = set(users)
+    chosen = [r for r in records if r.user_id in wanted]
+    if given:  # test trajectories of users without a class are left out
+        chosen = GivenSplit(*([r for r in part if r.user_id in wanted] for part in (records.train, records.test)))
+    train_records, test_records = _partition(chosen, config, seed, by_user=True)
     train, test = T.linking_examples(train_records, users), T.linking_examples(test_records, users)
     order = np.random.default_rng(seed).permutation(len(train["label"]))
     train = {key: [values[i] for i in order] for key, values in train.items()}
@@ -236,8 +260,7 @@ def build_user_linking(records: Sequence[T.Record], config: TaskConfig, seed: in
 
 
 def build_user_binary(records: Sequence[T.Record], config: TaskConfig, seed: int) -> PreparedTask:
-    train_ids, test_ids = T.split_trajectories([r.traj_id for r in records], config.test_fraction, seed)
-    train_records, test_records = T.select(records, train_ids), T.select(records, test_ids)
+    train_records, test_records = _partition(records, config, seed)
     train = T.user_pairs(train_records, seed, config.pairs_per_trajectory)
     test = T.user_pairs(test_records, seed + 1, config.pairs_per_trajectory)
     train, test = _cap(train, config.max_train_samples, True), _cap(test, config.max_test_samples, True)
@@ -266,6 +289,22 @@ def build_task(entry: str, records: Sequence[T.Record], config: TaskConfig, seed
     if entry not in BUILDERS:
         raise ValueError(f"Unknown task entry {entry!r}: choose one of {', '.join(BUILDERS)}.")
     return BUILDERS[entry](records, config, seed)
+
+
+def build_task_from_splits(entry: str, splits: dict[str, Sequence[T.Record]], config: TaskConfig,
+                           seed: int) -> PreparedTask:
+    """The prepared task of `entry` on given partitions: train on `splits["train"]`, test on `splits["test"]`, and
+    validation examples from `splits["validation"]` if given (built as the test ones, against the same training
+    side: same candidates and classes)."""
+    missing = [name for name in ("train", "test") if not splits.get(name)]
+    if missing:
+        raise ValueError(f"Given splits need trajectories in train and test; {', '.join(missing)} has none (pass "
+                         "--train_file and --test_file, or a dataset with both splits).")
+    task = build_task(entry, GivenSplit(splits["train"], splits["test"]), config, seed)
+    if splits.get("validation"):
+        task.validation = build_task(entry, GivenSplit(splits["train"], splits["validation"]), config, seed).test
+    task.info["given_split_trajectories"] = {name: len(records) for name, records in splits.items()}
+    return task
 
 
 def destination_metrics(scores: np.ndarray, task: PreparedTask) -> dict[str, float]:

@@ -142,10 +142,12 @@ def compare_plot(report: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(entries)), 4), dpi=100)
     x = np.arange(len(entries))
     for i, (name, values) in enumerate(series.items()):
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+        # every bar labelled: a zero bar is visibly 0.00, a missing baseline n/a
+        ax.bar_label(bars, labels=["n/a" if np.isnan(v) else f"{v:.2f}" for v in values], fontsize=6, padding=1)
     ax.set_xticks(x, [e.replace("_", "\n", 1) for e in entries], fontsize=8)
     ax.set_ylabel("F1 (binary) / macro-F1 (multi-class)")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.08)
     avg = report["avg_f1_improvement_pct"]
     ax.set_title(f"Pre-trained vs random init: average F1 {'n/a' if avg is None else f'{avg:+.1f}%'}")
     ax.legend(fontsize=7, ncol=2)

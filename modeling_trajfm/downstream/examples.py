@@ -61,8 +61,10 @@ def trajectory_records(table) -> list[Record]:
     ids = table.column("traj_id").to_pylist()
     cells = table.column("cells").to_pylist()
     times = table.column("timestamps").to_pylist()
+    # a trajectory without times (null `timestamps`) keeps one None per visit: the tokenizer then sets no time feature
     records = [
-        Record(str(u), int(i), np.asarray(c, dtype=np.uint64), np.asarray(t, dtype=np.int64))
+        Record(str(u), int(i), np.asarray(c, dtype=np.uint64),
+               np.asarray(t, dtype=np.int64) if t is not None else np.full(len(c), None, dtype=object))
         for u, i, c, t in zip(users, ids, cells, times)
     ]
     return sorted(records, key=lambda r: r.traj_id)
