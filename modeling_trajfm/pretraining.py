@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,6 +266,26 @@ def load_tokenizer(model_args: MTMModelArguments, corpus: CorpusConfig, mtm_args
     )
 
 
+SHARED_TOKENIZER_DIR = "trajfm_tokenizer_rank0"
+
+
+def _shared_tokenizer(model_args: MTMModelArguments, corpus: CorpusConfig, mtm_args: MTMArguments,
+                      train: datasets.Dataset, resume_dir: str | None, training_args: TrainingArguments
+                      ) -> TrajTokenizer:
+    """One tokenizer for every rank: vocabulary training may break ties differently in each process, so under DDP
+    rank 0 trains it (inside `main_process_first`, it runs first) and the other ranks load rank 0's copy."""
+    if training_args.world_size == 1 or model_args.tokenizer_name or resume_dir or model_args.model_name_or_path:
+        return load_tokenizer(model_args, corpus, mtm_args, train, resume_dir)
+    shared = Path(training_args.output_dir) / SHARED_TOKENIZER_DIR
+    if training_args.process_index == 0:
+        tokenizer = load_tokenizer(model_args, corpus, mtm_args, train, resume_dir)
+        tokenizer.save_pretrained(shared)
+        return tokenizer
+    tokenizer = TrajTokenizer.from_pretrained(shared)
+    tokenizer.model_max_length = mtm_args.max_seq_length
+    return tokenizer
+
+
 def tokenize(tokenizer: TrajTokenizer, dataset: datasets.Dataset, mtm_args: MTMArguments, name: str, streaming: bool,
              seed: int):
     keep = [c for c in ("cells", "timestamps", "user_id") if c in dataset.column_names]
@@ -467,7 +488,7 @@ def pretrain(
         bar.update()
         _check_split_unchanged(output_dir, last_checkpoint, split)
         bar.update()
-        tokenizer = load_tokenizer(model_args, corpus, mtm_args, parts["train"], last_checkpoint)
+        tokenizer = _shared_tokenizer(model_args, corpus, mtm_args, parts["train"], last_checkpoint, training_args)
         train_cells = _arrow_column(parts["train"], "cells").combine_chunks().flatten()
         distinct_cells = int(pc.count_distinct(train_cells).as_py())
         regime = vocab_regime(len(tokenizer), distinct_cells, max_cell_tokens(tokenizer.resolution,
@@ -571,6 +592,7 @@ def pretrain(
 
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(output_dir / SHARED_TOKENIZER_DIR, ignore_errors=True)  # saved with the model by now
         if not training_args.do_train:
             trainer.save_model()
         plot = plot_training_curves(trainer.state.log_history, output_dir / PLOT_FILE,
