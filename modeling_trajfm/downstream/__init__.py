@@ -1,11 +1,13 @@
 """Downstream tasks in one place: example builders (`examples`), the task config and prepared tasks (`builders`),
-simple baselines (`baselines`), task metrics (`metrics`) and the pre-trained-vs-random report (`compare`)."""
+simple baselines (`baselines`), task metrics (`metrics`), bootstrap intervals (`stats`) and the
+pre-trained-vs-random report (`compare`)."""
 
-from .builders import BUILDERS, PreparedTask, TaskConfig, build_task, report_entries, task_metrics
+from .builders import BUILDERS, PRIMARY_METRIC, PreparedTask, TaskConfig, build_task, report_entries, task_metrics
 from .compare import avg_f1_improvement, compare_markdown, compare_plot, compare_report
 
 __all__ = [
     "BUILDERS",
+    "PRIMARY_METRIC",
     "PreparedTask",
     "TaskConfig",
     "avg_f1_improvement",
