@@ -91,7 +91,7 @@ class FinetuneTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Peak learning rate of the task head (None: --learning_rate)."}
     )
     classifier_pooling: str = field(
-        default="cls", metadata={"help": "Sequence summary for the head: cls ([CLS]/pooler) | mean (over hexagons)."}
+        default="mean", metadata={"help": "Sequence summary for the head: mean (over hexagon tokens) | cls ([CLS])."}
     )
     classifier_dropout: float | None = field(
         default=None, metadata={"help": "Dropout before the head (None: the checkpoint's hidden dropout)."}

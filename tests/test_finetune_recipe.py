@@ -64,12 +64,12 @@ def test_early_stopping_restores_the_best_checkpoint(tokenizer, tmp_path):
     assert args.metric_for_best_model == "accuracy@1" and args.greater_is_better
     torch.manual_seed(0)
     model = TrajBertForSequenceClassification(_config(tokenizer))
-    trainer = finetune_trainer(model, args, _dataset(tokenizer), _dataset(tokenizer, 4), tokenizer,
+    trainer = finetune_trainer(model, args, _dataset(tokenizer, 8), _dataset(tokenizer, 2), tokenizer,
                                lambda prediction: {"accuracy@1": next(scripted)})
     snapshots = _Snapshots()
     trainer.add_callback(snapshots)
     trainer.train()
-    steps_per_epoch = 3  # 12 examples, batch 4
+    steps_per_epoch = 2  # 8 examples, batch 4
     assert sorted(snapshots.weights) == [steps_per_epoch * e for e in (1, 2, 3, 4)]  # stopped after 2 worse epochs
     assert trainer.state.best_metric == 0.9 and trainer.state.best_global_step == 2 * steps_per_epoch
     best, last = snapshots.weights[2 * steps_per_epoch], snapshots.weights[4 * steps_per_epoch]
