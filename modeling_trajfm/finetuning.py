@@ -77,8 +77,8 @@ PRIMARY = "primary"
 @dataclass
 class FinetuneTrainingArguments(TrainingArguments):
     """TrainingArguments with the fine-tuning recipe chosen on validation data (README, "Fine-tuning recipe"): evaluate
-    on validation every epoch, keep the best checkpoint by the task's primary metric, stop early; the head learns
-    faster than the pre-trained encoder."""
+    on validation every epoch, keep the best checkpoint by the task's primary metric, stop early; mean pooling over
+    hexagon tokens. `head_learning_rate` gives the fresh head its own learning rate (tried, not better so far)."""
 
     output_dir: str | None = field(default="outputs/finetune", metadata={"help": "Where results are written."})
     num_train_epochs: float = field(
@@ -94,7 +94,8 @@ class FinetuneTrainingArguments(TrainingArguments):
         default="mean", metadata={"help": "Sequence summary for the head: mean (over hexagon tokens) | cls ([CLS])."}
     )
     classifier_dropout: float | None = field(
-        default=None, metadata={"help": "Dropout before the head (None: the checkpoint's hidden dropout)."}
+        default=None, metadata={"help": "Dropout before the head (None: hidden dropout for classification, none "
+                                          "for destination)."}
     )
     early_stopping_patience: int = field(
         default=3, metadata={"help": "Stop after this many evaluations without a better validation metric (0: never)."}

@@ -148,13 +148,12 @@ def _cap(columns: dict[str, list], limit: int | None, keep_pairs: bool = False) 
 
 def _split_info(records, columns, label_key, names=None) -> dict[str, Any]:
     """Sizes, class balance and users of each split; `records` and `columns` map split name → records / examples."""
-    info: dict[str, Any] = {}
-    for key, describe in (("trajectories", len), ("examples", lambda c: len(c.get(label_key, []))),
-                          ("class_balance", lambda c: T.class_balance(c.get(label_key, []), names)),
-                          ("users", lambda rs: len({r.user_id for r in rs}))):
-        for split in ("train", "validation", "test"):
-            source = records if key in ("trajectories", "users") else columns
-            info[f"{split}_{key}"] = describe(source[split])
+    splits = ("train", "validation", "test")
+    info: dict[str, Any] = {f"{split}_trajectories": len(records[split]) for split in splits}
+    info.update({f"{split}_examples": len(columns[split].get(label_key, [])) for split in splits})
+    info.update({f"{split}_class_balance": T.class_balance(columns[split].get(label_key, []), names)
+                 for split in splits})
+    info.update({f"{split}_users": len({r.user_id for r in records[split]}) for split in splits})
     return info
 
 
