@@ -45,6 +45,9 @@ class TrajBertConfig(PreTrainedConfig):
         pad_token_id (`int`, defaults to 0): `[PAD]`; its word-embedding row stays zero.
         classifier_dropout (`float`, *optional*): dropout before classification heads (defaults to
             `hidden_dropout_prob`).
+        classifier_pooling (`str`, defaults to `"cls"`): the sequence summary the classification and hexagon heads
+            read: `"cls"` (the pooled [CLS] for classification, the [CLS] state for hexagon prediction) or `"mean"`
+            (the mean hidden state over hexagon tokens, `hexagon_ids > 0`: special tokens and padding excluded).
         use_hexagon_embeddings (`bool`): add an embedding of `hexagon_ids` (which visit a token belongs to).
         use_level_embeddings (`bool`): add an embedding of `level_ids` (sub-token position inside its hexagon).
         use_time_embeddings (`bool`): add embeddings of `hour_ids` (hour of week) and `gap_ids` (log time gap bucket).
@@ -87,6 +90,7 @@ class TrajBertConfig(PreTrainedConfig):
     layer_norm_eps: float = 1e-12
     pad_token_id: int | None = 0
     classifier_dropout: float | int | None = None
+    classifier_pooling: str = "cls"
     use_hexagon_embeddings: bool = False
     use_level_embeddings: bool = False
     use_time_embeddings: bool = False
@@ -144,6 +148,10 @@ class TrajBertConfig(PreTrainedConfig):
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:
                 raise ValueError(f"`{name}` must be in [0, 1), got {value}.")
+
+    def validate_classifier_pooling(self) -> None:
+        if self.classifier_pooling not in ("cls", "mean"):
+            raise ValueError(f"`classifier_pooling` must be 'cls' or 'mean', got {self.classifier_pooling!r}.")
 
     def validate_hexagon_candidates(self) -> None:
         """The candidate matrix is built from this list at model init: check it fits the vocabulary and labels."""

@@ -6,9 +6,11 @@ The examples come either from given splits (`corpus_overrides` with `train_file`
 validation loss, report on test; or from the users HELD OUT from pre-training (the checkpoint's corpus description,
 `trajfm_corpus.json`, or `TaskConfig.heldout_users`), with their trajectories rebuilt exactly as pre-training built
 them (the recorded `CorpusConfig`, updated with `corpus_overrides`, e.g. the data file's new location), each task
-split by trajectory into train/test (`TaskConfig.test_fraction`), so no trajectory is on both sides. Held-out user
-ids are only matched against the pre-training corpus itself: other data (different counts, or fewer than half of
-the held-out users present) is an error unless the split is given.
+split by trajectory into train/validation/test (`TaskConfig.test_fraction`, `validation_fraction`), so no trajectory
+is on two sides. Held-out user ids are only matched against the pre-training corpus itself: other data (different
+counts, or fewer than half of the held-out users present) is an error unless the split is given. Fine-tuning evaluates
+on validation every epoch, keeps the checkpoint with the best primary validation metric
+(`downstream.builders.PRIMARY_METRIC`) and stops early; test is touched once, at the end.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,8 @@ from typing import Any
 import datasets
 import numpy as np
 import pyarrow as pa
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, EvalPrediction, TrainingArguments, set_seed
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from tokenization_trajfm import CorpusConfig, CorpusDescription, PipelineReport, TrajTokenizer, select_users
 from tokenization_trajfm.corpus import CORPUS_FILE, SPLIT_SOURCE_FIELDS
@@ -36,6 +40,7 @@ from .configuration_trajbert import TrajBertConfig
 from .data_collator import DataCollatorWithTrajectoryPadding
 from .downstream import examples as T
 from .downstream.builders import (
+    PRIMARY_METRIC,
     PreparedTask,
     TaskConfig,
     build_task,
@@ -48,6 +53,7 @@ from .hub import check_push_possible, push_checkpoint
 from .modeling_trajbert import TrajBertForHexagonPrediction, TrajBertForSequenceClassification
 from .plotting import plot_training_curves
 from .run_guard import check_output_dir, wants_overwrite
+from .trainer import FinetuneTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -77,21 +83,62 @@ class FinetuneArguments:
         report_entries(self.tasks)  # names checked
 
 
+#: `metric_for_best_model` placeholder for the task's own primary metric (`downstream.builders.PRIMARY_METRIC`).
+PRIMARY = "primary"
+
+
 @dataclass
 class FinetuneTrainingArguments(NoPinMemoryWithoutAccelerator, TrainingArguments):
-    """TrainingArguments with defaults for a small CPU budget (the paper: 10 epochs, batch 64)."""
+    """TrainingArguments with the fine-tuning recipe chosen on validation data (README, "Fine-tuning recipe"): evaluate
+    on validation every epoch, keep the best checkpoint by the task's primary metric, stop early; mean pooling over
+    hexagon tokens. `head_learning_rate` gives the fresh head its own learning rate (tried, not better so far)."""
 
     output_dir: str | None = field(default="outputs/finetune", metadata={"help": "Where results are written."})
-    num_train_epochs: float = field(default=10.0, metadata={"help": "Epochs per fine-tuning run (paper: 10)."})
+    num_train_epochs: float = field(
+        default=10.0, metadata={"help": "Most epochs per fine-tuning run (early stopping usually ends it sooner)."}
+    )
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Batch size per device (training)."})
-    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device (test)."})
-    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate (AdamW)."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device (evaluation)."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of the encoder (AdamW)."})
+    head_learning_rate: float | None = field(
+        default=None, metadata={"help": "Peak learning rate of the task head (None: --learning_rate)."}
+    )
+    classifier_pooling: str = field(
+        default="mean", metadata={"help": "Sequence summary for the head: mean (over hexagon tokens) | cls ([CLS])."}
+    )
+    classifier_dropout: float | None = field(
+        default=None, metadata={"help": "Dropout before the head (None: hidden dropout for classification, none "
+                                          "for destination)."}
+    )
+    early_stopping_patience: int = field(
+        default=3, metadata={"help": "Stop after this many evaluations without a better validation metric (0: never)."}
+    )
     warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up steps (< 1: share of all steps)."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
-    save_strategy: str = field(default="no", metadata={"help": "Intermediate checkpoints: no | steps | epoch."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "Validation: no | steps | epoch."})
+    save_strategy: str = field(
+        default="best", metadata={"help": "Checkpoints: best (only when validation improves) | no | steps | epoch."}
+    )
+    load_best_model_at_end: bool = field(
+        default=True, metadata={"help": "Restore the checkpoint with the best validation metric after training."}
+    )
+    metric_for_best_model: str | None = field(
+        default=PRIMARY, metadata={"help": f"Validation metric that selects the checkpoint; {PRIMARY!r}: the task's "
+                                           "primary metric (accuracy, accuracy@1 or f1)."}
+    )
+    save_only_model: bool = field(default=True, metadata={"help": "Checkpoints without optimizer state."})
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace what --output_dir holds; without it a non-empty one is refused."}
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.classifier_pooling not in ("cls", "mean"):
+            raise ValueError(f"--classifier_pooling must be cls or mean, got {self.classifier_pooling!r}.")
+        if self.early_stopping_patience < 0:
+            raise ValueError(f"--early_stopping_patience must be >= 0, got {self.early_stopping_patience}.")
+        if self.head_learning_rate is not None and self.head_learning_rate <= 0:
+            raise ValueError(f"--head_learning_rate must be positive, got {self.head_learning_rate}.")
 
 
 @dataclass
@@ -238,9 +285,12 @@ def tokenize_examples(task: PreparedTask, columns: dict[str, list], tokenizer: T
 
 
 def build_model(task: PreparedTask, init: str, model_path: str, base_config: TrajBertConfig,
-                tokenizer: TrajTokenizer, seed: int):
+                tokenizer: TrajTokenizer, seed: int, classifier_pooling: str = "cls",
+                classifier_dropout: float | None = None):
     """A fine-tuning model for `task`: pre-trained weights, or the same config with fresh weights (seeded)."""
     config = copy.deepcopy(base_config)
+    config.classifier_pooling = classifier_pooling
+    config.classifier_dropout = classifier_dropout
     id2label = dict(enumerate(task.label_names))
     config.id2label = id2label
     config.label2id = {name: i for i, name in id2label.items()}
@@ -288,7 +338,7 @@ class _Prepared:
     tokenizer: TrajTokenizer
     base_config: TrajBertConfig
     tasks: dict[str, PreparedTask]
-    encoded: dict[str, dict[str, datasets.Dataset]]  # entry → train / validation (given splits) / test
+    encoded: dict[str, dict[str, datasets.Dataset]]  # entry → split ("train", "validation", "test") → dataset
     corpus: CorpusConfig
     source: str
     pipeline_report: PipelineReport | None
@@ -346,44 +396,76 @@ def prepare(model_path: str, task_config: TaskConfig, entries: Sequence[str], tr
         (output_root / "task_data.json").write_text(json.dumps(data_summary, indent=1, default=str))
     for entry, task in tasks.items():
         print(f"[{entry}] " + json.dumps(task.info, default=str))
-    encoded = {entry: {name: tokenize_examples(task, columns, tokenizer, tokenizer.model_max_length)
-                       for name, columns in (("train", task.train), ("validation", task.validation),
-                                             ("test", task.test)) if columns}
+    encoded = {entry: {split: tokenize_examples(task, getattr(task, split), tokenizer, tokenizer.model_max_length)
+                       for split in ("train", "validation", "test") if getattr(task, split).get("label")}
                for entry, task in tasks.items()}
     return _Prepared(model_path, tokenizer, base_config, tasks, encoded, corpus, source, pipeline_report,
                      heldout_source, task_config)
 
 
-def _run_one(prepared: _Prepared, entry: str, init: str, training_args: TrainingArguments,
-             output_dir: Path) -> dict[str, float]:
-    """Fine-tune one (task entry, init); save model, tokenizer, metrics, task report and card in `output_dir`."""
-    task = prepared.tasks[entry]
-    data = prepared.encoded[entry]
-    train_dataset, test_dataset, validation = data["train"], data["test"], data.get("validation")
+def _logits(prediction: EvalPrediction) -> np.ndarray:
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    return np.asarray(logits, dtype=np.float64)
+
+
+def _selection_args(training_args: FinetuneTrainingArguments, entry: str, has_validation: bool
+                    ) -> FinetuneTrainingArguments:
+    """A copy of `training_args` for one entry: its primary metric selects the checkpoint; without validation data
+    nothing is evaluated or selected (the full budget is trained)."""
     args = copy.deepcopy(training_args)
+    if args.metric_for_best_model == PRIMARY:
+        args.metric_for_best_model, args.greater_is_better = PRIMARY_METRIC[entry], True
+    if not has_validation:
+        args.eval_strategy, args.save_strategy = IntervalStrategy.NO, SaveStrategy.NO
+        args.load_best_model_at_end = False
+    return args
+
+
+def finetune_trainer(model, args: FinetuneTrainingArguments, train_dataset: datasets.Dataset,
+                     validation_dataset: datasets.Dataset | None, tokenizer: TrajTokenizer,
+                     compute_metrics: Callable[[EvalPrediction], dict[str, float]]) -> FinetuneTrainer:
+    """The recipe's Trainer: validation metrics every evaluation, early stopping (`args.early_stopping_patience`)
+    when the best checkpoint is restored at the end, and the head's own learning rate."""
+    callbacks = []
+    if args.load_best_model_at_end and args.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
+    return FinetuneTrainer(
+        model=model, args=args, train_dataset=train_dataset, eval_dataset=validation_dataset,
+        processing_class=tokenizer, data_collator=DataCollatorWithTrajectoryPadding(tokenizer),
+        compute_metrics=compute_metrics, callbacks=callbacks, head_learning_rate=args.head_learning_rate,
+    )
+
+
+def _run_one(prepared: _Prepared, entry: str, init: str, training_args: FinetuneTrainingArguments,
+             output_dir: Path) -> tuple[dict[str, float], np.ndarray]:
+    """Fine-tune one (task entry, init) with checkpoint selection on validation; save model, tokenizer, metrics, task
+    report and card in `output_dir`. Returns the test metrics and test logits."""
+    task = prepared.tasks[entry]
+    datasets_ = prepared.encoded[entry]
+    train_dataset, test_dataset = datasets_["train"], datasets_["test"]
+    validation_dataset = datasets_.get("validation")
+    args = _selection_args(training_args, entry, validation_dataset is not None)
     args.output_dir = str(output_dir)
     push, args.push_to_hub = args.push_to_hub, False  # pushed by modeling_trajfm.hub, curated card last
-    if validation is not None:  # a given validation split chooses the checkpoint: lowest validation loss
-        args.eval_strategy = "epoch" if args.eval_strategy == "no" else args.eval_strategy
-        args.save_strategy, args.save_steps = args.eval_strategy, args.eval_steps
-        args.load_best_model_at_end, args.metric_for_best_model, args.greater_is_better = True, "loss", False
-        args.save_total_limit = 1
-    model = build_model(task, init, prepared.model_path, prepared.base_config, prepared.tokenizer, args.seed)
-    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=validation,
-                      processing_class=prepared.tokenizer,
-                      data_collator=DataCollatorWithTrajectoryPadding(prepared.tokenizer))
+    model = build_model(task, init, prepared.model_path, prepared.base_config, prepared.tokenizer, args.seed,
+                        args.classifier_pooling, args.classifier_dropout)
+    trainer = finetune_trainer(model, args, train_dataset, validation_dataset, prepared.tokenizer,
+                               lambda prediction: task_metrics(task, _logits(prediction), "validation"))
     started = time.perf_counter()
     train_result = trainer.train()
+    for checkpoint in output_dir.glob("checkpoint-*"):  # the best one is loaded and saved below
+        shutil.rmtree(checkpoint, ignore_errors=True)
     train_metrics = dict(train_result.metrics)
     train_metrics["train_samples"] = len(train_dataset)
-    if validation is not None:
-        validation_metrics = trainer.evaluate(metric_key_prefix="validation")
-        validation_metrics["validation_samples"] = len(validation)
-        trainer.log_metrics("validation", validation_metrics)
-        trainer.save_metrics("validation", validation_metrics)
+    if validation_dataset is not None:
+        train_metrics["validation_samples"] = len(validation_dataset)
+        train_metrics[f"best_eval_{args.metric_for_best_model}"] = trainer.state.best_metric
+        train_metrics["best_step"] = trainer.state.best_global_step
+        train_metrics["epochs_trained"] = trainer.state.epoch
+    trainer.compute_metrics = None  # it scores validation; test is scored below, once
     prediction = trainer.predict(test_dataset, metric_key_prefix="test")
-    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-    metrics = {f"test_{k}": v for k, v in task_metrics(task, np.asarray(logits, dtype=np.float64)).items()}
+    logits = _logits(prediction)
+    metrics = {f"test_{k}": v for k, v in task_metrics(task, logits).items()}
     metrics["test_loss"] = prediction.metrics.get("test_loss")
     metrics["test_samples"] = len(test_dataset)
     metrics = {k: v for k, v in metrics.items() if v is not None}
@@ -416,13 +498,13 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Training
         if push:
             repo_id = args.hub_model_id or output_dir.name
             push_checkpoint(output_dir, repo_id, card, token=args.hub_token, private=args.hub_private_repo)
-    return metrics
+    return metrics, logits
 
 
 def finetune(
     model_name_or_path: str,
     task_config: TaskConfig | None = None,
-    training_args: TrainingArguments | None = None,
+    training_args: FinetuneTrainingArguments | None = None,
     init: str = "pretrained",
     corpus_overrides: dict[str, Any] | None = None,
 ) -> FinetuneResult:
@@ -436,14 +518,14 @@ def finetune(
     prepared = prepare(model_name_or_path, task_config, [entry], training_args, corpus_overrides)
     output_dir = Path(training_args.output_dir)
     logger.info("Fine-tuning %s from %s init -> %s", entry, init, output_dir)
-    metrics = _run_one(prepared, entry, init, training_args, output_dir)
+    metrics, _ = _run_one(prepared, entry, init, training_args, output_dir)
     return FinetuneResult(entry, init, metrics, str(output_dir))
 
 
 def compare(
     model_name_or_path: str,
     task_config: TaskConfig | None = None,
-    training_args: TrainingArguments | None = None,
+    training_args: FinetuneTrainingArguments | None = None,
     tasks: Sequence[str] = T.TASKS,
     corpus_overrides: dict[str, Any] | None = None,
 ) -> CompareResult:
@@ -457,14 +539,15 @@ def compare(
     prepared = prepare(model_name_or_path, task_config, report_entries(tasks), training_args, corpus_overrides)
     output_root = Path(training_args.output_dir)
     results: dict[str, dict[str, dict[str, float]]] = {}
+    logits: dict[str, dict[str, np.ndarray]] = {}
     for entry in prepared.tasks:
-        results[entry] = {}
+        results[entry], logits[entry] = {}, {}
         for init in INITS:
             folder = output_root / entry / init
             folder.mkdir(parents=True, exist_ok=True)
             logger.info("Fine-tuning %s from %s init -> %s", entry, init, folder)
-            results[entry][init] = _run_one(prepared, entry, init, training_args, folder)
-    report = compare_report(results, prepared.tasks)
+            results[entry][init], logits[entry][init] = _run_one(prepared, entry, init, training_args, folder)
+    report = compare_report(results, prepared.tasks, logits, seed=training_args.seed)
     if training_args.process_index == 0:
         (output_root / "compare_report.json").write_text(json.dumps(report, indent=1, default=str))
         markdown = compare_markdown(report)

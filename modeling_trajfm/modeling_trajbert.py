@@ -314,6 +314,15 @@ class TrajBertPooler(nn.Module):
         return self.activation(self.dense(hidden_states[:, 0]))
 
 
+def hexagon_mean_pool(hidden_states: torch.Tensor, hexagon_ids: torch.Tensor | None) -> torch.Tensor:
+    """Mean hidden state over the tokens of hexagons (`hexagon_ids > 0`), so that special tokens and padding, whose
+    share varies with the length of the trajectory, do not dilute the summary."""
+    if hexagon_ids is None:
+        raise ValueError("`classifier_pooling='mean'` needs `hexagon_ids` (TrajTokenizer returns them).")
+    mask = (hexagon_ids > 0).to(hidden_states.dtype).unsqueeze(-1)
+    return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
 class TrajBertPredictionHeadTransform(nn.Module):
     """dense + activation + LayerNorm, mapping hidden states into the space of the (tied) word embeddings."""
 
@@ -611,7 +620,8 @@ class TrajBertForMaskedTrajectoryModeling(TrajBertPreTrainedModel):
 
 
 class TrajBertForSequenceClassification(TrajBertPreTrainedModel):
-    """Pooled [CLS] → dropout → linear, with BERT's regression / single-label / multi-label losses.
+    """Pooled [CLS] (or, with `config.classifier_pooling="mean"`, the mean over hexagon tokens) → dropout → linear,
+    with BERT's regression / single-label / multi-label losses.
 
     Trajectory pairs are encoded as `[CLS] A [SEP] B [SEP]` with `token_type_ids`.
     """
@@ -622,7 +632,8 @@ class TrajBertForSequenceClassification(TrajBertPreTrainedModel):
     def __init__(self, config: TrajBertConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.trajbert = TrajBertModel(config, add_pooling_layer=True)
+        # Mean pooling reads the hidden states directly: no pooler, so no parameter without a gradient (DDP).
+        self.trajbert = TrajBertModel(config, add_pooling_layer=config.classifier_pooling == "cls")
         classifier_dropout = (
             config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         )
@@ -663,7 +674,11 @@ class TrajBertForSequenceClassification(TrajBertPreTrainedModel):
             return_dict=True,
             **kwargs,
         )
-        logits = self.classifier(self.dropout(outputs.pooler_output))
+        if self.config.classifier_pooling == "mean":
+            pooled = hexagon_mean_pool(outputs.last_hidden_state, hexagon_ids)
+        else:
+            pooled = outputs.pooler_output
+        logits = self.classifier(self.dropout(pooled))
 
         loss = None
         if labels is not None:
@@ -701,8 +716,9 @@ class TrajBertForHexagonPrediction(TrajBertPreTrainedModel):
     `config.hexagon_candidates[i]` lists the sub-token ids of candidate cell `i` (`config.id2label[i]` is its cell
     string). A candidate's embedding is the mean of the input word embeddings of its sub-tokens (shared with the
     encoder, so pre-trained sub-hash embeddings are used directly and cells sharing sub-hashes share statistical
-    strength); the query is the MTM-style transform (dense + activation + LayerNorm) of the [CLS] hidden state; logits
-    are `query @ candidates.T + bias` and the loss is cross entropy over candidates.
+    strength); the query is the MTM-style transform (dense + activation + LayerNorm) of the [CLS] hidden state (or,
+    with `config.classifier_pooling="mean"`, of the mean over hexagon tokens, after `config.classifier_dropout`);
+    logits are `query @ candidates.T + bias` and the loss is cross entropy over candidates.
 
     It is a sequence classifier over candidate cells (`SequenceClassifierOutput`, `id2label`), so
     `AutoModelForSequenceClassification` loads it from a checkpoint whose `architectures` name it (remote code: the
@@ -716,6 +732,7 @@ class TrajBertForHexagonPrediction(TrajBertPreTrainedModel):
         self.num_labels = len(config.hexagon_candidates) if config.hexagon_candidates else 0
         self.trajbert = TrajBertModel(config, add_pooling_layer=False)
         self.hexagon_head = TrajBertHexagonHead(config)
+        self.dropout = nn.Dropout(config.classifier_dropout or 0.0)
         self.post_init()
 
     @can_return_tuple
@@ -751,7 +768,11 @@ class TrajBertForHexagonPrediction(TrajBertPreTrainedModel):
             return_dict=True,
             **kwargs,
         )
-        logits = self.hexagon_head(outputs.last_hidden_state[:, 0], self.trajbert.get_input_embeddings())
+        if self.config.classifier_pooling == "mean":
+            summary = hexagon_mean_pool(outputs.last_hidden_state, hexagon_ids)
+        else:
+            summary = outputs.last_hidden_state[:, 0]
+        logits = self.hexagon_head(self.dropout(summary), self.trajbert.get_input_embeddings())
 
         loss = None
         if labels is not None:

@@ -1,4 +1,5 @@
-"""The Trainer pieces of MTM pre-training: a seeded, resumable length-grouped sampler and `MTMTrainer`."""
+"""The Trainer pieces: a seeded, resumable length-grouped sampler and `MTMTrainer` (pre-training), and
+`FinetuneTrainer` (fine-tuning with its own learning rate for the task head)."""
 
 from __future__ import annotations
 
@@ -112,3 +113,33 @@ class MTMTrainer(Trainer):
         for key in [k for k in logs if k.endswith("_loss") and k != "train_loss"]:
             logs[key[: -len("loss")] + "perplexity"] = perplexity(logs[key])
         super().log(logs, *args, **kwargs)
+
+
+def is_head_parameter(name: str, base_model_prefix: str) -> bool:
+    """Parameters outside the encoder, plus the pooler (pre-training saves none): what fine-tuning starts fresh."""
+    return not name.startswith(f"{base_model_prefix}.") or name.startswith(f"{base_model_prefix}.pooler.")
+
+
+class FinetuneTrainer(Trainer):
+    """Trainer whose optimizer gives the task head (see `is_head_parameter`) `head_learning_rate` and the pre-trained
+    encoder `args.learning_rate`: a fresh head needs larger steps than an encoder that should not forget."""
+
+    def __init__(self, *args, head_learning_rate: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.head_learning_rate = head_learning_rate
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        if self.optimizer is not None or self.head_learning_rate is None:
+            return super().create_optimizer(model)
+        optimizer = super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        head = {id(p) for n, p in opt_model.named_parameters() if is_head_parameter(n, opt_model.base_model_prefix)}
+        groups = []
+        for group in optimizer.param_groups:  # split Trainer's (decay, no decay) groups; nothing has stepped yet
+            for is_head in (False, True):
+                params = [p for p in group["params"] if (id(p) in head) == is_head]
+                if params:
+                    lr = self.head_learning_rate if is_head else group["lr"]
+                    groups.append({**group, "params": params, "lr": lr})
+        optimizer.param_groups = groups
+        return optimizer

@@ -76,7 +76,8 @@ def test_finetune_honours_the_given_split(tiny_checkpoint, benchmark, tmp_path):
     assert split["given_split_trajectories"] == {name: t.num_rows for name, t in tables.items()}
     assert split["train_trajectories"] == tables["train"].num_rows
     assert split["test_trajectories"] == results["test_samples"] == tables["test"].num_rows
-    assert results["validation_samples"] == tables["validation"].num_rows and "validation_loss" in results
+    assert results["validation_samples"] == tables["validation"].num_rows  # the given validation split selects
+    assert "best_eval_accuracy@1" in results and split["validation_trajectories"] == tables["validation"].num_rows
     assert split["num_users"] == len(set(tables["train"]["user_id"].to_pylist()))
 
 

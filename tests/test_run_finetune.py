@@ -136,6 +136,15 @@ def test_compare_report(checkpoint, tmp_path):
         assert ("cell_profile_knn" if entry.endswith("linking") else "cell_profile_similarity") in t["baselines"]
         assert (out / entry / "pretrained" / "config.json").is_file()
         assert (out / entry / "random" / "config.json").is_file()
+        assert set(t["ci95"]) == {"pretrained", "random"} | set(t["baselines"])
+        for scorer, intervals in t["ci95"].items():
+            value = (t[scorer] if scorer in ("pretrained", "random") else t["baselines"][scorer])[t["primary_metric"]]
+            lo, hi = intervals[t["primary_metric"]]
+            assert lo <= value <= hi, (entry, scorer)
+        # The checkpoint was chosen on validation: selection metric recorded, checkpoints cleaned up.
+        train = _read(out / entry / "pretrained" / "train_results.json")
+        assert f"best_eval_{t['selection_metric']}" in train and train["validation_samples"] > 0
+        assert not list((out / entry / "pretrained").glob("checkpoint-*"))
     # Recompute the documented formula from the JSON.
     f1 = {init: np.mean([t[init][t["primary_metric"]] for t in report["tasks"].values()])
           for init in ("pretrained", "random")}
@@ -144,6 +153,7 @@ def test_compare_report(checkpoint, tmp_path):
         assert report["avg_f1_improvement_pct"] is None
     else:
         assert math.isclose(report["avg_f1_improvement_pct"], expected, rel_tol=1e-9, abs_tol=1e-9)
+    assert "avg_f1_improvement_pct_ci95" in report and report["bootstrap"]["resamples"] > 0
     assert (out / "compare_report.md").read_text().startswith("# Fine-tuning")
     assert (out / "compare_report.png").stat().st_size > 1000
     # Same data and seeds for both inits: the two runs saw identical splits.
@@ -168,15 +178,27 @@ def test_split_hygiene(checkpoint):
     assert used == with_trajectories & set(heldout)
 
     config = TaskConfig(max_input_visits=16, max_segment_visits=6)
+    without_validation = TaskConfig(max_input_visits=16, max_segment_visits=6, validation_fraction=0)
     for entry, builder in BUILDERS.items():
         task = builder(records, config, 0)
-        if task.kind == "pair":
-            train = set(task.train["traj_id_a"]) | set(task.train["traj_id_b"])
-            test = set(task.test["traj_id_a"]) | set(task.test["traj_id_b"])
-        else:
-            train, test = set(task.train["traj_id"]), set(task.test["traj_id"])
-        assert train and test and not train & test, entry
+        train, validation, test = (_trajectories(task, split) for split in ("train", "validation", "test"))
+        assert train and validation and test, entry
+        assert not train & test and not validation & test and not train & validation, entry
         assert task.info["train_examples"] > 0 and task.info["test_examples"] > 0
+        assert task.info["validation_examples"] == len(task.validation["label"]) > 0
+        # Validation is carved from the training side: the test split is the one without validation.
+        alone = builder(records, without_validation, 0)
+        assert _trajectories(alone, "test") == test and not alone.validation.get("label"), entry
+        assert _trajectories(alone, "train") == train | validation or task.kind == "pair", entry
+        if entry == "user_association_linking":  # every class user keeps trajectories in train
+            assert set(task.train["user_id"]) == set(task.label_names) >= set(task.validation["user_id"])
+
+
+def _trajectories(task, split):
+    columns = getattr(task, split)
+    if task.kind == "pair":
+        return set(columns.get("traj_id_a", [])) | set(columns.get("traj_id_b", []))
+    return set(columns.get("traj_id", []))
 
 
 # ----------------------------------------------------------------------------------------------- bad arguments

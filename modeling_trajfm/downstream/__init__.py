@@ -1,8 +1,10 @@
 """Downstream tasks in one place: example builders (`examples`), the task config and prepared tasks (`builders`),
-simple baselines (`baselines`), task metrics (`metrics`) and the pre-trained-vs-random report (`compare`)."""
+simple baselines (`baselines`), task metrics (`metrics`), bootstrap intervals (`stats`) and the
+pre-trained-vs-random report (`compare`)."""
 
 from .builders import (
     BUILDERS,
+    PRIMARY_METRIC,
     GivenSplit,
     PreparedTask,
     TaskConfig,
@@ -16,6 +18,7 @@ from .compare import avg_f1_improvement, compare_markdown, compare_plot, compare
 __all__ = [
     "BUILDERS",
     "GivenSplit",
+    "PRIMARY_METRIC",
     "PreparedTask",
     "TaskConfig",
     "avg_f1_improvement",

@@ -1,9 +1,16 @@
-"""From trajectory records and a `TaskConfig` to a `PreparedTask`: train/test examples, labels and the baselines'
-test metrics, independent of the model init. Splits are by trajectory (see `examples`), seeded, unless the records
-come as given partitions (`GivenSplit`, `build_task_from_splits`): those are used exactly as given."""
+"""From trajectory records and a `TaskConfig` to a `PreparedTask`: train/validation/test examples, labels and the
+baselines' test scores and metrics, independent of the model init.
+
+Splits are by trajectory (see `examples`), seeded: test first (`test_fraction`), then validation is carved from the
+training side (`validation_fraction` of the non-test trajectories), so choosing a checkpoint or a recipe on validation
+never looks at test. Records given as partitions (`GivenSplit`, `build_task_from_splits`) are used exactly as given.
+Pair tasks build their pairs inside each partition. Baselines are fitted on every non-test example (train +
+validation): the model uses validation too, to choose its checkpoint.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +27,13 @@ from .metrics import binary_metrics, distance_errors_km, ranking_metrics
 TASK_ENTRIES = ("next_subtrajectory", "destination", "user_association_linking", "user_association_binary")
 #: Report entries whose examples are (positive, negative) pairs.
 PAIR_ENTRIES = ("next_subtrajectory", "user_association_binary")
+#: Each entry's primary metric (the issue's acceptance metric): checkpoint selection on validation, and the headline.
+PRIMARY_METRIC = {
+    "next_subtrajectory": "accuracy",
+    "destination": "accuracy@1",
+    "user_association_linking": "accuracy@1",
+    "user_association_binary": "f1",
+}
 
 
 @dataclass
@@ -35,6 +49,11 @@ class TaskConfig:
                           "a trajfm_corpus.json, a text file (one user per line) or a comma-separated list."},
     )
     test_fraction: float = field(default=0.2, metadata={"help": "Share of trajectories in the test split."})
+    validation_fraction: float = field(
+        default=0.2,
+        metadata={"help": "Share of the non-test trajectories held out for validation (checkpoint selection, early "
+                          "stopping); 0 trains on all of them for the full budget."},
+    )
     # --- task construction
     prefix_fraction: float = field(default=0.25, metadata={"help": "destination: share of visits given as input."})
     num_users: int | None = field(default=None, metadata={"help": "user linking: at most this many users (classes)."})
@@ -61,6 +80,8 @@ class TaskConfig:
                              f"{self.prefix_fraction}.")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"--test_fraction must be in (0, 1), got {self.test_fraction}.")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"--validation_fraction must be in [0, 1), got {self.validation_fraction}.")
         if self.num_users is not None and self.num_users < 2:
             raise ValueError(f"--num_users must be at least 2 (classes), got {self.num_users}.")
         if self.max_input_visits < 1:
@@ -97,7 +118,11 @@ def report_entries(tasks: Sequence[str]) -> list[str]:
 
 @dataclass
 class PreparedTask:
-    """One report entry's data, labels, baselines and description (independent of the init)."""
+    """One report entry's data, labels, baselines and description (independent of the init).
+
+    `baseline_scores[name]` is the baseline's `(n_test, n_classes)` score matrix (binary predictions one-hot), so that
+    `task_metrics` and the bootstrap treat models and baselines alike; `baselines[name]` its test metrics.
+    """
 
     name: str
     kind: str  # "pair" (binary, sentence pair) | "single" (multi-class) | "hexagon"
@@ -106,30 +131,22 @@ class PreparedTask:
     label_names: list[str]
     info: dict[str, Any] = field(default_factory=dict)
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
-    test_extra: dict[str, list] = field(default_factory=dict)
     candidates: list[int] = field(default_factory=list)
     validation: dict[str, list] = field(default_factory=dict)
+    baseline_scores: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def set_baselines(self, scores: dict[str, np.ndarray]) -> None:
+        self.baseline_scores = {name: np.asarray(s, dtype=np.float64) for name, s in scores.items()}
+        self.baselines = {name: task_metrics(self, s) for name, s in self.baseline_scores.items()}
 
 
 class GivenSplit(list):
-    """Records of given train and test partitions (a list of both): builders take these partitions as they are
-    instead of splitting, and user linking takes its classes from the training users."""
+    """Records of given train, validation and test partitions (a list of all): builders take these partitions as
+    they are instead of splitting, and user linking takes its classes from the training users."""
 
-    def __init__(self, train: Sequence[T.Record], test: Sequence[T.Record]):
-        super().__init__([*train, *test])
-        self.train, self.test = list(train), list(test)
-
-
-def _partition(records: Sequence[T.Record], config: TaskConfig, seed: int, by_user: bool = False
-               ) -> tuple[list[T.Record], list[T.Record]]:
-    """(train, test) records: the given partitions, or a seeded split by trajectory (`by_user`: per user)."""
-    if isinstance(records, GivenSplit):
-        return records.train, records.test
-    if by_user:
-        train_ids, test_ids = T.split_trajectories_by_user(records, config.test_fraction, seed)
-    else:
-        train_ids, test_ids = T.split_trajectories([r.traj_id for r in records], config.test_fraction, seed)
-    return T.select(records, train_ids), T.select(records, test_ids)
+    def __init__(self, train: Sequence[T.Record], test: Sequence[T.Record], validation: Sequence[T.Record] = ()):
+        super().__init__([*train, *validation, *test])
+        self.train, self.validation, self.test = list(train), list(validation), list(test)
 
 
 def _cap(columns: dict[str, list], limit: int | None, keep_pairs: bool = False) -> dict[str, list]:
@@ -140,34 +157,54 @@ def _cap(columns: dict[str, list], limit: int | None, keep_pairs: bool = False) 
     return {key: values[:limit] for key, values in columns.items()}
 
 
-def _split_info(train_records, test_records, train, test, label_key, names=None) -> dict[str, Any]:
-    return {
-        "train_trajectories": len(train_records),
-        "test_trajectories": len(test_records),
-        "train_examples": len(train[label_key]),
-        "test_examples": len(test[label_key]),
-        "train_class_balance": T.class_balance(train[label_key], names),
-        "test_class_balance": T.class_balance(test[label_key], names),
-        "train_users": len({r.user_id for r in train_records}),
-        "test_users": len({r.user_id for r in test_records}),
-    }
+def _split_info(records, columns, label_key, names=None) -> dict[str, Any]:
+    """Sizes, class balance and users of each split; `records` and `columns` map split name → records / examples."""
+    splits = ("train", "validation", "test")
+    info: dict[str, Any] = {f"{split}_trajectories": len(records[split]) for split in splits}
+    info.update({f"{split}_examples": len(columns[split].get(label_key, [])) for split in splits})
+    info.update({f"{split}_class_balance": T.class_balance(columns[split].get(label_key, []), names)
+                 for split in splits})
+    info.update({f"{split}_users": len({r.user_id for r in records[split]}) for split in splits})
+    return info
 
 
-def _binary_pair_baselines(train_records, train, test, extra_subsets: dict[str, np.ndarray] | None = None):
-    labels = np.asarray(test["label"])
-    majority = bl.majority_label(train["label"])
-    sim = bl.PairSimilarityThreshold().fit([r.cells for r in train_records], train["cells_a"], train["cells_b"],
-                                           train["label"])
-    out = {}
-    for name, predictions in (("majority", np.full(labels.size, majority)),
-                              ("cell_profile_similarity", sim.predict(test["cells_a"], test["cells_b"]))):
-        metrics = binary_metrics(predictions, labels)
-        for subset, mask in (extra_subsets or {}).items():
-            for key, value in binary_metrics(predictions[mask], labels[mask]).items():
-                metrics[f"{key}_{subset}"] = value
-        out[name] = metrics
-    out["cell_profile_similarity"]["threshold"] = sim.threshold
-    return out
+def _three_way(records: Sequence[T.Record], config: TaskConfig, seed: int, by_user: bool = False):
+    """(train, validation, test) records: the given partitions, or test first, then validation from the rest, so it
+    never touches test. `by_user` splits each user's trajectories (user linking: every class user keeps trajectories
+    in train)."""
+    if isinstance(records, GivenSplit):
+        return records.train, records.validation, records.test
+    split = T.split_trajectories_by_user if by_user else (
+        lambda rs, fraction, s: T.split_trajectories([r.traj_id for r in rs], fraction, s))
+    rest_ids, test_ids = split(records, config.test_fraction, seed)
+    rest = T.select(records, rest_ids)
+    if config.validation_fraction == 0:
+        return rest, [], T.select(records, test_ids)
+    train_ids, validation_ids = split(rest, config.validation_fraction, seed + 1)
+    return T.select(rest, train_ids), T.select(rest, validation_ids), T.select(records, test_ids)
+
+
+def _merge(a: dict[str, list], b: dict[str, list]) -> dict[str, list]:
+    return {key: a[key] + b.get(key, []) for key in a}
+
+
+def _check_validation(entry: str, config: TaskConfig, validation: dict[str, list]) -> None:
+    if config.validation_fraction > 0 and not validation["label"]:
+        raise ValueError(f"{entry}: the validation split (--validation_fraction {config.validation_fraction}) has no "
+                         "examples; raise --validation_fraction, use more data, or pass --validation_fraction 0 "
+                         "(no checkpoint selection).")
+
+
+def _binary_pair_baseline_scores(fit_records, fit, test) -> tuple[dict[str, np.ndarray], float]:
+    """One-hot scores of the binary pair baselines, and the similarity threshold chosen on the `fit` pairs."""
+    n = len(test["label"])
+    majority = bl.majority_label(fit["label"])
+    sim = bl.PairSimilarityThreshold().fit([r.cells for r in fit_records], fit["cells_a"], fit["cells_b"],
+                                           fit["label"])
+    one_hot = np.eye(2)
+    scores = {"majority": one_hot[np.full(n, majority)],
+              "cell_profile_similarity": one_hot[np.asarray(sim.predict(test["cells_a"], test["cells_b"]), dtype=int)]}
+    return scores, sim.threshold
 
 
 def _slice_visits(columns: dict[str, list], keys: tuple[str, ...], limit: int, last: bool = False) -> None:
@@ -176,28 +213,32 @@ def _slice_visits(columns: dict[str, list], keys: tuple[str, ...], limit: int, l
 
 
 def build_next_subtrajectory(records: Sequence[T.Record], config: TaskConfig, seed: int) -> PreparedTask:
-    train_records, test_records = _partition(records, config, seed)
+    train_records, validation_records, test_records = _three_way(records, config, seed)
     sizes = (config.min_segment_visits, config.max_segment_visits, config.pairs_per_trajectory)
     train = T.next_subtrajectory_pairs(train_records, seed, *sizes)
+    validation = T.next_subtrajectory_pairs(validation_records, seed + 2, *sizes)
     test = T.next_subtrajectory_pairs(test_records, seed + 1, *sizes)
     train, test = _cap(train, config.max_train_samples, True), _cap(test, config.max_test_samples, True)
     if not train["label"] or not test["label"]:
         raise ValueError("next_subtrajectory: no pairs could be built (trajectories need >= 2 * --min_segment_visits "
                          "visits and >= 2 users per split); use more data or lower --min_segment_visits.")
-    info = _split_info(train_records, test_records, train, test, "label", ["not_next", "next"])
+    _check_validation("next_subtrajectory", config, validation)
+    info = _split_info({"train": train_records, "validation": validation_records, "test": test_records},
+                       {"train": train, "validation": validation, "test": test}, "label", ["not_next", "next"])
     info["test_pair_kinds"] = T.class_balance(test["pair_kind"])
     info["train_pair_kinds"] = T.class_balance(train["pair_kind"])
-    difficulty = np.asarray(test["difficulty"])
-    subsets = {f"{kind}_negatives": difficulty == kind for kind in ("same_user", "other_user")}
-    task = PreparedTask("next_subtrajectory", "pair", train, test, ["not_next", "next"], info,
-                        test_extra={"difficulty": test["difficulty"]})
-    task.baselines = _binary_pair_baselines(train_records, train, test, subsets)
+    task = PreparedTask("next_subtrajectory", "pair", train, test, ["not_next", "next"], info, validation=validation)
+    scores, threshold = _binary_pair_baseline_scores(train_records + validation_records, _merge(train, validation),
+                                                     test)
+    task.set_baselines(scores)
+    task.baselines["cell_profile_similarity"]["threshold"] = threshold
     return task
 
 
 def build_destination(records: Sequence[T.Record], config: TaskConfig, seed: int) -> PreparedTask:
-    train_records, test_records = _partition(records, config, seed)
+    train_records, validation_records, test_records = _three_way(records, config, seed)
     train = T.destination_examples(train_records, config.prefix_fraction)
+    validation = T.destination_examples(validation_records, config.prefix_fraction)
     test = T.destination_examples(test_records, config.prefix_fraction)
     order = np.random.default_rng(seed).permutation(len(train["destination"]))
     train = {key: [values[i] for i in order] for key, values in train.items()}
@@ -205,32 +246,32 @@ def build_destination(records: Sequence[T.Record], config: TaskConfig, seed: int
     candidates = T.destination_candidates(train["destination"])
     if len(candidates) < 2:
         raise ValueError("destination: fewer than 2 distinct training destinations; use more data.")
-    train["label"] = T.label_indices(train["destination"], candidates)
-    test["label"] = T.label_indices(test["destination"], candidates)
-    info = _split_info(train_records, test_records, train, test, "destination")
-    info.pop("train_class_balance")
-    info.pop("test_class_balance")
+    for columns in (train, validation, test):
+        columns["label"] = T.label_indices(columns["destination"], candidates)
+    _check_validation("destination", config, validation)
+    info = _split_info({"train": train_records, "validation": validation_records, "test": test_records},
+                       {"train": train, "validation": validation, "test": test}, "destination")
+    for split in ("train", "validation", "test"):
+        info.pop(f"{split}_class_balance")
     unseen = sum(label == T.IGNORE_INDEX for label in test["label"])
     info.update(num_candidates=len(candidates), test_destinations_not_in_candidates=int(unseen),
                 test_share_not_in_candidates=unseen / max(1, len(test["label"])),
                 prefix_fraction=config.prefix_fraction)
     names = [format(c, "x") for c in candidates]
     task = PreparedTask("destination", "hexagon", train, test, names, info, candidates=candidates,
-                        test_extra={"destination": test["destination"]})
+                        validation=validation)
     # Baselines on the full prefixes (the model sees the last `max_input_visits` of them).
-    n = len(test["label"])
-    train_cells = [r.cells.tolist() for r in train_records]
-    markov = bl.MarkovDestination(candidates).fit(train_cells, train["destination"])
-    per_user = bl.UserFrequentCell(candidates).fit([r.user_id for r in train_records], train_cells,
-                                                   train["destination"])
-    scores = {
-        "majority": bl.majority_scores(train["label"], n, len(candidates)),
+    fit, fit_records = _merge(train, validation), train_records + validation_records
+    fit_cells = [r.cells.tolist() for r in fit_records]
+    markov = bl.MarkovDestination(candidates).fit(fit_cells, fit["destination"])
+    per_user = bl.UserFrequentCell(candidates).fit([r.user_id for r in fit_records], fit_cells, fit["destination"])
+    task.set_baselines({
+        "majority": bl.majority_scores(fit["label"], len(test["label"]), len(candidates)),
         "markov": markov.scores(test["cells"]),
         "user_most_frequent_cell": per_user.scores(test["user_id"]),
-    }
-    task.baselines = {name: destination_metrics(s, task) for name, s in scores.items()}
-    _slice_visits(train, ("cells", "timestamps"), config.max_input_visits, last=True)
-    _slice_visits(test, ("cells", "timestamps"), config.max_input_visits, last=True)
+    })
+    for columns in (train, validation, test):
+        _slice_visits(columns, ("cells", "timestamps"), config.max_input_visits, last=True)
     return task
 
 
@@ -238,41 +279,53 @@ def build_user_linking(records: Sequence[T.Record], config: TaskConfig, seed: in
     given = isinstance(records, GivenSplit)
     users = T.linking_users(records.train if given else records, config.num_users, config.min_user_trajectories)
     wanted = set(users)
-    chosen = [r for r in records if r.user_id in wanted]
-    if given:  # test trajectories of users without a class are left out
-        chosen = GivenSplit(*([r for r in part if r.user_id in wanted] for part in (records.train, records.test)))
-    train_records, test_records = _partition(chosen, config, seed, by_user=True)
+    if given:  # trajectories of users without a class are left out of validation and test
+        chosen = GivenSplit(*([r for r in part if r.user_id in wanted] for part in (records.train, records.test,
+                                                                                    records.validation)))
+    else:
+        chosen = [r for r in records if r.user_id in wanted]
+    train_records, validation_records, test_records = _three_way(chosen, config, seed, by_user=True)
     train, test = T.linking_examples(train_records, users), T.linking_examples(test_records, users)
+    validation = T.linking_examples(validation_records, users)
     order = np.random.default_rng(seed).permutation(len(train["label"]))
     train = {key: [values[i] for i in order] for key, values in train.items()}
     train, test = _cap(train, config.max_train_samples), _cap(test, config.max_test_samples)
-    for columns in (train, test):
+    for columns in (train, validation, test):
         _slice_visits(columns, ("cells", "timestamps"), config.max_input_visits)
-    info = _split_info(train_records, test_records, train, test, "label", users)
+    _check_validation("user_association_linking", config, validation)
+    info = _split_info({"train": train_records, "validation": validation_records, "test": test_records},
+                       {"train": train, "validation": validation, "test": test}, "label", users)
     info["num_users"] = len(users)
-    task = PreparedTask("user_association_linking", "single", train, test, list(users), info)
-    n = len(test["label"])
-    knn = bl.CellProfileKNN(users).fit(train["user_id"], train["cells"])
-    scores = {"majority": bl.majority_scores(train["label"], n, len(users)),
-              "cell_profile_knn": knn.scores(test["cells"])}
-    task.baselines = {name: ranking_metrics(s, np.asarray(test["label"])) for name, s in scores.items()}
+    task = PreparedTask("user_association_linking", "single", train, test, list(users), info, validation=validation)
+    fit = _merge(train, validation)
+    knn = bl.CellProfileKNN(users).fit(fit["user_id"], fit["cells"])
+    task.set_baselines({"majority": bl.majority_scores(fit["label"], len(test["label"]), len(users)),
+                        "cell_profile_knn": knn.scores(test["cells"])})
     return task
 
 
 def build_user_binary(records: Sequence[T.Record], config: TaskConfig, seed: int) -> PreparedTask:
-    train_records, test_records = _partition(records, config, seed)
+    train_records, validation_records, test_records = _three_way(records, config, seed)
     train = T.user_pairs(train_records, seed, config.pairs_per_trajectory)
+    validation = T.user_pairs(validation_records, seed + 2, config.pairs_per_trajectory)
     test = T.user_pairs(test_records, seed + 1, config.pairs_per_trajectory)
     train, test = _cap(train, config.max_train_samples, True), _cap(test, config.max_test_samples, True)
     if not train["label"] or not test["label"]:
         raise ValueError("user_association binary: no pairs could be built (each split needs users with >= 2 "
                          "trajectories); use more data or a larger --test_fraction.")
+    _check_validation("user_association_binary", config, validation)
     half = max(1, config.max_input_visits // 2)
-    for columns in (train, test):
+    for columns in (train, validation, test):
         _slice_visits(columns, ("cells_a", "timestamps_a", "cells_b", "timestamps_b"), half)
-    info = _split_info(train_records, test_records, train, test, "label", ["different_user", "same_user"])
-    task = PreparedTask("user_association_binary", "pair", train, test, ["different_user", "same_user"], info)
-    task.baselines = _binary_pair_baselines(train_records, train, test)
+    info = _split_info({"train": train_records, "validation": validation_records, "test": test_records},
+                       {"train": train, "validation": validation, "test": test}, "label",
+                       ["different_user", "same_user"])
+    task = PreparedTask("user_association_binary", "pair", train, test, ["different_user", "same_user"], info,
+                        validation=validation)
+    scores, threshold = _binary_pair_baseline_scores(train_records + validation_records, _merge(train, validation),
+                                                     test)
+    task.set_baselines(scores)
+    task.baselines["cell_profile_similarity"]["threshold"] = threshold
     return task
 
 
@@ -293,23 +346,23 @@ def build_task(entry: str, records: Sequence[T.Record], config: TaskConfig, seed
 
 def build_task_from_splits(entry: str, splits: dict[str, Sequence[T.Record]], config: TaskConfig,
                            seed: int) -> PreparedTask:
-    """The prepared task of `entry` on given partitions: train on `splits["train"]`, test on `splits["test"]`, and
-    validation examples from `splits["validation"]` if given (built as the test ones, against the same training
-    side: same candidates and classes)."""
+    """The prepared task of `entry` on given partitions: train on `splits["train"]`, select on
+    `splits["validation"]` (if given; else no checkpoint selection), report on `splits["test"]`."""
     missing = [name for name in ("train", "test") if not splits.get(name)]
     if missing:
         raise ValueError(f"Given splits need trajectories in train and test; {', '.join(missing)} has none (pass "
                          "--train_file and --test_file, or a dataset with both splits).")
-    task = build_task(entry, GivenSplit(splits["train"], splits["test"]), config, seed)
-    if splits.get("validation"):
-        task.validation = build_task(entry, GivenSplit(splits["train"], splits["validation"]), config, seed).test
+    validation = splits.get("validation") or []
+    if not validation:
+        config = dataclasses.replace(config, validation_fraction=0.0)
+    task = build_task(entry, GivenSplit(splits["train"], splits["test"], validation), config, seed)
     task.info["given_split_trajectories"] = {name: len(records) for name, records in splits.items()}
     return task
 
 
-def destination_metrics(scores: np.ndarray, task: PreparedTask) -> dict[str, float]:
-    labels = np.asarray(task.test["label"])
-    truth = np.asarray(task.test_extra["destination"], dtype=np.uint64)
+def destination_metrics(scores: np.ndarray, task: PreparedTask, columns: dict[str, list]) -> dict[str, float]:
+    labels = np.asarray(columns["label"])
+    truth = np.asarray(columns["destination"], dtype=np.uint64)
     candidates = np.asarray(task.candidates, dtype=np.uint64)
     out = ranking_metrics(scores, labels, class_values=candidates, true_values=truth)
     top1 = candidates[np.asarray(scores).argmax(axis=1)] if len(labels) else np.empty(0, dtype=np.uint64)
@@ -317,17 +370,19 @@ def destination_metrics(scores: np.ndarray, task: PreparedTask) -> dict[str, flo
     return out
 
 
-def task_metrics(task: PreparedTask, logits: np.ndarray) -> dict[str, float]:
-    """Test metrics of a model's `logits` on `task` (the same functions as its baselines)."""
-    labels = np.asarray(task.test["label"])
+def task_metrics(task: PreparedTask, logits: np.ndarray, split: str = "test") -> dict[str, float]:
+    """Metrics of a model's (or baseline's) `logits` on `task`'s `split` ("test" or "validation"): the same
+    functions for models and baselines, and for checkpoint selection and the final test."""
+    columns = getattr(task, split)
+    labels = np.asarray(columns["label"])
     if task.kind == "hexagon":
-        return destination_metrics(logits, task)
+        return destination_metrics(logits, task, columns)
     if task.kind == "single":
         return ranking_metrics(logits, labels)
-    predictions = logits.argmax(axis=1)
+    predictions = np.asarray(logits).argmax(axis=1)
     out = binary_metrics(predictions, labels)
-    if "difficulty" in task.test_extra:
-        difficulty = np.asarray(task.test_extra["difficulty"])
+    if "difficulty" in columns:
+        difficulty = np.asarray(columns["difficulty"])
         for kind in ("same_user", "other_user"):
             mask = difficulty == kind
             for key, value in binary_metrics(predictions[mask], labels[mask]).items():

@@ -5,18 +5,26 @@
 over the report's task entries t, with F1 = binary F1 (next_subtrajectory, user_association_binary) or macro-F1
 (destination, user_association_linking): the relative improvement of the average F1, as the paper's "33.6 % better in
 average F1". `avg_f1_improvement_pct_paper_tasks` is the same over the paper's three tasks (binary association).
+
+Confidence intervals (`downstream.stats`): per entry, `ci95[scorer][metric]` = [lo, hi] for the entry's primary
+metric and primary F1, for both inits and every baseline, from a seeded percentile bootstrap over the test examples
+(pair tasks: over anchor trajectories, each with all its pairs). Every scorer of an entry is evaluated on the same
+resamples. The improvement's interval is a paired bootstrap: resample b draws one resample per entry, both inits
+are scored on it, and the formula above is applied to those F1s; the interval is the percentiles over b.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .builders import PreparedTask
+from .builders import PRIMARY_METRIC, PreparedTask
+from .metrics import binary_metrics, macro_f1, true_class_ranks
+from .stats import N_RESAMPLES, bootstrap_resamples, percentile_interval
 
 INITS = ("pretrained", "random")
 PAPER_TASKS = ("next_subtrajectory", "destination", "user_association_binary")
@@ -28,6 +36,8 @@ PRIMARY_F1 = {
     "user_association_binary": "f1",
 }
 LOWER_IS_BETTER = ("distance_km_mean", "distance_km_median", "loss")
+BOOTSTRAP_METHOD = ("percentile bootstrap over test examples (pair tasks: anchor trajectories with all their pairs), "
+                    "the same resamples for every scorer of a task; improvement: paired, one resample per task")
 AVG_F1_FORMULA = ("100 * (mean_t F1_pretrained(t) - mean_t F1_random(t)) / mean_t F1_random(t); F1 = binary F1 for "
                   "pair tasks, macro-F1 for destination and user linking")
 
@@ -53,8 +63,67 @@ def avg_f1_improvement(report_tasks: dict[str, dict], entries: Iterable[str]) ->
     return relative_improvement(pre, rand)
 
 
-def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTask]) -> dict[str, Any]:
-    """`results[entry][init]` = test metrics (keys `test_*`) → the report (see the module docstring)."""
+def resampled_metrics(task: PreparedTask, scores: np.ndarray) -> Callable[[np.ndarray], dict[str, float]]:
+    """`f(indices)` → the primary metric and primary F1 of `scores` (test, `(n, n_classes)`) on those test rows,
+    equal to `task_metrics` on all rows; the per-row work (ranks, top-1) is done once, for fast bootstrapping."""
+    labels = np.asarray(task.test["label"])
+    scores = np.where(np.isnan(scores), -np.inf, np.asarray(scores, dtype=np.float64))
+    top1 = scores.argmax(axis=1) if len(labels) else np.empty(0, dtype=np.int64)
+    if task.kind == "pair":
+        return lambda rows: binary_metrics(top1[rows], labels[rows])
+    ranks = true_class_ranks(scores, labels)
+    if task.kind == "hexagon":
+        top1 = np.asarray(task.candidates, dtype=np.uint64)[top1]
+        truth = np.asarray(task.test["destination"], dtype=np.uint64)
+    else:
+        truth = labels
+    return lambda rows: {"accuracy@1": float((ranks[rows] <= 1).mean()) if rows.size else 0.0,
+                         "macro_f1": macro_f1(top1[rows], truth[rows])}
+
+
+def resample_test_rows(task: PreparedTask, n_resamples: int, seed: int | list[int]) -> list[np.ndarray]:
+    """The bootstrap resamples of a task's test rows: pair tasks resample anchor trajectories with all their pairs."""
+    groups = task.test.get("traj_id_a") if task.kind == "pair" else None
+    return bootstrap_resamples(len(task.test["label"]), n_resamples, seed, groups)
+
+
+def _bootstrap(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTask],
+               logits: dict[str, dict[str, np.ndarray]], seed: int, n_resamples: int) -> dict[str, Any]:
+    """ci95 per entry and scorer, and the paired intervals of the average-F1 improvements (module docstring)."""
+    ci, f1 = {}, {}  # f1[entry][init] = primary F1 per resample
+    for index, entry in enumerate(results):
+        task = tasks[entry]
+        resamples = resample_test_rows(task, n_resamples, [seed, index])
+        scorers = {init: logits[entry][init] for init in INITS} | task.baseline_scores
+        metrics = sorted({PRIMARY_METRIC[entry], PRIMARY_F1[entry]})
+        ci[entry], f1[entry] = {}, {}
+        for name, scores in scorers.items():
+            statistic = resampled_metrics(task, scores)
+            values = [statistic(rows) for rows in resamples]
+            ci[entry][name] = {m: percentile_interval([v[m] for v in values]) for m in metrics}
+            f1[entry][name] = np.array([v[PRIMARY_F1[entry]] for v in values])
+
+    def improvement_ci(entries: Iterable[str]) -> list[float] | None:
+        entries = [e for e in entries if e in f1]
+        if not entries:
+            return None
+        pre = np.mean([f1[e]["pretrained"] for e in entries], axis=0)
+        rand = np.mean([f1[e]["random"] for e in entries], axis=0)
+        return percentile_interval([relative_improvement(p, r) for p, r in zip(pre, rand)])
+
+    return {
+        "ci95": ci,
+        "avg_f1_improvement_pct_ci95": improvement_ci(results),
+        "avg_f1_improvement_pct_paper_tasks_ci95": improvement_ci(PAPER_TASKS)
+        if all(e in results for e in PAPER_TASKS) else None,
+    }
+
+
+def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTask],
+                   logits: dict[str, dict[str, np.ndarray]] | None = None, seed: int = 0,
+                   n_resamples: int = N_RESAMPLES) -> dict[str, Any]:
+    """`results[entry][init]` = test metrics (keys `test_*`) → the report (see the module docstring); with the test
+    `logits[entry][init]`, bootstrap 95% intervals too (`seed`, `n_resamples`)."""
     report_tasks = {}
     for entry, by_init in results.items():
         pre = {k.removeprefix("test_"): v for k, v in by_init["pretrained"].items()}
@@ -65,13 +134,14 @@ def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, Prepare
         }
         report_tasks[entry] = {
             "primary_metric": PRIMARY_F1[entry],
+            "selection_metric": PRIMARY_METRIC[entry],
             "pretrained": pre,
             "random": rand,
             "baselines": tasks[entry].baselines,
             "improvement_pct": improvement,
             "split": tasks[entry].info,
         }
-    return {
+    report = {
         "tasks": report_tasks,
         "avg_f1_pretrained": float(np.mean([primary_f1(e, t["pretrained"]) for e, t in report_tasks.items()])),
         "avg_f1_random": float(np.mean([primary_f1(e, t["random"]) for e, t in report_tasks.items()])),
@@ -80,6 +150,14 @@ def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, Prepare
         if all(e in report_tasks for e in PAPER_TASKS) else None,
         "avg_f1_formula": AVG_F1_FORMULA,
     }
+    if logits is not None:
+        intervals = _bootstrap(results, tasks, logits, seed, n_resamples)
+        for entry, by_scorer in intervals.pop("ci95").items():
+            report_tasks[entry]["ci95"] = by_scorer
+        report.update(intervals)
+        report["bootstrap"] = {"resamples": n_resamples, "seed": seed, "confidence": 0.95,
+                               "method": BOOTSTRAP_METHOD}
+    return report
 
 
 def _fmt(value: Any) -> str:
@@ -97,13 +175,15 @@ def compare_markdown(report: dict[str, Any]) -> str:
         lines += [f"## {entry} (primary: {t['primary_metric']})", "",
                   "| metric | pretrained | random | improvement | " + " | ".join(baselines) + " |",
                   "|---|---|---|---|" + "---|" * len(baselines)]
+        ci = t.get("ci95", {})
         for metric, value in t["pretrained"].items():
             if not isinstance(value, float) or metric.endswith("samples"):
                 continue
             improvement = t["improvement_pct"].get(metric)
-            cells = [_fmt(value), _fmt(t["random"].get(metric)),
+            cells = [_fmt(value) + _fmt_ci(ci, "pretrained", metric),
+                     _fmt(t["random"].get(metric)) + _fmt_ci(ci, "random", metric),
                      "n/a" if improvement is None else f"{improvement:+.1f}%"]
-            cells += [_fmt(t["baselines"][b].get(metric)) for b in baselines]
+            cells += [_fmt(t["baselines"][b].get(metric)) + _fmt_ci(ci, b, metric) for b in baselines]
             lines.append(f"| {metric} | " + " | ".join(cells) + " |")
         lines.append("")
     avg = report["avg_f1_improvement_pct"]
@@ -111,13 +191,31 @@ def compare_markdown(report: dict[str, Any]) -> str:
     lines += [
         f"Average F1 over {len(report['tasks'])} task entries: pretrained {report['avg_f1_pretrained']:.4f}, "
         f"random {report['avg_f1_random']:.4f}, improvement "
-        f"{'n/a' if avg is None else f'{avg:+.1f}%'} (paper: +33.6%).",
+        f"{'n/a' if avg is None else f'{avg:+.1f}%'}{_fmt_interval(report.get('avg_f1_improvement_pct_ci95'), '%')} "
+        "(paper: +33.6%).",
         "",
         f"Formula: {report['avg_f1_formula']}.",
     ]
     if paper is not None:
-        lines += ["", f"Over the paper's three tasks (binary user association): {paper:+.1f}%."]
+        lines += ["", f"Over the paper's three tasks (binary user association): {paper:+.1f}%"
+                      f"{_fmt_interval(report.get('avg_f1_improvement_pct_paper_tasks_ci95'), '%')}."]
+    if "bootstrap" in report:
+        b = report["bootstrap"]
+        lines += ["", f"[lo, hi]: {100 * b['confidence']:.0f}% confidence intervals, {b['method']} "
+                      f"({b['resamples']} resamples, seed {b['seed']})."]
     return "\n".join(lines) + "\n"
+
+
+def _fmt_interval(interval: list[float] | None, unit: str = "") -> str:
+    if not interval:
+        return ""
+    if unit == "%":
+        return f" [{interval[0]:+.1f}%, {interval[1]:+.1f}%]"
+    return f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def _fmt_ci(ci: dict[str, dict[str, list[float] | None]], scorer: str, metric: str) -> str:
+    return _fmt_interval(ci.get(scorer, {}).get(metric))
 
 
 def compare_plot(report: dict[str, Any], path: Path) -> Path:
