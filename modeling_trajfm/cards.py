@@ -60,8 +60,9 @@ def _steps(training_args: TrainingArguments) -> str:
 
 def build_mtm_card(model: Any, tokenizer: TrajTokenizer, description: CorpusDescription, mtm_args: Any,
                    training_args: TrainingArguments, metrics: dict[str, float], report: PipelineReport | None,
-                   plot: Path | None, repo_id: str) -> ModelCard:
-    """The card of a pre-trained checkpoint: data, pipeline report, split, tokenizer regime, model, masking, metrics."""
+                   plot: Path | None, repo_id: str, packed: bool = False) -> ModelCard:
+    """The card of a pre-trained checkpoint: data, pipeline report, split, tokenizer regime, model, masking, metrics.
+    `packed`: the training batches were packed rows (their size counts rows, not trajectories)."""
 
     def fmt(key: str, pattern: str) -> str:
         value = metrics.get(key)
@@ -114,7 +115,7 @@ def build_mtm_card(model: Any, tokenizer: TrajTokenizer, description: CorpusDesc
         keep_prob=round(1 - mtm_args.mask_replace_prob - mtm_args.random_replace_prob, 4),
         training_summary=(f"{_epochs(metrics.get('epoch'))} epochs, {_steps(training_args)} "
                           f"steps, batch {training_args.per_device_train_batch_size}"
-                          f"{' packed rows' if mtm_args.pack_sequences else ''} x {training_args.world_size} "
+                          f"{' packed rows' if packed else ''} x {training_args.world_size} "
                           f"process(es) x {training_args.gradient_accumulation_steps} accumulation, learning rate "
                           f"{training_args.learning_rate}, seed {training_args.seed}"),
         train_tokens=f"{train_counts.get('tokens'):,}" if train_counts.get("tokens") is not None else "n/a",

@@ -9,8 +9,9 @@ Data flow (every step logged with counts):
    is saved in the corpus description (`trajfm_corpus.json`) before any training, so a crash never loses it.
 3. Tokenizer: `tokenizer_name` (an existing TrajTokenizer) or a new sub-hash vocabulary trained on the TRAINING users.
 4. Sequences: each trajectory is ONE sequence `[CLS] visits... [SEP]`; one longer than `max_seq_length` is split into
-   pieces of WHOLE hexagons. Training sequences are packed several to a row (`pack_sequences`; attention, positions
-   and masking stay per trajectory, see `modeling_trajfm.packing`); validation sequences are padded per batch.
+   pieces of WHOLE hexagons. Training sequences are padded per length-grouped batch, or packed several to a row when
+   that would be mostly padding (`pack_sequences`; attention, positions and masking stay per trajectory, see
+   `modeling_trajfm.packing`); validation sequences are padded per batch.
 5. Whole-hexagon masking (`DataCollatorForWholeHexagonMasking`); evaluation masks come from a fixed seed. The MTM
    head predicts only the masked positions during training (`sparse_prediction`).
 6. Metrics at every evaluation and at step 0: `eval_perplexity` per sub-token, `eval_hexagon_acc_top1` / `top5`.
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from transformers import AutoTokenizer, TrainerCallback, TrainingArguments, set_seed
@@ -45,7 +47,7 @@ from .data_collator import DataCollatorForWholeHexagonMasking
 from .hub import check_push_possible, push_checkpoint
 from .metrics import compute_mtm_metrics, preprocess_logits_for_mtm_metrics
 from .modeling_trajbert import TrajBertForMaskedTrajectoryModeling
-from .packing import pack_trajectories
+from .packing import pack_trajectories, padding_share
 from .plotting import plot_training_curves
 from .run_guard import (
     RunRecord,
@@ -161,11 +163,13 @@ class MTMArguments:
     mlm_probability: float = field(default=0.2, metadata={"help": "Share of hexagons masked, in (0, 1)."})
     mask_replace_prob: float = field(default=0.8, metadata={"help": "Masked hexagons replaced by [MASK]."})
     random_replace_prob: float = field(default=0.1, metadata={"help": "Masked hexagons replaced by random tokens."})
-    pack_sequences: bool = field(
-        default=True,
-        metadata={"help": "Pack several training trajectories into each row of --max_seq_length tokens (attention "
-                  "and positions stay per trajectory); --per_device_train_batch_size still counts trajectories: "
-                  "rows per batch are scaled to hold about that many. false: one trajectory per row."},
+    pack_sequences: str = field(
+        default="auto",
+        metadata={"help": "Pack several training trajectories into each row of --max_seq_length tokens (attention, "
+                  "positions and masking stay per trajectory): true | false | auto (pack only without "
+                  "group_by_length sampling, when random batches would be more than 25% padding; length-grouped "
+                  "batches are little padding and a packed row pays full-length attention). "
+                  "--per_device_train_batch_size still counts trajectories."},
     )
 
     def __post_init__(self):
@@ -184,6 +188,9 @@ class MTMArguments:
             raise ValueError(f"--heldout_fraction must be in (0, 1), got {self.heldout_fraction}.")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"--validation_fraction must be in [0, 1), got {self.validation_fraction}.")
+        if self.pack_sequences not in PACKING_CHOICES:
+            raise ValueError(f"--pack_sequences must be one of {', '.join(PACKING_CHOICES)}, got "
+                             f"{self.pack_sequences!r}.")
 
 
 @dataclass
@@ -299,6 +306,27 @@ def tokenize(tokenizer: TrajTokenizer, dataset: datasets.Dataset, mtm_args: MTMA
     # the batch function `tokenize_dataset` maps; IterableDataset.map has no num_proc/desc arguments
     return iterable.map(tokenizer.encode_trajectory_batch, batched=True, remove_columns=keep,
                         fn_kwargs={"max_length": mtm_args.max_seq_length, "split": True})
+
+
+PACKING_CHOICES = ("auto", "true", "false")
+#: `--pack_sequences auto` packs when unpacked batches would hold more than this share of padding.
+AUTO_PACKING_PADDING_SHARE = 0.25
+
+
+def _should_pack(train: datasets.Dataset, mtm_args: MTMArguments, training_args: TrainingArguments) -> bool:
+    """`--pack_sequences`, resolving `auto`: pack only when the train sampler does not group lengths and its random
+    batches would be more than `AUTO_PACKING_PADDING_SHARE` padding. Length-grouped batches are little padding (NYC:
+    6%) while a packed row pays attention over its full length, which measured slower on CPU (see the README)."""
+    if mtm_args.pack_sequences != "auto":
+        return mtm_args.pack_sequences == "true"
+    if training_args.train_sampling_strategy == "group_by_length":
+        return False
+    lengths = pc.list_value_length(_arrow_column(train, "input_ids")).to_numpy()
+    order = np.random.default_rng(training_args.data_seed or training_args.seed).permutation(lengths.size)
+    share = padding_share(lengths[order], training_args.per_device_train_batch_size)
+    logger.info(f"Random training batches would be {share:.1%} padding: "
+                f"{'packing' if share > AUTO_PACKING_PADDING_SHARE else 'not packing'} (--pack_sequences auto).")
+    return share > AUTO_PACKING_PADDING_SHARE
 
 
 def _pack(train: datasets.Dataset, mtm_args: MTMArguments, training_args: TrainingArguments) -> datasets.Dataset:
@@ -548,7 +576,8 @@ def pretrain(
     training_args.eval_on_start = training_args.do_eval and training_args.do_train and not resuming
 
     train_dataset = tokenized.get("train")
-    if mtm_args.pack_sequences and isinstance(train_dataset, datasets.Dataset):
+    packed = isinstance(train_dataset, datasets.Dataset) and _should_pack(train_dataset, mtm_args, training_args)
+    if packed:
         train_dataset = _pack(train_dataset, mtm_args, training_args)
 
     trainer = MTMTrainer(
@@ -598,7 +627,7 @@ def pretrain(
         plot = plot_training_curves(trainer.state.log_history, output_dir / PLOT_FILE,
                                     title=f"MTM pre-training: {output_dir.name}")
         card = build_mtm_card(model, tokenizer, description, mtm_args, training_args, metrics, report, plot,
-                              hub_model_id or output_dir.name)
+                              hub_model_id or output_dir.name, packed=packed)
         card.save(output_dir / "README.md")
         if push:
             repo_id = push_checkpoint(output_dir, hub_model_id or output_dir.name, card,

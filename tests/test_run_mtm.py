@@ -328,3 +328,17 @@ def test_resume_with_other_held_out_users_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="held-out users differ"):
         run_mtm.main(args)
     assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+
+
+@pytest.mark.parametrize(("choice", "sampling", "packs"), [("true", "group_by_length", True),
+                                                           ("false", "random", False),
+                                                           ("auto", "group_by_length", False),
+                                                           ("auto", "random", True)])
+def test_packing_choice(tmp_path, capsys, choice, sampling, packs):
+    """`auto` packs only random batches that would be mostly padding (the synthetic city's are)."""
+    out = tmp_path / choice
+    result = run_mtm.main(_args(out, "--max_steps", "2", "--eval_strategy", "no", "--pack_sequences", choice,
+                                "--train_sampling_strategy", sampling))
+    log = capsys.readouterr().out
+    assert ("Packing:" in log) == packs
+    assert torch.isfinite(torch.tensor(result.metrics["train_loss"]))
