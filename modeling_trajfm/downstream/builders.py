@@ -19,6 +19,13 @@ from .metrics import binary_metrics, distance_errors_km, ranking_metrics
 TASK_ENTRIES = ("next_subtrajectory", "destination", "user_association_linking", "user_association_binary")
 #: Report entries whose examples are (positive, negative) pairs.
 PAIR_ENTRIES = ("next_subtrajectory", "user_association_binary")
+#: What each model and baseline sees at prediction time (parts joined by " + "; "none" = training labels only).
+#: "user history" = trajectories of the same user from the training side. A report compares the model only with
+#: baselines whose inputs it also sees (`downstream.compare.comparable_baselines`).
+MODEL_INPUTS = {"next_subtrajectory": "trajectory pair", "destination": "prefix",
+                "user_association_linking": "trajectory", "user_association_binary": "trajectory pair"}
+BASELINE_INPUTS = {"majority": "none", "markov": "prefix", "user_most_frequent_cell": "user history",
+                   "cell_profile_knn": "trajectory", "cell_profile_similarity": "trajectory pair"}
 
 
 @dataclass
@@ -49,6 +56,11 @@ class TaskConfig:
     max_seq_length: int = field(default=128, metadata={"help": "Tokens per example (whole hexagons truncated)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training examples."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Cap on test examples."})
+    destination_user_context: bool = field(
+        default=False,
+        metadata={"help": "destination: give the model the user's most recent earlier training-side trajectory as "
+                          "segment A and the prefix as segment B (what the user-history baselines see)."},
+    )
 
     def __post_init__(self):
         if self.task not in T.TASKS:
@@ -107,6 +119,7 @@ class PreparedTask:
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
     test_extra: dict[str, list] = field(default_factory=dict)
     candidates: list[int] = field(default_factory=list)
+    inputs: str | None = None  # what the model sees; None: MODEL_INPUTS of the entry
 
 
 def _cap(columns: dict[str, list], limit: int | None, keep_pairs: bool = False) -> dict[str, list]:
@@ -210,7 +223,27 @@ def build_destination(records: Sequence[T.Record], config: TaskConfig, seed: int
     task.baselines = {name: destination_metrics(s, task) for name, s in scores.items()}
     _slice_visits(train, ("cells", "timestamps"), config.max_input_visits, last=True)
     _slice_visits(test, ("cells", "timestamps"), config.max_input_visits, last=True)
+    if config.destination_user_context:
+        _add_user_context(task, train_records, [*train_records, *test_records], max(1, config.max_input_visits // 2))
     return task
+
+
+def _add_user_context(task: PreparedTask, train_records: Sequence[T.Record], records: Sequence[T.Record],
+                      history_visits: int) -> None:
+    """Segment A of every destination example: the last `history_visits` visits of the user's most recent earlier
+    training-side trajectory (the prefix itself when there is none: no history beyond it); the prefix is segment B."""
+    task.inputs = "prefix + user history"
+    start_of = {r.traj_id: int(r.timestamps[0]) for r in records}
+    for side, columns in (("train", task.train), ("test", task.test)):
+        starts = [start_of[i] for i in columns["traj_id"]]
+        earlier = T.most_recent_earlier(train_records, columns["user_id"], starts)
+        columns["history_traj_id"] = [None if r is None else r.traj_id for r in earlier]
+        columns["cells_a"] = [c if r is None else r.cells[-history_visits:].tolist()
+                              for r, c in zip(earlier, columns["cells"])]
+        columns["timestamps_a"] = [t if r is None else r.timestamps[-history_visits:].tolist()
+                                   for r, t in zip(earlier, columns["timestamps"])]
+        columns["cells_b"], columns["timestamps_b"] = columns["cells"], columns["timestamps"]
+        task.info[f"{side}_examples_with_history"] = sum(r is not None for r in earlier)
 
 
 def build_user_linking(records: Sequence[T.Record], config: TaskConfig, seed: int) -> PreparedTask:
@@ -265,7 +298,11 @@ def build_task(entry: str, records: Sequence[T.Record], config: TaskConfig, seed
     """The prepared task of report `entry` (see `TASK_ENTRIES`)."""
     if entry not in BUILDERS:
         raise ValueError(f"Unknown task entry {entry!r}: choose one of {', '.join(BUILDERS)}.")
-    return BUILDERS[entry](records, config, seed)
+    task = BUILDERS[entry](records, config, seed)
+    task.inputs = task.inputs or MODEL_INPUTS[entry]
+    for name, row in task.baselines.items():
+        row["inputs"] = BASELINE_INPUTS[name]
+    return task
 
 
 def destination_metrics(scores: np.ndarray, task: PreparedTask) -> dict[str, float]:
