@@ -32,8 +32,9 @@ from .data_collator import DataCollatorWithTrajectoryPadding
 from .downstream import examples as T
 from .downstream.builders import PreparedTask, TaskConfig, build_task, report_entries, task_metrics
 from .downstream.compare import INITS, compare_markdown, compare_plot, compare_report
+from .downstream.probes import LINKING, frozen_probes, retrieval_metrics
 from .hub import check_push_possible, push_checkpoint
-from .modeling_trajbert import TrajBertForHexagonPrediction, TrajBertForSequenceClassification
+from .modeling_trajbert import TrajBertForHexagonPrediction, TrajBertForSequenceClassification, TrajBertModel
 from .plotting import plot_training_curves
 from .registration import set_auto_map
 
@@ -194,7 +195,7 @@ def load_heldout_trajectories(corpus: CorpusConfig, tokenizer: TrajTokenizer, he
 # ------------------------------------------------------------------------------------------------------ training
 def tokenize_examples(task: PreparedTask, columns: dict[str, list], tokenizer: TrajTokenizer,
                       max_length: int) -> datasets.Dataset:
-    if task.kind == "pair":
+    if "cells_a" in columns:  # pair tasks, and destination with the user's context as segment A
         encoded = tokenizer(cells=columns["cells_a"], timestamps=columns["timestamps_a"],
                             pair_cells=columns["cells_b"], pair_timestamps=columns["timestamps_b"],
                             max_length=max_length, truncation=True)
@@ -230,6 +231,23 @@ def build_model(task: PreparedTask, init: str, model_path: str, base_config: Tra
         model = model_class(config)
     set_auto_map(model.config)
     return model
+
+
+def load_encoder(model_path: str, base_config: TrajBertConfig, init: str, seed: int) -> TrajBertModel:
+    """The checkpoint's bare encoder, or its config with fresh weights (seeded): what the frozen probes embed with."""
+    set_seed(seed)
+    if init == "pretrained":
+        return TrajBertModel.from_pretrained(model_path, add_pooling_layer=False)
+    return TrajBertModel(copy.deepcopy(base_config), add_pooling_layer=False)
+
+
+def head_metrics(task: PreparedTask, model, tokenizer: TrajTokenizer, batch_size: int) -> dict[str, float]:
+    """`test_`-prefixed metrics of the heads that reuse a fine-tuned encoder beside its classifier (user linking:
+    `retrieval_prototype_*`, `retrieval_knn_*`); empty for other tasks."""
+    if task.name != LINKING:
+        return {}
+    heads = retrieval_metrics(model, tokenizer, task, batch_size)
+    return {f"test_{head}_{key}": value for head, metrics in heads.items() for key, value in metrics.items()}
 
 
 def _transfer_mtm_transform(model: TrajBertForHexagonPrediction, model_path: str) -> None:
@@ -323,6 +341,7 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Training
     metrics = {f"test_{k}": v for k, v in task_metrics(task, np.asarray(logits, dtype=np.float64)).items()}
     metrics["test_loss"] = prediction.metrics.get("test_loss")
     metrics["test_samples"] = len(test_dataset)
+    metrics.update(head_metrics(task, trainer.model, prepared.tokenizer, args.per_device_eval_batch_size))
     metrics = {k: v for k, v in metrics.items() if v is not None}
     elapsed = time.perf_counter() - started
     trainer.save_model()
@@ -399,7 +418,10 @@ def compare(
             folder.mkdir(parents=True, exist_ok=True)
             logger.info("Fine-tuning %s from %s init -> %s", entry, init, folder)
             results[entry][init] = _run_one(prepared, entry, init, training_args, folder)
-    report = compare_report(results, prepared.tasks)
+    probes = {init: frozen_probes(load_encoder(prepared.model_path, prepared.base_config, init, training_args.seed),
+                                  prepared.tokenizer, prepared.tasks, training_args.seed,
+                                  training_args.per_device_eval_batch_size) for init in INITS}
+    report = compare_report(results, prepared.tasks, probes)
     if training_args.process_index == 0:
         (output_root / "compare_report.json").write_text(json.dumps(report, indent=1, default=str))
         markdown = compare_markdown(report)

@@ -1,5 +1,6 @@
 """Downstream tasks in one place: example builders (`examples`), the task config and prepared tasks (`builders`),
-simple baselines (`baselines`), task metrics (`metrics`) and the pre-trained-vs-random report (`compare`)."""
+simple baselines (`baselines`), task metrics (`metrics`), the pre-trained-vs-random report (`compare`), trajectory
+embeddings with the heads that use them (`embeddings`) and the frozen-encoder probes (`probes`)."""
 
 from .builders import BUILDERS, PreparedTask, TaskConfig, build_task, report_entries, task_metrics
 from .compare import avg_f1_improvement, compare_markdown, compare_plot, compare_report

@@ -5,6 +5,10 @@
 over the report's task entries t, with F1 = binary F1 (next_subtrajectory, user_association_binary) or macro-F1
 (destination, user_association_linking): the relative improvement of the average F1, as the paper's "33.6 % better in
 average F1". `avg_f1_improvement_pct_paper_tasks` is the same over the paper's three tasks (binary association).
+
+Each entry says what its model sees (`inputs`) and compares it only with the baselines that see nothing more
+(`same_inputs`: "beats" means beats those). The optional `probes` section holds the frozen-encoder probes of
+`downstream.probes`, pre-trained vs random init.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .builders import PreparedTask
+from .probes import LINKING, PROBE_SETTINGS
 
 INITS = ("pretrained", "random")
 PAPER_TASKS = ("next_subtrajectory", "destination", "user_association_binary")
@@ -25,6 +30,13 @@ PRIMARY_F1 = {
     "next_subtrajectory": "f1",
     "destination": "macro_f1",
     "user_association_linking": "macro_f1",
+    "user_association_binary": "f1",
+}
+#: The metric that decides whether the model beats the baselines that see the same inputs.
+BEATS_METRIC = {
+    "next_subtrajectory": "accuracy",
+    "destination": "accuracy@1",
+    "user_association_linking": "accuracy@1",
     "user_association_binary": "f1",
 }
 LOWER_IS_BETTER = ("distance_km_mean", "distance_km_median", "loss")
@@ -53,8 +65,46 @@ def avg_f1_improvement(report_tasks: dict[str, dict], entries: Iterable[str]) ->
     return relative_improvement(pre, rand)
 
 
-def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTask]) -> dict[str, Any]:
-    """`results[entry][init]` = test metrics (keys `test_*`) → the report (see the module docstring)."""
+def comparable_baselines(model_inputs: str, baselines: dict[str, dict]) -> list[str]:
+    """The baselines that see no input the model does not see (their `inputs` parts, joined by " + ", are among the
+    model's; "none" = training labels only). A baseline without `inputs` is never comparable."""
+    parts = set(model_inputs.split(" + "))
+    return [name for name, row in baselines.items()
+            if row.get("inputs") == "none" or set(str(row.get("inputs")).split(" + ")) <= parts]
+
+
+def same_inputs_verdict(entry: str, inputs: str, by_init: dict[str, dict], baselines: dict[str, dict]
+                        ) -> dict[str, Any]:
+    """The best baseline with the same inputs on `BEATS_METRIC[entry]` and whether each init beats it (>=)."""
+    metric = BEATS_METRIC[entry]
+    names = [n for n in comparable_baselines(inputs, baselines) if metric in baselines[n]]
+    best = max(names, key=lambda n: baselines[n][metric], default=None)
+    verdict: dict[str, Any] = {"metric": metric, "baselines": names, "best_baseline": best,
+                               "best_baseline_value": None if best is None else baselines[best][metric]}
+    for init, metrics in by_init.items():
+        margin = None if best is None or metric not in metrics else metrics[metric] - baselines[best][metric]
+        verdict[f"{init}_margin"] = margin
+        verdict[f"{init}_beats"] = None if margin is None else margin >= 0
+    return verdict
+
+
+def probes_section(probes: dict[str, dict[str, dict[str, dict[str, float]]]]) -> dict[str, Any]:
+    """`probes[init][entry][probe]` = test metrics of a frozen encoder → the report's `probes` section."""
+    tasks: dict[str, dict[str, dict]] = {}
+    for init, entries in probes.items():
+        for entry, by_probe in entries.items():
+            for probe, metrics in by_probe.items():
+                tasks.setdefault(entry, {}).setdefault(probe, {})[init] = metrics
+    better = {probe: rows["pretrained"]["accuracy@1"] > rows["random"]["accuracy@1"]
+              for probe, rows in tasks.get(LINKING, {}).items() if set(INITS) <= set(rows)}
+    return {"encoder": "frozen (no fine-tuning)", "settings": PROBE_SETTINGS, "tasks": tasks,
+            "pretrained_better_nn_linking": better}
+
+
+def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTask],
+                   probes: dict[str, dict] | None = None) -> dict[str, Any]:
+    """`results[entry][init]` = test metrics (keys `test_*`) → the report (see the module docstring); `probes`
+    (`probes[init][entry][probe]` = metrics of the frozen encoder) adds the `probes` section."""
     report_tasks = {}
     for entry, by_init in results.items():
         pre = {k.removeprefix("test_"): v for k, v in by_init["pretrained"].items()}
@@ -71,7 +121,11 @@ def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, Prepare
             "improvement_pct": improvement,
             "split": tasks[entry].info,
         }
-    return {
+        inputs = tasks[entry].inputs or "unknown"
+        report_tasks[entry]["inputs"] = inputs
+        report_tasks[entry]["same_inputs"] = same_inputs_verdict(entry, inputs, {"pretrained": pre, "random": rand},
+                                                                 tasks[entry].baselines)
+    report = {
         "tasks": report_tasks,
         "avg_f1_pretrained": float(np.mean([primary_f1(e, t["pretrained"]) for e, t in report_tasks.items()])),
         "avg_f1_random": float(np.mean([primary_f1(e, t["random"]) for e, t in report_tasks.items()])),
@@ -80,6 +134,9 @@ def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, Prepare
         if all(e in report_tasks for e in PAPER_TASKS) else None,
         "avg_f1_formula": AVG_F1_FORMULA,
     }
+    if probes:
+        report["probes"] = probes_section(probes)
+    return report
 
 
 def _fmt(value: Any) -> str:
@@ -96,7 +153,9 @@ def compare_markdown(report: dict[str, Any]) -> str:
         baselines = list(t["baselines"])
         lines += [f"## {entry} (primary: {t['primary_metric']})", "",
                   "| metric | pretrained | random | improvement | " + " | ".join(baselines) + " |",
-                  "|---|---|---|---|" + "---|" * len(baselines)]
+                  "|---|---|---|---|" + "---|" * len(baselines),
+                  f"| inputs | {t.get('inputs', 'n/a')} | {t.get('inputs', 'n/a')} | | "
+                  + " | ".join(str(t["baselines"][b].get("inputs", "n/a")) for b in baselines) + " |"]
         for metric, value in t["pretrained"].items():
             if not isinstance(value, float) or metric.endswith("samples"):
                 continue
@@ -105,7 +164,7 @@ def compare_markdown(report: dict[str, Any]) -> str:
                      "n/a" if improvement is None else f"{improvement:+.1f}%"]
             cells += [_fmt(t["baselines"][b].get(metric)) for b in baselines]
             lines.append(f"| {metric} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += ["", _same_inputs_line(t), ""]
     avg = report["avg_f1_improvement_pct"]
     paper = report.get("avg_f1_improvement_pct_paper_tasks")
     lines += [
@@ -117,7 +176,37 @@ def compare_markdown(report: dict[str, Any]) -> str:
     ]
     if paper is not None:
         lines += ["", f"Over the paper's three tasks (binary user association): {paper:+.1f}%."]
+    if "probes" in report:
+        lines += ["", *_probes_markdown(report["probes"])]
     return "\n".join(lines) + "\n"
+
+
+def _same_inputs_line(t: dict[str, Any]) -> str:
+    verdict = t.get("same_inputs") or {}
+    if verdict.get("best_baseline") is None:
+        return "No baseline sees the same inputs as the model."
+    metric, best = verdict["metric"], verdict["best_baseline"]
+    parts = [f"{init} {'beats' if verdict[f'{init}_beats'] else 'is below'} it by {verdict[f'{init}_margin']:+.4f}"
+             for init in INITS if verdict.get(f"{init}_beats") is not None]
+    return (f"Same inputs ({t['inputs']}): best baseline on {metric} is {best} "
+            f"({verdict['best_baseline_value']:.4f}); " + ", ".join(parts) + ".")
+
+
+def _probes_markdown(probes: dict[str, Any]) -> list[str]:
+    settings = ", ".join(f"{k} {v}" for k, v in probes["settings"].items())
+    lines = ["## Probes: frozen encoders, no fine-tuning (what pre-training teaches)", "", f"Settings: {settings}.",
+             "", "| task | probe | metric | pretrained | random | improvement |", "|---|---|---|---|---|---|"]
+    for entry, by_probe in probes["tasks"].items():
+        for probe, rows in by_probe.items():
+            pre, rand = rows.get("pretrained", {}), rows.get("random", {})
+            for metric, value in pre.items():
+                improvement = relative_improvement(value, rand.get(metric, math.nan), metric in LOWER_IS_BETTER)
+                lines.append(f"| {entry} | {probe} | {metric} | {_fmt(value)} | {_fmt(rand.get(metric))} | "
+                             + ("n/a" if improvement is None else f"{improvement:+.1f}%") + " |")
+    for probe, better in probes["pretrained_better_nn_linking"].items():
+        lines += ["", f"Nearest-neighbour user linking ({probe}, accuracy@1): pre-trained frozen embeddings "
+                      f"{'beat' if better else 'do not beat'} random-init ones."]
+    return lines
 
 
 def compare_plot(report: dict[str, Any], path: Path) -> Path:
