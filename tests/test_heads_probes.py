@@ -12,10 +12,12 @@ from modeling_trajfm.downstream import PreparedTask, TaskConfig, build_task
 from modeling_trajfm.downstream import examples as T
 from modeling_trajfm.downstream.compare import comparable_baselines, compare_markdown, compare_report
 from modeling_trajfm.downstream.embeddings import (
+    contrastive_finetune,
     embed_trajectories,
     knn_scores,
     linear_probe_scores,
     prototype_scores,
+    supervised_info_nce,
 )
 from modeling_trajfm.downstream.metrics import ranking_metrics
 from modeling_trajfm.downstream.probes import frozen_probes
@@ -197,3 +199,29 @@ def test_frozen_probes_on_real_tasks(encoder_and_records):
     for metrics in (*probes["user_association_linking"].values(), probes["destination"]["linear_probe"]):
         assert 0.0 <= metrics["accuracy@1"] <= metrics["accuracy@5"] <= 1.0 and 0.0 <= metrics["mrr"] <= 1.0
     assert "distance_km_mean" in probes["destination"]["linear_probe"]
+
+
+# ------------------------------------------------------------------------------------------------- contrastive
+def test_supervised_info_nce_by_hand():
+    labels = torch.tensor([0, 0, 1, 1])
+    aligned = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    crossed = aligned[[0, 2, 1, 3]]
+    # Aligned: each anchor's positive has cosine 1, the two negatives 0: -log(e^10 / (e^10 + 2)).
+    assert supervised_info_nce(aligned, labels).item() == pytest.approx(np.log1p(2 * np.exp(-10)), rel=1e-3)
+    assert supervised_info_nce(crossed, labels) > supervised_info_nce(aligned, labels)
+    assert supervised_info_nce(aligned, torch.tensor([0, 1, 2, 3])).item() == 0.0  # no positives: no signal
+
+
+def test_contrastive_finetune_pulls_a_users_trajectories_together(encoder_and_records):
+    path, tokenizer, config, records = encoder_and_records
+    task = build_task("user_association_linking", records, TaskConfig(max_input_visits=16), 0)
+    encoder = load_encoder(path, config, "pretrained", 0)
+    cells, times, labels = task.train["cells"], task.train["timestamps"], torch.tensor(task.train["label"])
+
+    def loss() -> float:
+        return supervised_info_nce(torch.as_tensor(embed_trajectories(encoder, tokenizer, cells, times)), labels).item()
+
+    before = loss()
+    contrastive_finetune(encoder, tokenizer, cells, times, task.train["label"], steps=15, users_per_batch=4,
+                         learning_rate=1e-3, seed=0)
+    assert loss() < before and not encoder.training

@@ -7,6 +7,8 @@
   `(n, n_classes)` score matrix, so `metrics.ranking_metrics` applies as to a classifier's logits.
 * `linear_probe_scores`: a seeded linear layer trained with a fixed budget on frozen embeddings (the probe of what
   pre-training teaches: no encoder weight moves).
+* `contrastive_finetune`: optional supervised InfoNCE on the embeddings (trajectories of the same user are
+  positives), which shapes the embedding space for retrieval directly.
 """
 
 from __future__ import annotations
@@ -22,6 +24,20 @@ from tokenization_trajfm import TrajTokenizer
 from ..modeling_trajbert import TrajBertPreTrainedModel
 
 POOLINGS = ("mean", "cls")
+
+
+def _pool(encoder: TrajBertPreTrainedModel, batch: dict[str, torch.Tensor], pooling: str) -> torch.Tensor:
+    hidden = encoder(**batch).last_hidden_state
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = (batch["hexagon_ids"] > 0).unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def _encode(tokenizer: TrajTokenizer, cells, timestamps, device: torch.device) -> dict[str, torch.Tensor]:
+    batch = tokenizer(cells=list(cells), timestamps=None if timestamps is None else list(timestamps), padding=True,
+                      truncation=True, return_tensors="pt")
+    return {key: value.to(device) for key, value in batch.items()}
 
 
 @torch.no_grad()
@@ -48,18 +64,51 @@ def embed_trajectories(
     out = np.zeros((len(cells), encoder.config.hidden_size), dtype=np.float32)
     for start in range(0, len(cells), batch_size):
         stop = min(len(cells), start + batch_size)
-        batch = tokenizer(cells=list(cells[start:stop]),
-                          timestamps=None if timestamps is None else list(timestamps[start:stop]),
-                          padding=True, truncation=True, return_tensors="pt")
-        batch = {key: value.to(device) for key, value in batch.items()}
-        hidden = encoder(**batch).last_hidden_state
-        if pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            mask = (batch["hexagon_ids"] > 0).unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        out[start:stop] = pooled.float().cpu().numpy()
+        batch = _encode(tokenizer, cells[start:stop], None if timestamps is None else timestamps[start:stop], device)
+        out[start:stop] = _pool(encoder, batch, pooling).float().cpu().numpy()
     return out
+
+
+def supervised_info_nce(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Supervised InfoNCE (SupCon, Khosla et al. 2020): for each anchor with at least one positive (same label), the
+    mean over its positives of -log softmax of cosine/temperature against every other row of the batch."""
+    z = nn.functional.normalize(embeddings, dim=1)
+    logits = (z @ z.T / temperature).masked_fill(torch.eye(len(z), dtype=torch.bool, device=z.device), -torch.inf)
+    log_prob = logits.log_softmax(dim=1)
+    positives = (labels[:, None] == labels[None, :]) & ~torch.eye(len(z), dtype=torch.bool, device=z.device)
+    anchors = positives.any(dim=1)
+    per_anchor = -(log_prob.masked_fill(~positives, 0.0).sum(dim=1)[anchors] / positives.sum(dim=1)[anchors])
+    return per_anchor.mean() if anchors.any() else embeddings.sum() * 0.0
+
+
+def contrastive_finetune(model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, cells: Sequence[Sequence[int]],
+                         timestamps: Sequence[Sequence[int]] | None, labels: Sequence[int], steps: int = 200,
+                         users_per_batch: int = 16, trajectories_per_user: int = 4, learning_rate: float = 5e-5,
+                         temperature: float = 0.1, pooling: str = "mean", seed: int = 0) -> TrajBertPreTrainedModel:
+    """Fine-tune the encoder of `model` in place with `supervised_info_nce`; each batch holds `users_per_batch` users
+    with `trajectories_per_user` of their trajectories each (drawn seeded, with replacement), so every anchor has
+    positives. Returns `model` in eval mode."""
+    labels = np.asarray(labels, dtype=np.int64)
+    by_label = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
+    usable = [c for c, rows in by_label.items() if rows.size >= 2]
+    if len(usable) < 2:
+        raise ValueError("Contrastive fine-tuning needs at least 2 users with 2 trajectories each.")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)  # dropout
+    encoder = model.base_model.train()
+    device = next(encoder.parameters()).device
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=learning_rate)
+    for _ in range(steps):
+        users = rng.choice(usable, size=min(users_per_batch, len(usable)), replace=False)
+        rows = np.concatenate([rng.choice(by_label[u], size=trajectories_per_user) for u in users])
+        batch = _encode(tokenizer, [cells[i] for i in rows],
+                        None if timestamps is None else [timestamps[i] for i in rows], device)
+        loss = supervised_info_nce(_pool(encoder, batch, pooling), torch.as_tensor(labels[rows], device=device),
+                                   temperature)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -119,4 +168,12 @@ def linear_probe_scores(train_embeddings: np.ndarray, train_labels: Sequence[int
         return layer(query).double().numpy()
 
 
-__all__ = ["POOLINGS", "embed_trajectories", "knn_scores", "linear_probe_scores", "prototype_scores"]
+__all__ = [
+    "POOLINGS",
+    "contrastive_finetune",
+    "embed_trajectories",
+    "knn_scores",
+    "linear_probe_scores",
+    "prototype_scores",
+    "supervised_info_nce",
+]
