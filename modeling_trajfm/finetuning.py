@@ -32,6 +32,7 @@ from .data_collator import DataCollatorWithTrajectoryPadding
 from .downstream import examples as T
 from .downstream.builders import PreparedTask, TaskConfig, build_task, report_entries, task_metrics
 from .downstream.compare import INITS, compare_markdown, compare_plot, compare_report
+from .downstream.embeddings import contrastive_finetune
 from .downstream.probes import LINKING, frozen_probes, retrieval_metrics
 from .hub import check_push_possible, push_checkpoint
 from .modeling_trajbert import TrajBertForHexagonPrediction, TrajBertForSequenceClassification, TrajBertModel
@@ -241,11 +242,16 @@ def load_encoder(model_path: str, base_config: TrajBertConfig, init: str, seed: 
     return TrajBertModel(copy.deepcopy(base_config), add_pooling_layer=False)
 
 
-def head_metrics(task: PreparedTask, model, tokenizer: TrajTokenizer, batch_size: int) -> dict[str, float]:
+def head_metrics(task: PreparedTask, model, tokenizer: TrajTokenizer, batch_size: int, contrastive_steps: int = 0,
+                 seed: int = 0) -> dict[str, float]:
     """`test_`-prefixed metrics of the heads that reuse a fine-tuned encoder beside its classifier (user linking:
-    `retrieval_prototype_*`, `retrieval_knn_*`); empty for other tasks."""
+    `retrieval_prototype_*`, `retrieval_knn_*`, after `contrastive_steps` of supervised InfoNCE on a copy of the
+    encoder when > 0); empty for other tasks."""
     if task.name != LINKING:
         return {}
+    if contrastive_steps:
+        model = contrastive_finetune(copy.deepcopy(model), tokenizer, task.train["cells"], task.train["timestamps"],
+                                     task.train["label"], steps=contrastive_steps, seed=seed)
     heads = retrieval_metrics(model, tokenizer, task, batch_size)
     return {f"test_{head}_{key}": value for head, metrics in heads.items() for key, value in metrics.items()}
 
@@ -341,7 +347,8 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Training
     metrics = {f"test_{k}": v for k, v in task_metrics(task, np.asarray(logits, dtype=np.float64)).items()}
     metrics["test_loss"] = prediction.metrics.get("test_loss")
     metrics["test_samples"] = len(test_dataset)
-    metrics.update(head_metrics(task, trainer.model, prepared.tokenizer, args.per_device_eval_batch_size))
+    metrics.update(head_metrics(task, trainer.model, prepared.tokenizer, args.per_device_eval_batch_size,
+                                prepared.task_config.contrastive_steps, args.seed))
     metrics = {k: v for k, v in metrics.items() if v is not None}
     elapsed = time.perf_counter() - started
     trainer.save_model()

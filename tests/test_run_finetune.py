@@ -137,7 +137,7 @@ def test_destination_with_user_context(checkpoint, tmp_path):
 
 def test_compare_report(checkpoint, tmp_path):
     out = tmp_path / "cmp"
-    _run(checkpoint, out, "--compare", "--tasks", "user_association")
+    _run(checkpoint, out, "--compare", "--tasks", "user_association", "--contrastive_steps", "2")
     report = _read(out / "compare_report.json")
     assert set(report["tasks"]) == {"user_association_linking", "user_association_binary"}
     for entry, t in report["tasks"].items():

@@ -56,6 +56,11 @@ class TaskConfig:
     max_seq_length: int = field(default=128, metadata={"help": "Tokens per example (whole hexagons truncated)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training examples."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Cap on test examples."})
+    contrastive_steps: int = field(
+        default=0,
+        metadata={"help": "user linking: steps of supervised InfoNCE (same user = positive) on a copy of the "
+                          "fine-tuned encoder before its retrieval heads are scored (0: off)."},
+    )
     destination_user_context: bool = field(
         default=False,
         metadata={"help": "destination: give the model the user's most recent earlier training-side trajectory as "
@@ -81,6 +86,8 @@ class TaskConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be at least 1, got {value}.")
+        if self.contrastive_steps < 0:
+            raise ValueError(f"--contrastive_steps must be >= 0 (0: off), got {self.contrastive_steps}.")
 
     def entry(self) -> str:
         """The report entry of `task` (user association with its form)."""

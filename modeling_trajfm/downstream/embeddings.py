@@ -82,8 +82,8 @@ def supervised_info_nce(embeddings: torch.Tensor, labels: torch.Tensor, temperat
 
 
 def contrastive_finetune(model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, cells: Sequence[Sequence[int]],
-                         timestamps: Sequence[Sequence[int]] | None, labels: Sequence[int], steps: int = 200,
-                         users_per_batch: int = 16, trajectories_per_user: int = 4, learning_rate: float = 5e-5,
+                         timestamps: Sequence[Sequence[int]] | None, labels: Sequence[int], steps: int = 150,
+                         users_per_batch: int = 16, trajectories_per_user: int = 4, learning_rate: float = 1e-4,
                          temperature: float = 0.1, pooling: str = "mean", seed: int = 0) -> TrajBertPreTrainedModel:
     """Fine-tune the encoder of `model` in place with `supervised_info_nce`; each batch holds `users_per_batch` users
     with `trajectories_per_user` of their trajectories each (drawn seeded, with replacement), so every anchor has
