@@ -35,7 +35,12 @@ from .downstream.compare import INITS, compare_markdown, compare_plot, compare_r
 from .downstream.embeddings import contrastive_finetune
 from .downstream.probes import LINKING, frozen_probes, retrieval_metrics
 from .hub import check_push_possible, push_checkpoint
-from .modeling_trajbert import TrajBertForHexagonPrediction, TrajBertForSequenceClassification, TrajBertModel
+from .modeling_trajbert import (
+    TrajBertForHexagonPrediction,
+    TrajBertForSequenceClassification,
+    TrajBertModel,
+    TrajBertPreTrainedModel,
+)
 from .plotting import plot_training_curves
 from .registration import set_auto_map
 
@@ -242,8 +247,8 @@ def load_encoder(model_path: str, base_config: TrajBertConfig, init: str, seed: 
     return TrajBertModel(copy.deepcopy(base_config), add_pooling_layer=False)
 
 
-def head_metrics(task: PreparedTask, model, tokenizer: TrajTokenizer, batch_size: int, contrastive_steps: int = 0,
-                 seed: int = 0) -> dict[str, float]:
+def head_metrics(task: PreparedTask, model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, batch_size: int,
+                 contrastive_steps: int = 0, seed: int = 0) -> dict[str, float]:
     """`test_`-prefixed metrics of the heads that reuse a fine-tuned encoder beside its classifier (user linking:
     `retrieval_prototype_*`, `retrieval_knn_*`, after `contrastive_steps` of supervised InfoNCE on a copy of the
     encoder when > 0); empty for other tasks."""
