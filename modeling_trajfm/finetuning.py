@@ -49,8 +49,15 @@ from .downstream.builders import (
     task_metrics,
 )
 from .downstream.compare import INITS, compare_markdown, compare_plot, compare_report
+from .downstream.embeddings import contrastive_finetune
+from .downstream.probes import LINKING, frozen_probes, retrieval_metrics
 from .hub import check_push_possible, push_checkpoint
-from .modeling_trajbert import TrajBertForHexagonPrediction, TrajBertForSequenceClassification
+from .modeling_trajbert import (
+    TrajBertForHexagonPrediction,
+    TrajBertForSequenceClassification,
+    TrajBertModel,
+    TrajBertPreTrainedModel,
+)
 from .plotting import plot_training_curves
 from .run_guard import check_output_dir, wants_overwrite
 from .trainer import FinetuneTrainer
@@ -272,7 +279,7 @@ def load_heldout_trajectories(corpus: CorpusConfig, tokenizer: TrajTokenizer, he
 def tokenize_examples(task: PreparedTask, columns: dict[str, list], tokenizer: TrajTokenizer,
                       max_length: int) -> datasets.Dataset:
     """Examples → a tokenized Dataset with `labels` (visits without times get no time features)."""
-    if task.kind == "pair":
+    if "cells_a" in columns:  # pair tasks, and destination with the user's context as segment A
         encoded = tokenizer(cells=columns["cells_a"], timestamps=columns["timestamps_a"],
                             pair_cells=columns["cells_b"], pair_timestamps=columns["timestamps_b"],
                             max_length=max_length, truncation=True)
@@ -310,6 +317,28 @@ def build_model(task: PreparedTask, init: str, model_path: str, base_config: Tra
     else:
         model = model_class(config)
     return model
+
+
+def load_encoder(model_path: str, base_config: TrajBertConfig, init: str, seed: int) -> TrajBertModel:
+    """The checkpoint's bare encoder, or its config with fresh weights (seeded): what the frozen probes embed with."""
+    set_seed(seed)
+    if init == "pretrained":
+        return TrajBertModel.from_pretrained(model_path, add_pooling_layer=False)
+    return TrajBertModel(copy.deepcopy(base_config), add_pooling_layer=False)
+
+
+def head_metrics(task: PreparedTask, model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, batch_size: int,
+                 contrastive_steps: int = 0, seed: int = 0) -> dict[str, float]:
+    """`test_`-prefixed metrics of the heads that reuse a fine-tuned encoder beside its classifier (user linking:
+    `retrieval_prototype_*`, `retrieval_knn_*`, after `contrastive_steps` of supervised InfoNCE on a copy of the
+    encoder when > 0); empty for other tasks."""
+    if task.name != LINKING:
+        return {}
+    if contrastive_steps:
+        model = contrastive_finetune(copy.deepcopy(model), tokenizer, task.train["cells"], task.train["timestamps"],
+                                     task.train["label"], steps=contrastive_steps, seed=seed)
+    heads = retrieval_metrics(model, tokenizer, task, batch_size)
+    return {f"test_{head}_{key}": value for head, metrics in heads.items() for key, value in metrics.items()}
 
 
 def _transfer_mtm_transform(model: TrajBertForHexagonPrediction, model_path: str) -> None:
@@ -468,6 +497,8 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Finetune
     metrics = {f"test_{k}": v for k, v in task_metrics(task, logits).items()}
     metrics["test_loss"] = prediction.metrics.get("test_loss")
     metrics["test_samples"] = len(test_dataset)
+    metrics.update(head_metrics(task, trainer.model, prepared.tokenizer, args.per_device_eval_batch_size,
+                                prepared.task_config.contrastive_steps, args.seed))
     metrics = {k: v for k, v in metrics.items() if v is not None}
     elapsed = time.perf_counter() - started
     trainer.save_model()
@@ -547,7 +578,10 @@ def compare(
             folder.mkdir(parents=True, exist_ok=True)
             logger.info("Fine-tuning %s from %s init -> %s", entry, init, folder)
             results[entry][init], logits[entry][init] = _run_one(prepared, entry, init, training_args, folder)
-    report = compare_report(results, prepared.tasks, logits, seed=training_args.seed)
+    probes = {init: frozen_probes(load_encoder(prepared.model_path, prepared.base_config, init, training_args.seed),
+                                  prepared.tokenizer, prepared.tasks, training_args.seed,
+                                  training_args.per_device_eval_batch_size) for init in INITS}
+    report = compare_report(results, prepared.tasks, logits, seed=training_args.seed, probes=probes)
     if training_args.process_index == 0:
         (output_root / "compare_report.json").write_text(json.dumps(report, indent=1, default=str))
         markdown = compare_markdown(report)

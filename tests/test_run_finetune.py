@@ -125,9 +125,19 @@ def test_destination(checkpoint, tmp_path):
     assert logits.shape[-1] == info["num_candidates"]
 
 
+def test_destination_with_user_context(checkpoint, tmp_path):
+    out = tmp_path / "dest_context"
+    _run(checkpoint, out, "--task", "destination", "--destination_user_context")
+    assert _in_unit(_read(out / "all_results.json")["test_accuracy@1"])
+    report = _read(out / "task_report.json")
+    assert report["task_config"]["destination_user_context"] is True
+    assert 0 < report["split"]["test_examples_with_history"] <= report["split"]["test_examples"]
+    assert report["baselines"]["user_most_frequent_cell"]["inputs"] == "user history"
+
+
 def test_compare_report(checkpoint, tmp_path):
     out = tmp_path / "cmp"
-    _run(checkpoint, out, "--compare", "--tasks", "user_association")
+    _run(checkpoint, out, "--compare", "--tasks", "user_association", "--contrastive_steps", "2")
     report = _read(out / "compare_report.json")
     assert set(report["tasks"]) == {"user_association_linking", "user_association_binary"}
     for entry, t in report["tasks"].items():
@@ -155,6 +165,17 @@ def test_compare_report(checkpoint, tmp_path):
         assert math.isclose(report["avg_f1_improvement_pct"], expected, rel_tol=1e-9, abs_tol=1e-9)
     assert "avg_f1_improvement_pct_ci95" in report and report["bootstrap"]["resamples"] > 0
     assert (out / "compare_report.md").read_text().startswith("# Fine-tuning")
+    # Heads beside the classifier, what each row sees, and the frozen-encoder probes (pre-trained vs random init).
+    linking = report["tasks"]["user_association_linking"]
+    for init in ("pretrained", "random"):
+        for head in ("retrieval_prototype", "retrieval_knn"):
+            assert _in_unit(linking[init][f"{head}_accuracy@1"]), (head, linking[init])
+        probes = report["probes"]["tasks"]["user_association_linking"]
+        assert _in_unit(probes["retrieval_knn"][init]["mrr"]) and _in_unit(probes["retrieval_prototype"][init]["mrr"])
+    assert linking["inputs"] == "trajectory" and linking["baselines"]["cell_profile_knn"]["inputs"] == "trajectory"
+    assert linking["same_inputs"]["baselines"] == ["majority", "cell_profile_knn"]
+    assert set(report["probes"]["pretrained_better_nn_linking"]) == {"retrieval_prototype", "retrieval_knn"}
+    assert "## Probes: frozen encoders" in (out / "compare_report.md").read_text()
     assert (out / "compare_report.png").stat().st_size > 1000
     # Same data and seeds for both inits: the two runs saw identical splits.
     pre = _read(out / "user_association_linking" / "pretrained" / "task_report.json")["split"]

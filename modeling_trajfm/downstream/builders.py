@@ -34,6 +34,13 @@ PRIMARY_METRIC = {
     "user_association_linking": "accuracy@1",
     "user_association_binary": "f1",
 }
+#: What each model and baseline sees at prediction time (parts joined by " + "; "none" = training labels only).
+#: "user history" = trajectories of the same user from the training side. A report compares the model only with
+#: baselines whose inputs it also sees (`downstream.compare.comparable_baselines`).
+MODEL_INPUTS = {"next_subtrajectory": "trajectory pair", "destination": "prefix",
+                "user_association_linking": "trajectory", "user_association_binary": "trajectory pair"}
+BASELINE_INPUTS = {"majority": "none", "markov": "prefix", "user_most_frequent_cell": "user history",
+                   "cell_profile_knn": "trajectory", "cell_profile_similarity": "trajectory pair"}
 
 
 @dataclass
@@ -69,6 +76,16 @@ class TaskConfig:
     max_seq_length: int = field(default=128, metadata={"help": "Tokens per example (whole hexagons truncated)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training examples."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Cap on test examples."})
+    contrastive_steps: int = field(
+        default=0,
+        metadata={"help": "user linking: steps of supervised InfoNCE (same user = positive) on a copy of the "
+                          "fine-tuned encoder before its retrieval heads are scored (0: off)."},
+    )
+    destination_user_context: bool = field(
+        default=False,
+        metadata={"help": "destination: give the model the user's most recent earlier training-side trajectory as "
+                          "segment A and the prefix as segment B (what the user-history baselines see)."},
+    )
 
     def __post_init__(self):
         if self.task not in T.TASKS:
@@ -91,6 +108,8 @@ class TaskConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be at least 1, got {value}.")
+        if self.contrastive_steps < 0:
+            raise ValueError(f"--contrastive_steps must be >= 0 (0: off), got {self.contrastive_steps}.")
 
     def entry(self) -> str:
         """The report entry of `task` (user association with its form)."""
@@ -134,6 +153,7 @@ class PreparedTask:
     candidates: list[int] = field(default_factory=list)
     validation: dict[str, list] = field(default_factory=dict)
     baseline_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    inputs: str | None = None  # what the model sees; None: MODEL_INPUTS of the entry
 
     def set_baselines(self, scores: dict[str, np.ndarray]) -> None:
         self.baseline_scores = {name: np.asarray(s, dtype=np.float64) for name, s in scores.items()}
@@ -272,7 +292,31 @@ def build_destination(records: Sequence[T.Record], config: TaskConfig, seed: int
     })
     for columns in (train, validation, test):
         _slice_visits(columns, ("cells", "timestamps"), config.max_input_visits, last=True)
+    if config.destination_user_context:
+        _add_user_context(task, [*train_records, *validation_records],
+                          [*train_records, *validation_records, *test_records], max(1, config.max_input_visits // 2))
     return task
+
+
+def _add_user_context(task: PreparedTask, train_records: Sequence[T.Record], records: Sequence[T.Record],
+                      history_visits: int) -> None:
+    """Segment A of every destination example: the last `history_visits` visits of the user's most recent earlier
+    non-test trajectory (`train_records`: train + validation), or the prefix itself when there is none (no history
+    beyond it); the prefix is segment B."""
+    task.inputs = "prefix + user history"
+    start_of = {r.traj_id: int(r.timestamps[0]) for r in records}
+    for side, columns in (("train", task.train), ("validation", task.validation), ("test", task.test)):
+        if not columns.get("traj_id"):
+            continue
+        starts = [start_of[i] for i in columns["traj_id"]]
+        earlier = T.most_recent_earlier(train_records, columns["user_id"], starts)
+        columns["history_traj_id"] = [None if r is None else r.traj_id for r in earlier]
+        columns["cells_a"] = [c if r is None else r.cells[-history_visits:].tolist()
+                              for r, c in zip(earlier, columns["cells"])]
+        columns["timestamps_a"] = [t if r is None else r.timestamps[-history_visits:].tolist()
+                                   for r, t in zip(earlier, columns["timestamps"])]
+        columns["cells_b"], columns["timestamps_b"] = columns["cells"], columns["timestamps"]
+        task.info[f"{side}_examples_with_history"] = sum(r is not None for r in earlier)
 
 
 def build_user_linking(records: Sequence[T.Record], config: TaskConfig, seed: int) -> PreparedTask:
@@ -341,7 +385,11 @@ def build_task(entry: str, records: Sequence[T.Record], config: TaskConfig, seed
     """The prepared task of report `entry` (see `TASK_ENTRIES`)."""
     if entry not in BUILDERS:
         raise ValueError(f"Unknown task entry {entry!r}: choose one of {', '.join(BUILDERS)}.")
-    return BUILDERS[entry](records, config, seed)
+    task = BUILDERS[entry](records, config, seed)
+    task.inputs = task.inputs or MODEL_INPUTS[entry]
+    for name, row in task.baselines.items():
+        row["inputs"] = BASELINE_INPUTS[name]
+    return task
 
 
 def build_task_from_splits(entry: str, splits: dict[str, Sequence[T.Record]], config: TaskConfig,

@@ -11,6 +11,10 @@ metric and primary F1, for both inits and every baseline, from a seeded percenti
 (pair tasks: over anchor trajectories, each with all its pairs). Every scorer of an entry is evaluated on the same
 resamples. The improvement's interval is a paired bootstrap: resample b draws one resample per entry, both inits
 are scored on it, and the formula above is applied to those F1s; the interval is the percentiles over b.
+
+Each entry says what its model sees (`inputs`) and compares it only with the baselines that see nothing more
+(`same_inputs`: "beats" means beats those). The optional `probes` section holds the frozen-encoder probes of
+`downstream.probes`, pre-trained vs random init.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 
 from .builders import PRIMARY_METRIC, PreparedTask
 from .metrics import binary_metrics, macro_f1, true_class_ranks
+from .probes import LINKING, PROBE_SETTINGS
 from .stats import N_RESAMPLES, bootstrap_resamples, percentile_interval
 
 INITS = ("pretrained", "random")
@@ -35,6 +40,8 @@ PRIMARY_F1 = {
     "user_association_linking": "macro_f1",
     "user_association_binary": "f1",
 }
+#: The metric that decides whether the model beats the baselines that see the same inputs: the primary one.
+BEATS_METRIC = PRIMARY_METRIC
 LOWER_IS_BETTER = ("distance_km_mean", "distance_km_median", "loss")
 BOOTSTRAP_METHOD = ("percentile bootstrap over test examples (pair tasks: anchor trajectories with all their pairs), "
                     "the same resamples for every scorer of a task; improvement: paired, one resample per task")
@@ -119,11 +126,48 @@ def _bootstrap(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTas
     }
 
 
+def comparable_baselines(model_inputs: str, baselines: dict[str, dict]) -> list[str]:
+    """The baselines that see no input the model does not see (their `inputs` parts, joined by " + ", are among the
+    model's; "none" = training labels only). A baseline without `inputs` is never comparable."""
+    parts = set(model_inputs.split(" + "))
+    return [name for name, row in baselines.items()
+            if row.get("inputs") == "none" or set(str(row.get("inputs")).split(" + ")) <= parts]
+
+
+def same_inputs_verdict(entry: str, inputs: str, by_init: dict[str, dict], baselines: dict[str, dict]
+                        ) -> dict[str, Any]:
+    """The best baseline with the same inputs on `BEATS_METRIC[entry]` and whether each init beats it (>=)."""
+    metric = BEATS_METRIC[entry]
+    names = [n for n in comparable_baselines(inputs, baselines) if metric in baselines[n]]
+    best = max(names, key=lambda n: baselines[n][metric], default=None)
+    verdict: dict[str, Any] = {"metric": metric, "baselines": names, "best_baseline": best,
+                               "best_baseline_value": None if best is None else baselines[best][metric]}
+    for init, metrics in by_init.items():
+        margin = None if best is None or metric not in metrics else metrics[metric] - baselines[best][metric]
+        verdict[f"{init}_margin"] = margin
+        verdict[f"{init}_beats"] = None if margin is None else margin >= 0
+    return verdict
+
+
+def probes_section(probes: dict[str, dict[str, dict[str, dict[str, float]]]]) -> dict[str, Any]:
+    """`probes[init][entry][probe]` = test metrics of a frozen encoder → the report's `probes` section."""
+    tasks: dict[str, dict[str, dict]] = {}
+    for init, entries in probes.items():
+        for entry, by_probe in entries.items():
+            for probe, metrics in by_probe.items():
+                tasks.setdefault(entry, {}).setdefault(probe, {})[init] = metrics
+    better = {probe: rows["pretrained"]["accuracy@1"] > rows["random"]["accuracy@1"]
+              for probe, rows in tasks.get(LINKING, {}).items() if set(INITS) <= set(rows)}
+    return {"encoder": "frozen (no fine-tuning)", "settings": PROBE_SETTINGS, "tasks": tasks,
+            "pretrained_better_nn_linking": better}
+
+
 def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTask],
                    logits: dict[str, dict[str, np.ndarray]] | None = None, seed: int = 0,
-                   n_resamples: int = N_RESAMPLES) -> dict[str, Any]:
+                   n_resamples: int = N_RESAMPLES, probes: dict[str, dict] | None = None) -> dict[str, Any]:
     """`results[entry][init]` = test metrics (keys `test_*`) → the report (see the module docstring); with the test
-    `logits[entry][init]`, bootstrap 95% intervals too (`seed`, `n_resamples`)."""
+    `logits[entry][init]`, bootstrap 95% intervals too (`seed`, `n_resamples`); `probes`
+    (`probes[init][entry][probe]` = metrics of the frozen encoder) adds the `probes` section."""
     report_tasks = {}
     for entry, by_init in results.items():
         pre = {k.removeprefix("test_"): v for k, v in by_init["pretrained"].items()}
@@ -141,6 +185,10 @@ def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, Prepare
             "improvement_pct": improvement,
             "split": tasks[entry].info,
         }
+        inputs = tasks[entry].inputs or "unknown"
+        report_tasks[entry]["inputs"] = inputs
+        report_tasks[entry]["same_inputs"] = same_inputs_verdict(entry, inputs, {"pretrained": pre, "random": rand},
+                                                                 tasks[entry].baselines)
     report = {
         "tasks": report_tasks,
         "avg_f1_pretrained": float(np.mean([primary_f1(e, t["pretrained"]) for e, t in report_tasks.items()])),
@@ -157,6 +205,8 @@ def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, Prepare
         report.update(intervals)
         report["bootstrap"] = {"resamples": n_resamples, "seed": seed, "confidence": 0.95,
                                "method": BOOTSTRAP_METHOD}
+    if probes:
+        report["probes"] = probes_section(probes)
     return report
 
 
@@ -174,7 +224,9 @@ def compare_markdown(report: dict[str, Any]) -> str:
         baselines = list(t["baselines"])
         lines += [f"## {entry} (primary: {t['primary_metric']})", "",
                   "| metric | pretrained | random | improvement | " + " | ".join(baselines) + " |",
-                  "|---|---|---|---|" + "---|" * len(baselines)]
+                  "|---|---|---|---|" + "---|" * len(baselines),
+                  f"| inputs | {t.get('inputs', 'n/a')} | {t.get('inputs', 'n/a')} | | "
+                  + " | ".join(str(t["baselines"][b].get("inputs", "n/a")) for b in baselines) + " |"]
         ci = t.get("ci95", {})
         for metric, value in t["pretrained"].items():
             if not isinstance(value, float) or metric.endswith("samples"):
@@ -185,7 +237,7 @@ def compare_markdown(report: dict[str, Any]) -> str:
                      "n/a" if improvement is None else f"{improvement:+.1f}%"]
             cells += [_fmt(t["baselines"][b].get(metric)) + _fmt_ci(ci, b, metric) for b in baselines]
             lines.append(f"| {metric} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += ["", _same_inputs_line(t), ""]
     avg = report["avg_f1_improvement_pct"]
     paper = report.get("avg_f1_improvement_pct_paper_tasks")
     lines += [
@@ -203,6 +255,8 @@ def compare_markdown(report: dict[str, Any]) -> str:
         b = report["bootstrap"]
         lines += ["", f"[lo, hi]: {100 * b['confidence']:.0f}% confidence intervals, {b['method']} "
                       f"({b['resamples']} resamples, seed {b['seed']})."]
+    if "probes" in report:
+        lines += ["", *_probes_markdown(report["probes"])]
     return "\n".join(lines) + "\n"
 
 
@@ -216,6 +270,34 @@ def _fmt_interval(interval: list[float] | None, unit: str = "") -> str:
 
 def _fmt_ci(ci: dict[str, dict[str, list[float] | None]], scorer: str, metric: str) -> str:
     return _fmt_interval(ci.get(scorer, {}).get(metric))
+
+
+def _same_inputs_line(t: dict[str, Any]) -> str:
+    verdict = t.get("same_inputs") or {}
+    if verdict.get("best_baseline") is None:
+        return "No baseline sees the same inputs as the model."
+    metric, best = verdict["metric"], verdict["best_baseline"]
+    parts = [f"{init} {'beats' if verdict[f'{init}_beats'] else 'is below'} it by {verdict[f'{init}_margin']:+.4f}"
+             for init in INITS if verdict.get(f"{init}_beats") is not None]
+    return (f"Same inputs ({t['inputs']}): best baseline on {metric} is {best} "
+            f"({verdict['best_baseline_value']:.4f}); " + ", ".join(parts) + ".")
+
+
+def _probes_markdown(probes: dict[str, Any]) -> list[str]:
+    settings = ", ".join(f"{k} {v}" for k, v in probes["settings"].items())
+    lines = ["## Probes: frozen encoders, no fine-tuning (what pre-training teaches)", "", f"Settings: {settings}.",
+             "", "| task | probe | metric | pretrained | random | improvement |", "|---|---|---|---|---|---|"]
+    for entry, by_probe in probes["tasks"].items():
+        for probe, rows in by_probe.items():
+            pre, rand = rows.get("pretrained", {}), rows.get("random", {})
+            for metric, value in pre.items():
+                improvement = relative_improvement(value, rand.get(metric, math.nan), metric in LOWER_IS_BETTER)
+                lines.append(f"| {entry} | {probe} | {metric} | {_fmt(value)} | {_fmt(rand.get(metric))} | "
+                             + ("n/a" if improvement is None else f"{improvement:+.1f}%") + " |")
+    for probe, better in probes["pretrained_better_nn_linking"].items():
+        lines += ["", f"Nearest-neighbour user linking ({probe}, accuracy@1): pre-trained frozen embeddings "
+                      f"{'beat' if better else 'do not beat'} random-init ones."]
+    return lines
 
 
 def compare_plot(report: dict[str, Any], path: Path) -> Path:

@@ -20,7 +20,8 @@ Tasks (arXiv 2312.00076, section "Downstream tasks"):
   cells equal the true continuation is redrawn. Labels: 1 = follows, 0 = not.
 * **destination** (`destination_examples`): the first ``max(1, floor(prefix_fraction * n))`` visits (at most n - 1)
   of an n-visit trajectory → its last cell. Candidate cells = the distinct destinations of the training split
-  (`destination_candidates`); a test destination outside them gets label -100 and counts as wrong.
+  (`destination_candidates`); a test destination outside them gets label -100 and counts as wrong. The user's
+  context (`most_recent_earlier`) is the user's training-side trajectory that started last before the example's.
 * **user association**, binary form (`user_pairs`, the paper's): pairs of two different trajectories, label 1 when
   both come from the same user; one positive and one negative partner per trajectory whose user has another
   trajectory in the partition (balanced). Linking form (`linking_users` + `split_trajectories_by_user`): which of N
@@ -269,6 +270,20 @@ def destination_examples(records: Sequence[Record], prefix_fraction: float = 0.2
     return out
 
 
+def most_recent_earlier(history: Sequence[Record], users: Sequence[str], starts: Sequence[int]) -> list[Record | None]:
+    """For each (user, start time): the trajectory of that user in `history` that started last before `start`, or
+    None. Only `history` is searched: pass the training side, so a test example's context never comes from test."""
+    by_user: dict[str, list[Record]] = defaultdict(list)
+    for r in sorted(history, key=lambda r: (int(r.timestamps[0]), r.traj_id)):
+        by_user[r.user_id].append(r)
+    firsts = {user: np.array([int(r.timestamps[0]) for r in rs]) for user, rs in by_user.items()}
+    out: list[Record | None] = []
+    for user, start in zip(users, starts):
+        earlier = int(np.searchsorted(firsts.get(user, np.empty(0)), int(start), side="left"))
+        out.append(by_user[user][earlier - 1] if earlier else None)
+    return out
+
+
 def destination_candidates(train_destinations: Iterable[int]) -> list[int]:
     """The candidate cells of the destination head: distinct training destinations, sorted."""
     return sorted(set(int(c) for c in train_destinations))
@@ -377,6 +392,7 @@ __all__ = [
     "label_indices",
     "linking_examples",
     "linking_users",
+    "most_recent_earlier",
     "next_subtrajectory_pairs",
     "prefix_length",
     "select",

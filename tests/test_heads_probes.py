@@ -1,0 +1,227 @@
+"""Task-fitted heads and probes (issue 8): trajectory embeddings, user linking as retrieval, destination with the
+user's context, the same-inputs comparison and the frozen-encoder probes of the compare report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from modeling_trajfm import TrajBertForMaskedTrajectoryModeling
+from modeling_trajfm.downstream import PreparedTask, TaskConfig, build_task
+from modeling_trajfm.downstream import examples as T
+from modeling_trajfm.downstream.compare import comparable_baselines, compare_markdown, compare_report
+from modeling_trajfm.downstream.embeddings import (
+    contrastive_finetune,
+    embed_trajectories,
+    knn_scores,
+    linear_probe_scores,
+    prototype_scores,
+    supervised_info_nce,
+)
+from modeling_trajfm.downstream.metrics import ranking_metrics
+from modeling_trajfm.downstream.probes import frozen_probes
+from modeling_trajfm.finetuning import (
+    load_encoder,
+    load_heldout_trajectories,
+    load_tokenizer_and_config,
+    resolve_corpus,
+    resolve_heldout_users,
+)
+from tokenization_trajfm.h3cells import encode_cells
+
+
+@pytest.fixture(scope="module")
+def encoder_and_records(tiny_checkpoint):
+    path = str(tiny_checkpoint["path"])
+    tokenizer, config = load_tokenizer_and_config(path)
+    heldout, _ = resolve_heldout_users(path, None)
+    table, *_ = load_heldout_trajectories(resolve_corpus(path), tokenizer, heldout)
+    return path, tokenizer, config, T.trajectory_records(table)
+
+
+# --------------------------------------------------------------------------------------------------- embeddings
+def test_load_encoder_takes_the_pretrained_weights(encoder_and_records):
+    path, _, config, _ = encoder_and_records
+    encoder = load_encoder(path, config, "pretrained", seed=1)
+    reference = TrajBertForMaskedTrajectoryModeling.from_pretrained(path).trajbert.state_dict()
+    assert all(torch.equal(value, reference[key]) for key, value in encoder.state_dict().items())
+    fresh = load_encoder(path, config, "random", seed=1).state_dict()
+    assert not torch.equal(fresh["encoder.layer.0.attention.self.query.weight"],
+                           reference["encoder.layer.0.attention.self.query.weight"])
+
+
+def test_mean_pooling_ignores_padding_and_special_tokens(encoder_and_records):
+    path, tokenizer, config, records = encoder_and_records
+    encoder = load_encoder(path, config, "pretrained", seed=0)
+    cells = [r.cells[:n].tolist() for r, n in zip(records[:5], (3, 12, 5, 20, 7))]
+    times = [r.timestamps[:n].tolist() for r, n in zip(records[:5], (3, 12, 5, 20, 7))]
+    one_by_one = embed_trajectories(encoder, tokenizer, cells, times, batch_size=1)
+    batched = embed_trajectories(encoder, tokenizer, cells, times, batch_size=5)  # padded to the longest
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+    # By hand for the shortest trajectory: the mean over its visit tokens, never over [CLS] / [SEP].
+    batch = tokenizer(cells=[cells[0]], timestamps=[times[0]], return_tensors="pt")
+    with torch.no_grad():
+        hidden = encoder(**batch).last_hidden_state[0]
+    visit_tokens = batch["hexagon_ids"][0] > 0
+    assert 0 < visit_tokens.sum() < hidden.shape[0] - 1
+    np.testing.assert_allclose(one_by_one[0], hidden[visit_tokens].mean(0).numpy(), atol=1e-5)
+    assert not np.allclose(one_by_one[0], hidden.mean(0).numpy(), atol=1e-4)
+    cls = embed_trajectories(encoder, tokenizer, cells[:1], times[:1], pooling="cls")
+    np.testing.assert_allclose(cls[0], hidden[0].numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="Unknown pooling 'max'"):
+        embed_trajectories(encoder, tokenizer, cells, times, pooling="max")
+
+
+# ---------------------------------------------------------------------------------------------------- retrieval
+def test_prototype_and_knn_retrieval_by_hand():
+    # Class 0 lies along x, class 1 along y; class 1 has one outlier in the direction of the first query.
+    train = np.array([[1.0, 0.0], [1.0, -0.3], [0.0, 1.0], [0.1, 3.0], [1.0, 0.1]])
+    labels = [0, 0, 1, 1, 1]
+    query = np.array([[2.0, 0.2], [0.0, 2.0]])
+    prototypes = prototype_scores(train, labels, query, n_classes=3)
+    assert prototypes.argmax(axis=1).tolist() == [0, 1] and np.isneginf(prototypes[:, 2]).all()
+    prototype_0 = np.array([1.0, 0.0]) + np.array([1.0, -0.3]) / np.hypot(1.0, 0.3)
+    assert prototypes[1, 0] == pytest.approx(prototype_0[1] / np.linalg.norm(prototype_0))
+    nearest = knn_scores(train, labels, query, n_classes=3, k=1)
+    # k=1: the outlier of class 1 is the first query's nearest trajectory; k=3 averages it away.
+    assert nearest[0, 1] == pytest.approx(1.0) and nearest.argmax(axis=1).tolist() == [1, 1]
+    assert knn_scores(train, labels, query, n_classes=3, k=3).argmax(axis=1).tolist() == [0, 1]
+    metrics = ranking_metrics(nearest, np.array([0, 1]))
+    assert metrics["accuracy@1"] == 0.5 and metrics["mrr"] == 0.75
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        knn_scores(train, labels, query, 2, k=0)
+
+
+def test_linear_probe_is_seeded_and_learns_a_separable_problem():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 8)) * 4
+    labels = np.repeat(np.arange(3), 20)
+    x = centers[labels] + rng.normal(size=(60, 8))
+    y = np.concatenate([labels[:-1], [-100]])  # an unknown label is ignored
+    scores = linear_probe_scores(x, y, x, 3, seed=5)
+    assert (scores.argmax(axis=1) == labels).mean() > 0.95
+    np.testing.assert_array_equal(scores, linear_probe_scores(x, y, x, 3, seed=5))
+
+
+# ------------------------------------------------------------------------------------- destination with context
+def _grid_records(n_users=3, per_user=5, length=6):
+    """Trajectories of different users interleaved in time, on real H3 cells (metrics need cell centres)."""
+    lat = 40.70 + 0.01 * np.arange(30)
+    cells = encode_cells(lat, np.full(30, -74.0), 8)
+    records, rng = [], np.random.default_rng(0)
+    for traj_id in range(n_users * per_user):
+        start = 1_700_000_000 + 86_400 * traj_id
+        records.append(T.Record(f"u{traj_id % n_users}", traj_id, cells[rng.integers(0, 30, length)],
+                                start + 600 * np.arange(length, dtype=np.int64)))
+    return records
+
+
+def test_destination_context_is_an_earlier_training_trajectory_of_the_same_user():
+    records = _grid_records()
+    by_id = {r.traj_id: r for r in records}
+    task = build_task("destination", records, TaskConfig(max_input_visits=4, destination_user_context=True), 0)
+    assert task.inputs == "prefix + user history"
+    test_ids = set(task.test["traj_id"])
+    train_side = [r for r in records if r.traj_id not in test_ids]
+    found = 0
+    for columns in (task.train, task.test):
+        assert columns["cells_b"] == columns["cells"]
+        for i, traj_id in enumerate(columns["traj_id"]):
+            own = by_id[traj_id]
+            earlier = [r for r in train_side if r.user_id == own.user_id and r.timestamps[0] < own.timestamps[0]]
+            history = columns["history_traj_id"][i]
+            if not earlier:
+                assert history is None and columns["cells_a"][i] == columns["cells"][i]
+                continue
+            found += 1
+            latest = max(earlier, key=lambda r: r.timestamps[0])
+            assert history == latest.traj_id and history not in test_ids  # never a test trajectory
+            assert columns["cells_a"][i] == latest.cells[-2:].tolist()  # max_input_visits // 2 visits
+    assert found and task.info["test_examples_with_history"] > 0
+    off = build_task("destination", records, TaskConfig(max_input_visits=4), 0)
+    assert off.inputs == "prefix" and "cells_a" not in off.train
+
+
+def test_most_recent_earlier_searches_only_the_given_history():
+    records = _grid_records(n_users=1, per_user=4)
+    history = [records[0], records[2]]
+    found = T.most_recent_earlier(history, ["u0"] * 4 + ["nobody"], [int(r.timestamps[0]) for r in records] + [0])
+    assert [None if r is None else r.traj_id for r in found] == [None, 0, 0, 2, None]
+
+
+# ------------------------------------------------------------------------------------------ report and probes
+def test_beats_compares_only_baselines_with_the_same_inputs():
+    baselines = {"majority": {"accuracy@1": 0.1, "macro_f1": 0.0, "inputs": "none"},
+                 "markov": {"accuracy@1": 0.2, "macro_f1": 0.1, "inputs": "prefix"},
+                 "user_most_frequent_cell": {"accuracy@1": 0.3, "macro_f1": 0.2, "inputs": "user history"},
+                 "unlabelled": {"accuracy@1": 0.9, "macro_f1": 0.9}}
+    assert comparable_baselines("prefix", baselines) == ["majority", "markov"]
+    assert comparable_baselines("prefix + user history", baselines) == ["majority", "markov",
+                                                                        "user_most_frequent_cell"]
+    results = {"destination": {"pretrained": {"test_accuracy@1": 0.25, "test_macro_f1": 0.1},
+                               "random": {"test_accuracy@1": 0.15, "test_macro_f1": 0.05}}}
+    for inputs, best, beats in (("prefix", "markov", True), ("prefix + user history", "user_most_frequent_cell",
+                                                               False)):
+        task = PreparedTask("destination", "hexagon", {}, {}, [], baselines=baselines, inputs=inputs)
+        verdict = compare_report(results, {"destination": task})["tasks"]["destination"]["same_inputs"]
+        assert verdict["best_baseline"] == best and verdict["pretrained_beats"] is beats
+        assert verdict["random_beats"] is False
+        assert verdict["pretrained_margin"] == pytest.approx(0.25 - baselines[best]["accuracy@1"])
+
+
+def test_probes_section_and_markdown():
+    link = {"accuracy@1": 0.5, "accuracy@5": 0.9, "mrr": 0.6, "macro_f1": 0.4}
+    worse = {k: v / 2 for k, v in link.items()}
+    probes = {"pretrained": {"user_association_linking": {"retrieval_prototype": link, "retrieval_knn": worse}},
+              "random": {"user_association_linking": {"retrieval_prototype": worse, "retrieval_knn": link}}}
+    results = {"user_association_linking": {"pretrained": {"test_macro_f1": 0.3, "test_accuracy@1": 0.4},
+                                            "random": {"test_macro_f1": 0.2, "test_accuracy@1": 0.3}}}
+    task = PreparedTask("user_association_linking", "single", {}, {}, [], inputs="trajectory",
+                        baselines={"cell_profile_knn": {"accuracy@1": 0.9, "macro_f1": 0.8, "inputs": "trajectory"}})
+    report = compare_report(results, {"user_association_linking": task}, probes=probes)
+    section = report["probes"]
+    assert section["tasks"]["user_association_linking"]["retrieval_knn"]["random"] == link
+    assert section["pretrained_better_nn_linking"] == {"retrieval_prototype": True, "retrieval_knn": False}
+    markdown = compare_markdown(report)
+    assert "## Probes: frozen encoders" in markdown and "| retrieval_prototype | accuracy@1 | 0.5000 | 0.2500 |" \
+        in markdown.replace("| user_association_linking ", "")
+    assert "best baseline on accuracy@1 is cell_profile_knn (0.9000); pretrained is below it by -0.5000" in markdown
+    assert "probes" not in compare_report(results, {"user_association_linking": task})
+
+
+def test_frozen_probes_on_real_tasks(encoder_and_records):
+    path, tokenizer, config, records = encoder_and_records
+    config_ = TaskConfig(max_input_visits=16)
+    tasks = {e: build_task(e, records, config_, 0) for e in ("destination", "user_association_linking")}
+    probes = frozen_probes(load_encoder(path, config, "pretrained", 0), tokenizer, tasks, seed=0)
+    assert set(probes["user_association_linking"]) == {"retrieval_prototype", "retrieval_knn"}
+    for metrics in (*probes["user_association_linking"].values(), probes["destination"]["linear_probe"]):
+        assert 0.0 <= metrics["accuracy@1"] <= metrics["accuracy@5"] <= 1.0 and 0.0 <= metrics["mrr"] <= 1.0
+    assert "distance_km_mean" in probes["destination"]["linear_probe"]
+
+
+# ------------------------------------------------------------------------------------------------- contrastive
+def test_supervised_info_nce_by_hand():
+    labels = torch.tensor([0, 0, 1, 1])
+    aligned = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    crossed = aligned[[0, 2, 1, 3]]
+    # Aligned: each anchor's positive has cosine 1, the two negatives 0: -log(e^10 / (e^10 + 2)).
+    assert supervised_info_nce(aligned, labels).item() == pytest.approx(np.log1p(2 * np.exp(-10)), rel=1e-3)
+    assert supervised_info_nce(crossed, labels) > supervised_info_nce(aligned, labels)
+    assert supervised_info_nce(aligned, torch.tensor([0, 1, 2, 3])).item() == 0.0  # no positives: no signal
+
+
+def test_contrastive_finetune_pulls_a_users_trajectories_together(encoder_and_records):
+    path, tokenizer, config, records = encoder_and_records
+    task = build_task("user_association_linking", records, TaskConfig(max_input_visits=16), 0)
+    encoder = load_encoder(path, config, "pretrained", 0)
+    cells, times, labels = task.train["cells"], task.train["timestamps"], torch.tensor(task.train["label"])
+
+    def loss() -> float:
+        return supervised_info_nce(torch.as_tensor(embed_trajectories(encoder, tokenizer, cells, times)), labels).item()
+
+    before = loss()
+    contrastive_finetune(encoder, tokenizer, cells, times, task.train["label"], steps=15, users_per_batch=4,
+                         learning_rate=1e-3, seed=0)
+    assert loss() < before and not encoder.training
