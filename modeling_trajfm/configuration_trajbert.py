@@ -23,6 +23,9 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+#: How a sequence is summarised for a head: the pooled [CLS] state, or the mean over hexagon tokens.
+CLASSIFIER_POOLINGS = ("cls", "mean")
+
 
 @strict
 class TrajBertConfig(PreTrainedConfig):
@@ -150,7 +153,7 @@ class TrajBertConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}` must be in [0, 1), got {value}.")
 
     def validate_classifier_pooling(self) -> None:
-        if self.classifier_pooling not in ("cls", "mean"):
+        if self.classifier_pooling not in CLASSIFIER_POOLINGS:
             raise ValueError(f"`classifier_pooling` must be 'cls' or 'mean', got {self.classifier_pooling!r}.")
 
     def validate_hexagon_candidates(self) -> None:

@@ -36,7 +36,7 @@ from tokenization_trajfm.corpus import CORPUS_FILE, SPLIT_SOURCE_FIELDS
 
 from .arguments import NoPinMemoryWithoutAccelerator
 from .cards import PLOT_FILE, build_finetune_card
-from .configuration_trajbert import TrajBertConfig
+from .configuration_trajbert import CLASSIFIER_POOLINGS, TrajBertConfig
 from .data_collator import DataCollatorWithTrajectoryPadding
 from .downstream import examples as T
 from .downstream.builders import (
@@ -140,7 +140,7 @@ class FinetuneTrainingArguments(NoPinMemoryWithoutAccelerator, TrainingArguments
 
     def __post_init__(self):
         super().__post_init__()
-        if self.classifier_pooling not in ("cls", "mean"):
+        if self.classifier_pooling not in CLASSIFIER_POOLINGS:
             raise ValueError(f"--classifier_pooling must be cls or mean, got {self.classifier_pooling!r}.")
         if self.early_stopping_patience < 0:
             raise ValueError(f"--early_stopping_patience must be >= 0, got {self.early_stopping_patience}.")

@@ -58,7 +58,7 @@ from .run_guard import (
     remove_checkpoints,
     wants_overwrite,
 )
-from .trainer import MTMTrainer
+from .trainer import MTMTrainer, sequence_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -243,8 +243,7 @@ def _select(corpus: pa.Table | datasets.Dataset, users: list[str]) -> datasets.D
 
 
 def _num_tokens(dataset: datasets.Dataset) -> int:
-    column = _arrow_column(dataset, "input_ids")
-    return int(pc.sum(pc.list_value_length(column)).as_py() or 0)
+    return int(sequence_lengths(dataset).sum())
 
 
 def load_tokenizer(model_args: MTMModelArguments, corpus: CorpusConfig, mtm_args: MTMArguments,
@@ -321,7 +320,7 @@ def _should_pack(train: datasets.Dataset, mtm_args: MTMArguments, training_args:
         return mtm_args.pack_sequences == "true"
     if training_args.train_sampling_strategy == "group_by_length":
         return False
-    lengths = pc.list_value_length(_arrow_column(train, "input_ids")).to_numpy()
+    lengths = sequence_lengths(train)
     order = np.random.default_rng(training_args.data_seed or training_args.seed).permutation(lengths.size)
     share = padding_share(lengths[order], training_args.per_device_train_batch_size)
     logger.info(f"Random training batches would be {share:.1%} padding: "

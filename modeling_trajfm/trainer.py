@@ -18,6 +18,12 @@ from .metrics import perplexity
 from .run_guard import mark_complete
 
 
+def sequence_lengths(dataset: datasets.Dataset) -> np.ndarray:
+    """Tokens per sequence (`input_ids` lengths), read from Arrow through the dataset's indices."""
+    column = dataset.select_columns(["input_ids"]).with_format("arrow")[:]["input_ids"]
+    return pc.list_value_length(column).to_numpy()
+
+
 class BucketedLengthSampler(torch.utils.data.Sampler):
     """Length-grouped order that depends only on (seed, epoch): shuffle, sort by length within buckets of
     `batch_size * bucket_batches` sequences, cut into batches, shuffle the batches.
@@ -93,9 +99,8 @@ class MTMTrainer(Trainer):
         train_dataset = self.train_dataset if train_dataset is None else train_dataset
         if self.args.train_sampling_strategy != "group_by_length" or not isinstance(train_dataset, datasets.Dataset):
             return super()._get_train_sampler(train_dataset)
-        column = train_dataset.select_columns(["input_ids"]).with_format("arrow")[:]["input_ids"]
-        lengths = pc.list_value_length(column).to_numpy().tolist()
-        return BucketedLengthSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return BucketedLengthSampler(sequence_lengths(train_dataset).tolist(), batch,
                                      seed=self.args.data_seed or self.args.seed)
 
     def get_eval_dataloader(self, eval_dataset=None):

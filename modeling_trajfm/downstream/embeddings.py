@@ -21,17 +21,17 @@ from torch import nn
 
 from tokenization_trajfm import TrajTokenizer
 
-from ..modeling_trajbert import TrajBertPreTrainedModel
+from ..configuration_trajbert import CLASSIFIER_POOLINGS
+from ..modeling_trajbert import TrajBertPreTrainedModel, hexagon_mean_pool
 
-POOLINGS = ("mean", "cls")
+POOLINGS = CLASSIFIER_POOLINGS
 
 
 def _pool(encoder: TrajBertPreTrainedModel, batch: dict[str, torch.Tensor], pooling: str) -> torch.Tensor:
     hidden = encoder(**batch).last_hidden_state
     if pooling == "cls":
         return hidden[:, 0]
-    mask = (batch["hexagon_ids"] > 0).unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+    return hexagon_mean_pool(hidden, batch["hexagon_ids"])
 
 
 def _encode(tokenizer: TrajTokenizer, cells, timestamps, device: torch.device) -> dict[str, torch.Tensor]:
