@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .cluster import visit_spans, visit_starts
 from .errors import EmptyInputError, TrajInputError
@@ -72,28 +75,38 @@ def build_trajectories(
     report.visits = int(first.size)
 
     t_first = trajectory_starts(v_user, v_start, v_end, segmentation)
+    table = assemble_trajectories(t_first, v_cell, v_start // 1_000_000, merged, segmentation, report,
+                                  lambda firsts: clean.users.take(pa.array(v_user[firsts])))
+    return table, report
+
+
+def assemble_trajectories(t_first: np.ndarray, v_cell: np.ndarray, v_seconds: np.ndarray | None, merged: np.ndarray,
+                          segmentation: SegmentationConfig, report: PipelineReport,
+                          user_ids: Callable[[np.ndarray], pa.Array]) -> pa.Table:
+    """Visits cut into trajectories (`t_first`: index of each trajectory's first visit) → the paper's filters, the
+    kept counts in `report` (checked to add up) and the trajectory table. `v_seconds`: visit starts in epoch seconds
+    (None: no times); `user_ids(first visits of the kept trajectories)` gives their user ids."""
     keep, report.trajectories_dropped = filter_trajectories(t_first, v_cell, merged, segmentation)
     report.trajectories_formed = int(t_first.size)
     report.trajectories_kept = int(keep.sum())
-
     lengths = np.diff(np.append(t_first, v_cell.size))
     visit_keep = np.repeat(keep, lengths)
     offsets = np.zeros(report.trajectories_kept + 1, dtype=np.int64)
     np.cumsum(lengths[keep], out=offsets[1:])
-    kept_users = v_user[t_first[keep]]
+    users = user_ids(t_first[keep])
     report.visits_kept = int(visit_keep.sum())
     report.points_kept = int(merged[visit_keep].sum())
-    report.users_kept = int(np.unique(kept_users).size)
+    report.users_kept = int(pc.count_distinct(users).as_py())
     report.check()
-
-    table = pa.table(
+    times = (_list_column(v_seconds[visit_keep], offsets, pa.int64()) if v_seconds is not None else
+             pa.nulls(report.trajectories_kept, pa.list_(pa.int64())))
+    return pa.table(
         {
-            "user_id": clean.users.take(pa.array(kept_users)),
+            "user_id": users,
             "traj_id": pa.array(np.arange(report.trajectories_kept, dtype=np.int64)),
             "cells": _list_column(v_cell[visit_keep], offsets, pa.uint64()),
-            "timestamps": _list_column(v_start[visit_keep] // 1_000_000, offsets, pa.int64()),
+            "timestamps": times,
             "n_points": _list_column(merged[visit_keep].astype(np.int32), offsets, pa.int32()),
         },
         schema=TRAJECTORY_SCHEMA,
     )
-    return table, report

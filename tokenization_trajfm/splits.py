@@ -29,11 +29,11 @@ import pyarrow as pa
 from .cluster import visit_spans, visit_starts
 from .errors import CheckinReadError, EmptyInputError
 from .h3cells import cell_resolution_check, cells_from_any, encode_cells
-from .pipeline import TRAJECTORY_SCHEMA, _list_column, build_trajectories
+from .pipeline import TRAJECTORY_SCHEMA, assemble_trajectories, build_trajectories
 from .readers import _Ctx, _to_float, _to_timestamp, _to_user_id, checkins_from_arrays
 from .report import PipelineReport
 from .schema import LATITUDE, LONGITUDE, TIMESTAMP, USER_ID
-from .segment import US_PER_MINUTE, SegmentationConfig, filter_trajectories
+from .segment import US_PER_MINUTE, SegmentationConfig
 
 SPLITS = ("train", "validation", "test")
 #: `datasets.load_dataset` builder of each file extension (compression suffixes are skipped).
@@ -171,26 +171,11 @@ def points_to_trajectories(table: pa.Table, where: str, mapping: dict[str, str |
     _, merged = visit_spans(first, cells.size)
     report.visits = int(first.size)
     t_first = np.flatnonzero(np.append(True, codes[first][1:] != codes[first][:-1]))
-    keep, report.trajectories_dropped = filter_trajectories(t_first, cells[first], merged, segmentation)
-    report.trajectories_formed, report.trajectories_kept = int(t_first.size), int(keep.sum())
-    lengths = np.diff(np.append(t_first, first.size))
-    visit_keep = np.repeat(keep, lengths)
-    offsets = np.zeros(report.trajectories_kept + 1, dtype=np.int64)
-    np.cumsum(lengths[keep], out=offsets[1:])
-    users = frame[USER_ID].to_numpy()[first[t_first[keep]]]
-    report.visits_kept, report.points_kept = int(visit_keep.sum()), int(merged[visit_keep].sum())
-    report.users_kept = len(set(users.tolist()))
-    report.check()
-    kept_first = first[visit_keep]
-    times = (_list_column(seconds[kept_first], offsets, pa.int64()) if seconds is not None else
-             pa.nulls(report.trajectories_kept, pa.list_(pa.int64())))
-    return pa.table({
-        "user_id": pa.array(users.tolist(), pa.string()),
-        "traj_id": pa.array(np.arange(report.trajectories_kept, dtype=np.int64)),
-        "cells": _list_column(cells[kept_first], offsets, pa.uint64()),
-        "timestamps": times,
-        "n_points": _list_column(merged[visit_keep].astype(np.int32), offsets, pa.int32()),
-    }, schema=TRAJECTORY_SCHEMA), report
+    users = frame[USER_ID].to_numpy()
+    table = assemble_trajectories(t_first, cells[first], None if seconds is None else seconds[first], merged,
+                                  segmentation, report, lambda firsts: pa.array(users[first[firsts]].tolist(),
+                                                                                pa.string()))
+    return table, report
 
 
 def given_trajectories(table: pa.Table, where: str, user_col: str | None, resolution: int
