@@ -38,6 +38,7 @@ from transformers import AutoTokenizer, TrainerCallback, TrainingArguments, set_
 
 from tokenization_trajfm import CorpusConfig, CorpusDescription, TrajTokenizer, UserSplit
 from tokenization_trajfm.corpus import select_users
+from tokenization_trajfm.prepare import vocab_regime
 from tokenization_trajfm.subhash import SPELLINGS, max_cell_tokens
 
 from .arguments import NoPinMemoryWithoutAccelerator
@@ -339,14 +340,6 @@ def _pack(train: datasets.Dataset, mtm_args: MTMArguments, training_args: Traini
                 f"{training_args.per_device_train_batch_size} trajectories.")
     training_args.per_device_train_batch_size = rows
     return packed
-
-
-def vocab_regime(vocab: int, distinct_cells: int, longest: int) -> str:
-    """Which regime a vocabulary is in for a corpus: sub-hashing, or (nearly) one token per cell."""
-    if vocab >= distinct_cells + longest * 16:
-        return (f"vocabulary {vocab:,} >= distinct cells {distinct_cells:,}: most cells get their own token, "
-                "sub-hashing changes little")
-    return f"vocabulary {vocab:,} for {distinct_cells:,} distinct cells ({vocab / max(distinct_cells, 1):.0%})"
 
 
 # ------------------------------------------------------------------------------------------------ model

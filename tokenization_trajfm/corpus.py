@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
+from glob import glob
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +107,9 @@ class CorpusConfig:
         self._check_split_source()
         mapping = self.table_mapping()
         if self.data is not None:
-            if not Path(self.data).exists():
-                raise ValueError(f"--data {self.data}: no such file or directory; check the path.")
+            if not Path(self.data).exists() and not glob(self.data):
+                raise ValueError(f"--data {self.data}: no such file or directory (and no file matches it as a "
+                                 "pattern); check the path.")
             if mapping and self.reader not in ("table", "auto"):
                 raise ValueError(f"Column mapping arguments ({', '.join(mapping)}) only apply to --reader table.")
         elif mapping and not self.has_split_source():
@@ -308,6 +310,9 @@ class UserSplit:
     heldout_users: list[str]
     validation_fraction: float = 0.0
     validation_users: list[str] = field(default_factory=list)
+    #: "permutation": the user lists above, from a seeded permutation of the sorted users (in-memory corpora);
+    #: "hash": each user's split is a seeded hash of its id (`tokenization_trajfm.prepare.user_splits`), lists empty.
+    rule: str = "permutation"
 
     @classmethod
     def assign(cls, users: Iterable[str], heldout_fraction: float, validation_fraction: float, seed: int

@@ -49,11 +49,14 @@ def build_trajectories(
     window_minutes: float = 10.0,
     segmentation: SegmentationConfig | None = None,
     invalid: str = "raise",
+    allow_empty: bool = False,
 ) -> tuple[pa.Table, PipelineReport]:
     """Clean, H3-encode, cluster into visits and segment into trajectories.
 
     Returns the trajectory table (see docs/design.md) and a `PipelineReport` whose counts add up. Raises
     `EmptyInputError` when no check-in survives cleaning: an empty corpus would only fail later, less clearly.
+    `allow_empty=True` (one partition of a larger corpus, `tokenization_trajfm.prepare`) returns an empty table and
+    the report of its drops instead.
     """
     resolution = check_resolution(resolution)
     if window_minutes < 0:
@@ -64,6 +67,8 @@ def build_trajectories(
     report.points_dropped = clean.drops
     report.points_valid = int(clean.user_codes.size)
     if report.points_valid == 0:
+        if allow_empty:
+            return TRAJECTORY_SCHEMA.empty_table(), report
         raise EmptyInputError(_nothing_left(report))
     user_codes, times = clean.user_codes, clean.times_us
     report.users = int(np.unique(user_codes).size)

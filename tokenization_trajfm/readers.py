@@ -67,14 +67,16 @@ class _Ctx:
 
     source: str
     header_lines: int | None = None  # lines before data row 1 in a text file; None when there are no lines
+    rows_before: int = 0  # data rows of the file before this batch (streamed reading), so errors name file rows
 
     def fail(self, column: str, bad: pl.Series, raw: pl.Series, problem: str) -> CheckinReadError:
         """Build an error for the first row where ``bad`` is true."""
         idx = bad.arg_true()
         first, n_bad = int(idx[0]), len(idx)
-        where = f"row {first + 1}"
+        row = first + 1 + self.rows_before
+        where = f"row {row}"
         if self.header_lines is not None:
-            where += f" (line {first + 1 + self.header_lines})"
+            where += f" (line {row + self.header_lines})"
         more = f" ({n_bad - 1} more bad rows)" if n_bad > 1 else ""
         return CheckinReadError(f"{self.source}: column {column!r}, {where}: {problem} {raw[first]!r}{more}")
 
@@ -418,8 +420,15 @@ def read_geolife(path: PathLike) -> pa.Table:
     """
     p = _existing(path)
     ctx = _Ctx(str(p), header_lines=1)
-    df = _read_csv(p, ctx, infer_schema=False)
-    _require(df.columns, [USER_ID, "traj_id", "datetime_utc", LATITUDE, LONGITUDE, "altitude_ft"], ctx)
+    return _geolife_frame(_read_csv(p, ctx, infer_schema=False), ctx)
+
+
+GEOLIFE_COLUMNS = (USER_ID, "traj_id", "datetime_utc", LATITUDE, LONGITUDE, "altitude_ft")
+
+
+def _geolife_frame(df: pl.DataFrame, ctx: _Ctx) -> pa.Table:
+    """GeoLife rows (all strings) → canonical check-ins; shared by the whole-file and the streamed reader."""
+    _require(df.columns, GEOLIFE_COLUMNS, ctx)
     alt = _to_float(df["altitude_ft"], "altitude_ft", ctx)
     df = df.with_columns(
         _to_float(df[LATITUDE], LATITUDE, ctx),
@@ -448,34 +457,64 @@ def read_table(
     columns are kept as extras (type-inferred for CSV); an extra that clashes with a canonical name gets ``_orig``.
     """
     p = _existing(path)
-    mapping = {user_col: USER_ID, lat_col: LATITUDE, lon_col: LONGITUDE, time_col: TIMESTAMP}
-    if len(mapping) != 4:
-        raise TrajInputError(f"the four mapped columns must differ, got {list(mapping)}")
+    columns = TableColumns(user_col, lat_col, lon_col, time_col, time_format, time_unit, timezone)
     if _is_parquet(p):
         ctx = _Ctx(str(p))
         try:
             df = pl.read_parquet(p)
         except pl.exceptions.PolarsError as e:
             raise CheckinReadError(f"{ctx.source}: cannot read as Parquet: {e}") from e
-        _require(df.columns, list(mapping), ctx)
     else:
         ctx = _Ctx(str(p), header_lines=1)
-        header = next(csv.reader(io.StringIO(_first_line(p)), delimiter=separator), [])
-        _require(header, list(mapping), ctx)
-        overrides = {user_col: pl.String, lat_col: pl.String, lon_col: pl.String, time_col: pl.String}
-        df = _read_csv(p, ctx, separator=separator, schema_overrides=overrides, infer_schema_length=10_000)
-    extras = [c for c in df.columns if c not in mapping]
-    renamed = {c: f"{c}_orig" if c in CHECKIN_COLUMNS else c for c in extras}
-    df = df.rename({c: n for c, n in renamed.items() if c != n})
-    df = df.with_columns(
-        _to_user_id(df[user_col], user_col, ctx).alias(USER_ID),
-        _to_float(df[lat_col], lat_col, ctx).alias(LATITUDE),
-        _to_float(df[lon_col], lon_col, ctx).alias(LONGITUDE),
-        _to_timestamp(
-            df[time_col], time_col, ctx, time_format=time_format, time_unit=time_unit, timezone=timezone
-        ).alias(TIMESTAMP),
-    )
-    return _finish(df, list(renamed.values()))
+        columns.check_header(p, separator, ctx)
+        df = _read_csv(p, ctx, separator=separator, schema_overrides=columns.as_strings(), infer_schema_length=10_000)
+    return columns.frame(df, ctx)
+
+
+@dataclass(frozen=True)
+class TableColumns:
+    """The column mapping and time parsing of `read_table`, applied to one frame (a whole file or a streamed batch)."""
+
+    user_col: str = USER_ID
+    lat_col: str = LATITUDE
+    lon_col: str = LONGITUDE
+    time_col: str = TIMESTAMP
+    time_format: str | None = None
+    time_unit: str | None = None
+    timezone: str = "UTC"
+
+    def __post_init__(self):
+        if len({self.user_col, self.lat_col, self.lon_col, self.time_col}) != 4:
+            raise TrajInputError(f"the four mapped columns must differ, got {list(self.mapping())}")
+
+    def mapping(self) -> dict[str, str]:
+        return {self.user_col: USER_ID, self.lat_col: LATITUDE, self.lon_col: LONGITUDE, self.time_col: TIMESTAMP}
+
+    def as_strings(self) -> dict[str, Any]:
+        """CSV schema overrides: the mapped columns are parsed here, not by type inference."""
+        return dict.fromkeys(self.mapping(), pl.String)
+
+    def check_header(self, path: Path, separator: str, ctx: _Ctx) -> None:
+        header = next(csv.reader(io.StringIO(_first_line(path)), delimiter=separator), [])
+        _require(header, list(self.mapping()), ctx)
+
+    def frame(self, df: pl.DataFrame, ctx: _Ctx) -> pa.Table:
+        mapping = self.mapping()
+        _require(df.columns, list(mapping), ctx)
+        user_col, lat_col, lon_col, time_col = self.user_col, self.lat_col, self.lon_col, self.time_col
+        time_format, time_unit, timezone = self.time_format, self.time_unit, self.timezone
+        extras = [c for c in df.columns if c not in mapping]
+        renamed = {c: f"{c}_orig" if c in CHECKIN_COLUMNS else c for c in extras}
+        df = df.rename({c: n for c, n in renamed.items() if c != n})
+        df = df.with_columns(
+            _to_user_id(df[user_col], user_col, ctx).alias(USER_ID),
+            _to_float(df[lat_col], lat_col, ctx).alias(LATITUDE),
+            _to_float(df[lon_col], lon_col, ctx).alias(LONGITUDE),
+            _to_timestamp(
+                df[time_col], time_col, ctx, time_format=time_format, time_unit=time_unit, timezone=timezone
+            ).alias(TIMESTAMP),
+        )
+        return _finish(df, list(renamed.values()))
 
 
 # --------------------------------------------------------------------------------------------------- in memory
@@ -617,10 +656,78 @@ def read_checkins(path: PathLike, reader: str = "auto", **mapping: Any) -> pa.Ta
     return READERS[reader](path, **mapping)
 
 
+# --------------------------------------------------------------------------------------------------- streamed
+
+#: File names a folder of raw inputs is scanned for (a STAN NYC folder is one input, read by its own reader).
+INPUT_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz", ".parquet", ".pq")
+
+
+def input_files(data: PathLike) -> list[Path]:
+    """The raw files behind `data`: one file, a glob pattern, or a folder (its data files, recursively), sorted."""
+    text = str(data)
+    if any(ch in text for ch in "*?["):
+        from glob import glob
+
+        files = sorted(Path(f) for f in glob(text, recursive=True) if Path(f).is_file())
+        if not files:
+            raise FileNotFoundError(f"no check-in file matches {text!r}")
+        return files
+    p = _existing(data)
+    if p.is_file() or (p / "NYC.npy").exists() or (p / STAN_CSV_NAME).exists():
+        return [p]
+    files = sorted(f for f in p.rglob("*")
+                   if f.is_file() and not f.name.startswith(".") and f.name.lower().endswith(INPUT_SUFFIXES))
+    if not files:
+        raise FileNotFoundError(f"{p}: no data files in this folder (looked for {', '.join(INPUT_SUFFIXES)}).")
+    return files
+
+
+def _frames(scan: pl.LazyFrame, ctx: _Ctx, batch_rows: int):
+    """(frame, its context) for each batch of a lazy scan; the context counts the rows before each batch."""
+    rows_before = 0
+    try:
+        for frame in scan.collect_batches(chunk_size=batch_rows):
+            yield frame, _Ctx(ctx.source, ctx.header_lines, rows_before)
+            rows_before += frame.height
+    except pl.exceptions.PolarsError as e:
+        raise CheckinReadError(f"{ctx.source}: cannot read: {e}") from e
+
+
+def iter_file_checkins(path: PathLike, reader: str = "auto", batch_rows: int = 1_000_000, **mapping: Any):
+    """Canonical check-in tables of about `batch_rows` rows from one file, read in batches so that a file larger
+    than memory streams through: CSV (also gzipped; polars decompresses a gzipped file whole) and Parquet through
+    the `geolife` and `table` readers. The bounded published formats (`tsmc`, `stan_nyc`) are read whole and
+    sliced. Errors name the row of the file, as the whole-file readers do."""
+    p = _existing(path)
+    reader = sniff_reader(p) if reader == "auto" else reader
+    if reader == "geolife":
+        ctx = _Ctx(str(p), header_lines=1)
+        for frame, batch_ctx in _frames(pl.scan_csv(p, infer_schema=False), ctx, batch_rows):
+            yield _geolife_frame(frame, batch_ctx)
+    elif reader == "table":
+        separator = mapping.pop("separator", None) or ","
+        columns = TableColumns(**{k: v for k, v in mapping.items() if v is not None})
+        if _is_parquet(p):
+            ctx, scan = _Ctx(str(p)), pl.scan_parquet(p)
+        else:
+            ctx = _Ctx(str(p), header_lines=1)
+            columns.check_header(p, separator, ctx)
+            scan = pl.scan_csv(p, separator=separator, schema_overrides=columns.as_strings(),
+                               infer_schema_length=10_000)
+        for frame, batch_ctx in _frames(scan, ctx, batch_rows):
+            yield columns.frame(frame, batch_ctx)
+    else:
+        table = read_checkins(p, reader=reader, **mapping)
+        for start in range(0, table.num_rows, batch_rows):
+            yield table.slice(start, batch_rows)
+
+
 __all__ = [
     "READERS",
     "CheckinReadError",
     "checkins_from_arrays",
+    "input_files",
+    "iter_file_checkins",
     "read_checkins",
     "read_foursquare_tsmc",
     "read_geolife",

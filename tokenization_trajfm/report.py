@@ -39,6 +39,21 @@ class PipelineReport:
         if problems:
             raise AssertionError("Pipeline report does not add up: " + "; ".join(problems))
 
+    @classmethod
+    def merge(cls, reports: list[PipelineReport]) -> PipelineReport:
+        """The report of a corpus built in parts with disjoint users (partitions): every count is a sum."""
+        total = cls()
+        for report in reports:
+            for name, value in vars(report).items():
+                if isinstance(value, dict):
+                    counts = getattr(total, name)
+                    for reason, n in value.items():
+                        counts[reason] = counts.get(reason, 0) + n
+                elif value is not None:
+                    setattr(total, name, (getattr(total, name) or 0) + value)
+        total.check()
+        return total
+
     def to_dict(self) -> dict:
         return asdict(self)
 

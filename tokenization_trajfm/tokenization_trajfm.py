@@ -239,14 +239,29 @@ class TrajTokenizer(PreTrainedTokenizer):
         `cells` is a trajectory table (its `cells` column), a datasets.Dataset with a `cells` column, or a flat
         array of H3 cells; each occurrence counts, so frequent places get their own tokens first.
         """
-        flat = _flatten_cells(cells)
-        if flat.size == 0:
+        unique, counts = np.unique(_flatten_cells(cells), return_counts=True)
+        return cls.train_from_counts(unique, counts, vocab_size, resolution, spelling, **kwargs)
+
+    @classmethod
+    def train_from_counts(
+        cls,
+        cells: np.ndarray,
+        counts: np.ndarray,
+        vocab_size: int,
+        resolution: int = 8,
+        spelling: str = "hex",
+        **kwargs,
+    ) -> TrajTokenizer:
+        """Train on distinct H3 `cells` and how often each was visited: the same vocabulary as `train` on the visits
+        themselves, from counts that a corpus prepared in partitions aggregates (`tokenization_trajfm.prepare`)."""
+        cells = np.asarray(cells, dtype=np.uint64)
+        if cells.size == 0:
             raise TrajInputError("Cannot train a tokenizer on an empty corpus: no cells were given.")
         resolution = check_resolution(resolution)
-        check_cell_resolution(flat, resolution, "the training corpus")
-        unique, counts = np.unique(flat, return_counts=True)
-        words = cells_to_words(unique, resolution, check_spelling(spelling))
-        vocab = train_vocab(words, counts, spelling, vocab_size)
+        check_cell_resolution(cells, resolution, "the training corpus")
+        order = np.argsort(cells, kind="stable")
+        words = cells_to_words(cells[order], resolution, check_spelling(spelling))
+        vocab = train_vocab(words, np.asarray(counts)[order], spelling, vocab_size)
         return cls(vocab=vocab, resolution=resolution, spelling=spelling, **kwargs)
 
     # ------------------------------------------------------------------------------- vocabulary (base API)

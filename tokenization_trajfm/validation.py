@@ -48,11 +48,13 @@ def _null_mask(column: pa.ChunkedArray) -> np.ndarray | None:
     return pc.is_null(column).to_numpy(zero_copy_only=False)
 
 
-def _first_problem(mask: np.ndarray, reason: str, column: str, values: pa.ChunkedArray) -> str:
+def _first_problem(mask: np.ndarray, reason: str, column: str, values: pa.ChunkedArray, rows_before: int = 0
+                   ) -> str:
     rows = np.flatnonzero(mask)
     row = int(rows[0])
     return (
-        f"{rows.size:,} row(s) have {reason.replace('_', ' ')} in column {column!r}; the first is row {row} "
+        f"{rows.size:,} row(s) have {reason.replace('_', ' ')} in column {column!r}; the first is row "
+        f"{row + rows_before} "
         f"(0-based) with value {values[row].as_py()!r}. Fix the input, or pass invalid='drop' to drop such rows "
         "and count them."
     )
@@ -71,8 +73,11 @@ class CleanCheckins:
     drops: dict[str, int]
 
 
-def checkin_order(table: pa.Table, invalid: str = "raise") -> CleanCheckins:
-    """Validate and order check-ins without materializing a new table (the pipeline's fast path)."""
+def invalid_rows(table: pa.Table, invalid: str = "raise", rows_before: int = 0
+                 ) -> tuple[np.ndarray | None, dict[str, int]]:
+    """Rows with a missing user, a missing timestamp or bad coordinates → (their mask, None if there are none;
+    drops by reason). With `invalid="raise"` the first one is an error naming it (`rows_before`: rows of the
+    same input before this table, so that a batch names the row of the whole input)."""
     if invalid not in INVALID_MODES:
         raise TrajInputError(f"invalid={invalid!r}: choose one of {INVALID_MODES}.")
     _check_schema(table)
@@ -95,10 +100,17 @@ def checkin_order(table: pa.Table, invalid: str = "raise") -> CleanCheckins:
         fresh = mask if bad is None else mask & ~bad
         if fresh.any():
             if invalid == "raise":
-                raise TrajInputError(_first_problem(fresh, reason, column, table[column]))
+                raise TrajInputError(_first_problem(fresh, reason, column, table[column], rows_before))
             drops[reason] += int(fresh.sum())
             bad = fresh if bad is None else bad | fresh
+    return bad, drops
 
+
+def checkin_order(table: pa.Table, invalid: str = "raise") -> CleanCheckins:
+    """Validate and order check-ins without materializing a new table (the pipeline's fast path)."""
+    bad, drops = invalid_rows(table, invalid)
+    lat = table[LATITUDE].to_numpy()
+    lon = table[LONGITUDE].to_numpy()
     encoded = pc.dictionary_encode(table[USER_ID].combine_chunks())
     codes = encoded.indices.to_numpy(zero_copy_only=False)
     times = table[TIMESTAMP].combine_chunks()
