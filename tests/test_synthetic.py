@@ -1,4 +1,5 @@
-"""Synthetic generator: determinism, schema, bbox, ordering and the behaviours the tokenizer relies on."""
+"""Synthetic generator: determinism, schema, bbox, ordering and the behaviours the tokenizer relies on; the streaming
+Parquet writer: chunks, ids, determinism, GPS samples and bounded memory."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import time
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from tokenization_trajfm import synthetic
 from tokenization_trajfm.schema import CHECKIN_COLUMNS, CHECKIN_SCHEMA, TIMESTAMP
-from tokenization_trajfm.synthetic import CITY_BBOXES, generate_checkins
+from tokenization_trajfm.synthetic import CITY_BBOXES, generate_checkins, write_checkins_parquet
 
 M_PER_DEG = 111_320.0
 
@@ -113,3 +116,109 @@ def test_speed() -> None:
     t0 = time.perf_counter()
     generate_checkins(n_users=200, days=28, seed=1)
     assert time.perf_counter() - t0 < 1.0
+
+
+# --- streaming writer
+
+
+def _spy_generator(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Record every generate_checkins call of the writer: arguments, Arrow memory in use on entry, table size."""
+    calls: list[dict] = []
+    real = synthetic.generate_checkins
+
+    def spy(*args, **kwargs) -> pa.Table:
+        allocated = pa.total_allocated_bytes()
+        out = real(*args, **kwargs)
+        calls.append({"args": args, "kwargs": kwargs, "allocated": allocated, "nbytes": out.nbytes})
+        return out
+
+    monkeypatch.setattr(synthetic, "generate_checkins", spy)
+    return calls
+
+
+def _prefixed(table: pa.Table, chunk: int) -> pa.Table:
+    prefix = f"c{chunk:04d}-"
+    for name in ("user_id", "venue_id"):
+        table = table.set_column(
+            table.schema.get_field_index(name), name, pa.compute.binary_join_element_wise(prefix, table[name], "")
+        )
+    return table
+
+
+def test_writer_is_the_chunks_of_the_generator(tmp_path, monkeypatch) -> None:
+    calls = _spy_generator(monkeypatch)
+    written = write_checkins_parquet(tmp_path / "c.parquet", 2500, users_per_chunk=40, days=7, seed=5)
+    got = pq.read_table(written.path)
+    assert written.chunks == len(calls) >= 3 and got.num_rows == written.rows >= 2500
+    assert got.schema.remove(got.schema.get_field_index("venue_id")) == CHECKIN_SCHEMA
+    assert all(c["args"][:3] == (40, 7, CITY_BBOXES["manhattan"]) for c in calls)
+    assert len({c["args"][3] for c in calls}) == len(calls)  # a seed per chunk
+    full = pa.concat_tables(_prefixed(generate_checkins(*c["args"], **c["kwargs"]), i) for i, c in enumerate(calls))
+    assert got.equals(full.slice(0, got.num_rows))
+    assert full["user_id"][got.num_rows - 1] != full["user_id"][got.num_rows]  # cut at a user boundary
+    # Ids are distinct across chunks: every user is one contiguous run, one chunk's only.
+    users = got["user_id"].to_numpy()
+    runs = 1 + (users[1:] != users[:-1]).sum()
+    assert runs == len(set(users)) == written.users
+    assert {u[:5] for u in users} == {f"c{i:04d}" for i in range(written.chunks)}
+
+
+def test_writer_is_deterministic(tmp_path) -> None:
+    def run(name: str, seed: int) -> pa.Table:
+        path = tmp_path / name
+        write_checkins_parquet(path, 3000, users_per_chunk=30, days=7, seed=seed, gps_samples=3, row_group_rows=600)
+        return pq.read_table(path)
+
+    a = run("a.parquet", 1)
+    assert a.equals(run("b.parquet", 1))
+    assert not a.equals(run("c.parquet", 2))
+
+
+def test_writer_gps_samples(tmp_path) -> None:
+    k, sample_s = 4, 20
+    write_checkins_parquet(
+        tmp_path / "k.parquet", 2000 * k, users_per_chunk=60, days=7, gps_samples=k, sample_seconds=sample_s
+    )
+    write_checkins_parquet(tmp_path / "one.parquet", 2000, users_per_chunk=60, days=7)
+    dense, checkins = pl.read_parquet(tmp_path / "k.parquet"), pl.read_parquet(tmp_path / "one.parquet")
+    assert dense.height == k * checkins.height
+    assert dense.gather_every(k).equals(checkins)  # every check-in kept exactly, followed by its samples
+    assert dense.select(["user_id", TIMESTAMP]).equals(
+        dense.select(["user_id", TIMESTAMP]).sort(["user_id", TIMESTAMP])
+    )
+
+    def grouped(col: str) -> np.ndarray:
+        return dense[col].to_numpy().reshape(-1, k)
+
+    for col in ("user_id", "venue_id"):
+        assert (grouped(col) == grouped(col)[:, :1]).all()
+    dt_s = (grouped(TIMESTAMP) - grouped(TIMESTAMP)[:, :1]) / np.timedelta64(1, "s")
+    assert (np.diff(dt_s, axis=1) >= 0).all() and (dt_s <= sample_s * (k - 1)).all()
+    assert (dt_s[:, -1] == sample_s * (k - 1)).mean() > 0.9  # spacing shrinks only before a close next check-in
+    lat, lon = grouped("latitude"), grouped("longitude")
+    dist = np.hypot((lat - lat[:, :1]) * M_PER_DEG, (lon - lon[:, :1]) * M_PER_DEG * np.cos(np.radians(lat)))
+    assert dist.max() < 25 and np.median(dist[:, 1:]) > 1  # jittered by a few metres
+
+
+def test_writer_holds_one_chunk_at_a_time(tmp_path, monkeypatch) -> None:
+    calls = _spy_generator(monkeypatch)
+    base = pa.total_allocated_bytes()
+    written = write_checkins_parquet(
+        tmp_path / "m.parquet", 120_000, users_per_chunk=300, days=14, gps_samples=3, row_group_rows=3000
+    )
+    assert written.chunks == len(calls) >= 3
+    # When a chunk is generated, the previous ones are gone (a kept chunk would add about half its size).
+    assert max(c["allocated"] for c in calls) - base < min(c["nbytes"] for c in calls) / 4
+    # Row groups are bounded and never span chunks (a chunk's user ids share its prefix).
+    meta = pq.ParquetFile(written.path).metadata
+    user_col = meta.schema.to_arrow_schema().get_field_index("user_id")
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        stats = group.column(user_col).statistics
+        assert group.num_rows <= 3000 and stats.min[:5] == stats.max[:5]
+
+
+def test_writer_command_line(tmp_path, capsys) -> None:
+    path = tmp_path / "cli.parquet"
+    synthetic.main(["--output", str(path), *"--points 500 --gps_samples 2 --seed 3 --users_per_chunk 50".split()])
+    assert "rows" in capsys.readouterr().out and pq.read_metadata(path).num_rows >= 500

@@ -20,16 +20,26 @@ Model (all vectorized with numpy; one loop over days only):
 
 The result follows :mod:`tokenization_trajfm.schema` plus ``venue_id`` ("v00012" pool venue, "h0007" home of user
 u0007, "w0007" work), sorted by user then time, all points inside ``bbox``.
+
+Corpora larger than memory (benchmarks of out-of-core preparation) come from :func:`write_checkins_parquet`, which
+streams chunks of users to one Parquet file; ``python -m tokenization_trajfm.synthetic --output PATH --points N``
+runs it from the shell.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from .schema import CHECKIN_TYPES, LATITUDE, LONGITUDE, TIMESTAMP, USER_ID, VENUE_ID
+from .schema import CHECKIN_SCHEMA, CHECKIN_TYPES, LATITUDE, LONGITUDE, TIMESTAMP, USER_ID, VENUE_ID
 
 BBox = tuple[float, float, float, float]  # (min_lat, min_lon, max_lat, max_lon)
 
@@ -249,7 +259,11 @@ def generate_checkins(
     ev_day = np.repeat(np.tile(day_index, n_users), counts.ravel())
     ev_weekend = weekend_day[ev_day].astype(np.int64)
     n_ev = ev_user.size
-    ev_hour = np.minimum((rng.random(n_ev)[:, None] > _HOURLY_CDF[ev_weekend]).sum(axis=1), 23)
+    # Inverse CDF by searchsorted: the same hours as comparing against an (n_ev, 24) CDF matrix, without it.
+    u = rng.random(n_ev)
+    ev_hour = np.minimum(
+        np.where(ev_weekend == 1, np.searchsorted(_HOURLY_CDF[1], u), np.searchsorted(_HOURLY_CDF[0], u)), 23
+    )
     ev_second = ev_hour * 3600 + rng.integers(0, 3600, n_ev)
 
     # Place type per event from the hour profile; users without work never pick work.
@@ -322,4 +336,167 @@ def generate_checkins(
     )
 
 
-__all__ = ["CITY_BBOXES", "generate_checkins"]
+# --- streaming writer: corpora larger than memory, one chunk of users at a time
+
+_GPS_JITTER_M = 3.0  # per-axis sigma of the extra GPS samples around their check-in
+_CORPUS_SCHEMA = CHECKIN_SCHEMA.append(pa.field(VENUE_ID, pa.string()))
+
+
+@dataclass(frozen=True)
+class WrittenCorpus:
+    """What :func:`write_checkins_parquet` wrote, for benchmark logs."""
+
+    path: Path
+    rows: int
+    users: int
+    chunks: int
+    seconds: float
+
+
+def _chunk_seeds(seed: int, chunk: int) -> tuple[int, int]:
+    """Generator and jitter seeds of one chunk: independent streams, a pure function of (seed, chunk)."""
+    gen_seed, jitter_seed = np.random.SeedSequence((seed, chunk)).generate_state(2, np.uint64)
+    return int(gen_seed), int(jitter_seed)
+
+
+def _timestamps_us(table: pa.Table) -> np.ndarray:
+    return table[TIMESTAMP].to_numpy().view(np.int64)
+
+
+def _gps_expand(part: pa.Table, gap_us: np.ndarray, samples: int, rng: np.random.Generator, bbox: BBox) -> pa.Table:
+    """Each check-in, then ``samples - 1`` points ``gap_us`` apart, jittered by a few metres (vectorized)."""
+    min_lat, min_lon, max_lat, max_lon = bbox
+    m_per_deg_lon = _M_PER_DEG * max(np.cos(np.radians(0.5 * (min_lat + max_lat))), 1e-6)
+    src = np.repeat(np.arange(part.num_rows), samples)
+    rank = np.tile(np.arange(samples), part.num_rows)  # 0 = the check-in itself, kept exactly
+    jitter = rng.normal(0.0, _GPS_JITTER_M, (2, src.size))
+    jitter[:, ::samples] = 0.0
+    lat = np.clip(part[LATITUDE].to_numpy()[src] + jitter[0] / _M_PER_DEG, min_lat, max_lat)
+    lon = np.clip(part[LONGITUDE].to_numpy()[src] + jitter[1] / m_per_deg_lon, min_lon, max_lon)
+    t_us = _timestamps_us(part)[src] + rank * gap_us[src]
+    ids = part.select([USER_ID, VENUE_ID]).take(pa.array(src))
+    return pa.table(
+        [ids[USER_ID], pa.array(lat), pa.array(lon), pa.array(t_us).cast(CHECKIN_TYPES[TIMESTAMP]), ids[VENUE_ID]],
+        schema=_CORPUS_SCHEMA,
+    )
+
+
+def _write_chunk(
+    writer: pq.ParquetWriter,
+    chunk: int,
+    max_rows: int,
+    *,
+    users_per_chunk: int,
+    days: int,
+    bbox: BBox,
+    seed: int,
+    gps_samples: int,
+    sample_seconds: int,
+    row_group_rows: int,
+) -> tuple[int, int]:
+    """Generate, trim and write one chunk; returns (rows, users) written. Its table dies on return, before the next
+    chunk is generated, which is what bounds the writer's memory."""
+    gen_seed, jitter_seed = _chunk_seeds(seed, chunk)
+    table = generate_checkins(users_per_chunk, days, bbox, gen_seed)
+    codes = table[USER_ID].combine_chunks().dictionary_encode().indices.to_numpy()  # 0, 0, 1, ...: rows are by user
+    needed = -(-max_rows // gps_samples)  # check-ins still needed, rounded up
+    if table.num_rows > needed:  # stop at the end of the user who reaches the target
+        end = int(np.searchsorted(codes, codes[needed - 1], side="right"))
+        table, codes = table.slice(0, end), codes[:end]
+    prefix = f"c{chunk:04d}-"  # each chunk is its own city draw, so its venue ids name other places too
+    table = table.set_column(0, USER_ID, pc.binary_join_element_wise(prefix, table[USER_ID], ""))
+    table = table.set_column(
+        _CORPUS_SCHEMA.get_field_index(VENUE_ID), VENUE_ID, pc.binary_join_element_wise(prefix, table[VENUE_ID], "")
+    )
+
+    # Extra samples of a check-in stay before the user's next one: the spacing shrinks when it comes sooner.
+    sample_us = sample_seconds * 1_000_000
+    gap_us = np.full(table.num_rows, sample_us, dtype=np.int64)
+    same_user = codes[1:] == codes[:-1]
+    gap_us[:-1][same_user] = np.minimum(sample_us, np.diff(_timestamps_us(table))[same_user] // gps_samples)
+    rng = np.random.default_rng(jitter_seed)
+    step = row_group_rows // gps_samples  # check-ins per write, so each write is at most one row group
+    for start in range(0, table.num_rows, step):
+        part = table.slice(start, step)
+        if gps_samples > 1:
+            part = _gps_expand(part, gap_us[start : start + step], gps_samples, rng, bbox)
+        writer.write_table(part, row_group_size=row_group_rows)
+    return table.num_rows * gps_samples, int(codes[-1]) + 1 if codes.size else 0
+
+
+def write_checkins_parquet(
+    path: str | Path,
+    n_points: int,
+    *,
+    users_per_chunk: int = 5_000,
+    days: int = 60,
+    bbox: BBox | str = CITY_BBOXES["manhattan"],
+    seed: int = 0,
+    gps_samples: int = 1,
+    sample_seconds: int = 15,
+    row_group_rows: int = 1_000_000,
+) -> WrittenCorpus:
+    """Stream at least ``n_points`` synthetic rows to one Parquet file without holding the corpus in memory.
+
+    Chunk ``i`` is ``generate_checkins(users_per_chunk, days, bbox, s_i)`` with ``s_i`` derived from (``seed``, i),
+    and its user and venue ids prefixed ``"c0003-"`` (distinct across chunks); only one chunk is in memory at a time
+    (peak RSS grows with ``users_per_chunk``, not ``n_points``: about 0.55 GB at 5,000 users x 60 days). The last
+    chunk is generated whole and cut at the end of the user who reaches ``n_points``, so ``rows`` exceeds
+    ``n_points`` by less than one user's points. Same arguments give the same rows.
+
+    ``gps_samples > 1`` makes the data GPS-like cheaply: each check-in is followed by ``gps_samples - 1`` points
+    ``sample_seconds`` apart (less when the user's next check-in comes sooner, so rows stay sorted by user then time)
+    and a few metres around it, as real GPS logs sample densely while their user stays at a place; H3 clustering must
+    merge them into one visit. Row groups hold at most ``row_group_rows`` rows and never span chunks.
+    """
+    if n_points < 1 or users_per_chunk < 1 or gps_samples < 1 or sample_seconds < 1:
+        raise ValueError(
+            f"n_points, users_per_chunk, gps_samples and sample_seconds must be >= 1, got {n_points}, "
+            f"{users_per_chunk}, {gps_samples}, {sample_seconds}"
+        )
+    if row_group_rows < gps_samples:
+        raise ValueError(f"row_group_rows ({row_group_rows}) must hold one check-in's {gps_samples} samples")
+    bbox = _resolve_bbox(bbox)
+    t0 = time.perf_counter()
+    path = Path(path)
+    rows = users = chunk = 0
+    with pq.ParquetWriter(path, _CORPUS_SCHEMA) as writer:
+        while rows < n_points:
+            chunk_rows, chunk_users = _write_chunk(
+                writer,
+                chunk,
+                n_points - rows,
+                users_per_chunk=users_per_chunk,
+                days=days,
+                bbox=bbox,
+                seed=seed,
+                gps_samples=gps_samples,
+                sample_seconds=sample_seconds,
+                row_group_rows=row_group_rows,
+            )
+            rows, users, chunk = rows + chunk_rows, users + chunk_users, chunk + 1
+    return WrittenCorpus(path, rows, users, chunk, time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Shell entry point, for benchmark corpora: ``python -m tokenization_trajfm.synthetic --output P --points N``."""
+    parser = argparse.ArgumentParser(description="Write a synthetic check-in corpus to Parquet, chunk by chunk.")
+    parser.add_argument("--output", required=True, help="Parquet file to write")
+    parser.add_argument("--points", type=int, required=True, help="minimum number of rows")
+    parser.add_argument("--gps_samples", type=int, default=1, help="points per check-in (GPS-like when > 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--users_per_chunk", type=int, default=5_000, help="bounds memory (about 0.55 GB at 5,000)")
+    args = parser.parse_args(argv)
+    written = write_checkins_parquet(
+        args.output, args.points, users_per_chunk=args.users_per_chunk, gps_samples=args.gps_samples, seed=args.seed
+    )
+    print(
+        f"{written.path}: {written.rows:,} rows, {written.users:,} users, {written.chunks} chunks, "
+        f"{written.seconds:.1f} s"
+    )
+
+
+__all__ = ["CITY_BBOXES", "WrittenCorpus", "generate_checkins", "write_checkins_parquet"]
+
+if __name__ == "__main__":
+    main()
