@@ -129,3 +129,48 @@ def test_well_formed_words_that_name_no_cell_are_rejected():
     deleted = word[0] + "1" + word[2:]  # digit 1 under a pentagon base cell is the deleted subsequence
     with pytest.raises(ValueError, match="hierarchy spelling"):
         words_to_cells([deleted], 8, "hierarchy")
+
+
+def _reference_merges(words: list[str], counts: list[int], room: int) -> list[str]:
+    """The WordPiece trainer's merge rule written the slow, obvious way: recount every pair each round, merge the
+    most frequent (ties: smaller spelling of left, then right) left to right in every word."""
+    pieces = [[w[0]] + ["##" + ch for ch in w[1:]] for w in words]
+    learned: list[str] = []
+    while len(learned) < room:
+        totals: dict[tuple[str, str], int] = {}
+        for word, count in zip(pieces, counts):
+            for pair in zip(word, word[1:]):
+                totals[pair] = totals.get(pair, 0) + count
+        if not totals:
+            break
+        left, right = min(totals, key=lambda pair: (-totals[pair], pair))
+        merged = left + right[2:]
+        if merged not in learned:
+            learned.append(merged)
+        for k, word in enumerate(pieces):
+            out, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and (word[i], word[i + 1]) == (left, right):
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            pieces[k] = out
+    return learned
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.text("01ab", min_size=4, max_size=4), st.integers(1, 5)), min_size=1, max_size=25,
+                unique_by=lambda item: item[0]),
+       st.integers(1, 30), st.randoms(use_true_random=False))
+def test_vocabulary_training_is_the_merge_rule_and_deterministic(items, room, rng):
+    """Exactly the reference merges (runs of one character included), whatever the order of the words."""
+    words, counts = [w for w, _ in items], [n for _, n in items]
+    size = 5 + 16 + 16 + room
+    vocab = train_vocab(words, counts, "hex", size)
+    learned = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])][5 + 32:]
+    assert learned == _reference_merges(words, counts, room)
+    order = list(range(len(words)))
+    rng.shuffle(order)
+    assert train_vocab([words[i] for i in order], [counts[i] for i in order], "hex", size) == vocab

@@ -361,6 +361,23 @@ def prepare_local(corpus: CorpusConfig, args: PrepareArguments) -> PreparedCorpu
     return PreparedCorpus(str(output_dir), description, seconds)
 
 
+def read_shards(folder: str | Path, kind: str = "sequences") -> pa.Table:
+    """Every shard of `kind` ("sequences" or "trajectories") of a corpus folder as one table, with its `split`
+    (from the folder name), ordered by (user_id, traj_id[, piece]): the same table whichever engine wrote it.
+    In memory, so for inspection and checks of small corpora; training streams the shards instead."""
+    paths = sorted((Path(folder) / CORPUS_LAYOUT[kind]).glob("split=*/*.parquet"))
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no {kind} shards (not a prepared corpus folder?)")
+    tables = []
+    for path in paths:
+        table = pq.read_table(path)
+        tables.append(table.append_column("split", pa.array([path.parent.name.split("=", 1)[1]] * table.num_rows,
+                                                            pa.string())))
+    table = pa.concat_tables(tables, promote_options="permissive")
+    keys = ["user_id", "traj_id"] + (["piece"] if kind == "sequences" else [])
+    return table.take(pc.sort_indices(table, sort_keys=[(key, "ascending") for key in keys]))
+
+
 def prepare_corpus(corpus: CorpusConfig | None = None, args: PrepareArguments | None = None) -> PreparedCorpus:
     """Raw check-ins (one file, a glob or a folder; default: the embedded synthetic city) → a corpus folder, with
     the engine `args.engine`. See the module docstring for the steps and the folder layout."""
@@ -399,5 +416,6 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["PrepareArguments", "PreparedCorpus", "build_partition", "prepare_corpus", "tokenize_partition",
+__all__ = ["PrepareArguments", "PreparedCorpus", "build_partition", "prepare_corpus", "read_shards",
+           "tokenize_partition",
            "user_partition", "user_splits"]

@@ -19,7 +19,6 @@ from collections.abc import Iterable
 import numpy as np
 from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers.models import WordPiece
-from tokenizers.trainers import WordPieceTrainer
 
 from .errors import TrajInputError
 from .h3cells import h3
@@ -125,7 +124,15 @@ def build_wordpiece(vocab: dict[str, int]) -> Tokenizer:
 
 
 def train_vocab(words: Iterable[str], counts: Iterable[int], spelling: str, vocab_size: int) -> dict[str, int]:
-    """Train a WordPiece vocabulary on cell words weighted by how often each occurs in the corpus."""
+    """Train a WordPiece vocabulary on cell words weighted by how often each occurs in the corpus.
+
+    The merge rule of `tokenizers`' WordPiece trainer (repeatedly merge the most frequent adjacent pair; pieces after
+    the first carry the ``##`` prefix), run here so that it is deterministic: ties are broken by the pieces'
+    spelling. `tokenizers`' trainer breaks them by hash-map order and heap position, so two processes given the same
+    counts could disagree (measured: different vocabularies run to run), and corpus preparation in partitions, its
+    Spark engine and DDP ranks must all agree. The vocabulary lists the special tokens, every single character in
+    both positions, then the learned pieces in the order they were merged.
+    """
     minimum = minimum_vocab_size(spelling)
     if vocab_size < minimum:
         raise TrajInputError(
@@ -133,30 +140,90 @@ def train_vocab(words: Iterable[str], counts: Iterable[int], spelling: str, voca
             "entries (special tokens plus every single character in both word positions)."
         )
     initial, continuation = alphabet(spelling)
-    trainer = WordPieceTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=initial,
-        continuing_subword_prefix=CONTINUATION,
-        show_progress=False,
-    )
-    tokenizer = Tokenizer(WordPiece(unk_token="[UNK]", continuing_subword_prefix=CONTINUATION))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-
-    def weighted_lines():
-        for word, count in zip(words, counts):
-            yield (word + " ") * int(count)
-
-    tokenizer.train_from_iterator(weighted_lines(), trainer)
-    vocab = tokenizer.get_vocab()
-    required = list(SPECIAL_TOKENS) + initial + [CONTINUATION + ch for ch in continuation]
-    ordered = [t for t in SPECIAL_TOKENS] + sorted(
-        (t for t in vocab if t not in SPECIAL_TOKENS), key=lambda t: vocab[t]
-    )
-    learned = [t for t in ordered if t not in required]
-    room = max(vocab_size - len(required), 0)
-    tokens = required + learned[:room]
+    names = initial + [CONTINUATION + ch for ch in continuation]
+    first = {ch: i for i, ch in enumerate(initial)}
+    later = {ch: len(initial) + i for i, ch in enumerate(continuation)}
+    words = list(words)
+    width = max((len(w) for w in words), default=1)
+    symbols = np.full((len(words), max(width, 2)), -1, dtype=np.int64)
+    for row, word in enumerate(words):
+        symbols[row, : len(word)] = [first[word[0]], *(later[ch] for ch in word[1:])]
+    learned = _merge_pairs(symbols, np.asarray(list(counts), dtype=np.int64), names,
+                           vocab_size - len(SPECIAL_TOKENS) - len(names))
+    tokens = list(SPECIAL_TOKENS) + names + learned
     return {token: index for index, token in enumerate(tokens)}
+
+
+def _pair_counts(rows: np.ndarray, row_ids: np.ndarray, weights: np.ndarray, base: int
+                 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Adjacent pairs of token-id rows (padded with -1), coded left * base + right → (distinct codes, weighted
+    counts, the row ids where each occurs)."""
+    present = rows[:, 1:] >= 0
+    codes = rows[:, :-1][present] * base + rows[:, 1:][present]
+    owners = np.broadcast_to(row_ids[:, None], present.shape)[present]
+    order = np.argsort(codes, kind="stable")
+    codes, owners = codes[order], owners[order]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if codes.size else np.zeros(0, dtype=np.int64)
+    totals = np.add.reduceat(weights[owners], starts) if codes.size else np.zeros(0, dtype=np.int64)
+    return codes[starts], totals, np.split(owners, starts[1:])
+
+
+def _merge_pairs(symbols: np.ndarray, weights: np.ndarray, names: list[str], room: int) -> list[str]:
+    """Greedy pair merging (BPE) over token-id rows: up to `room` new pieces, in merge order.
+
+    Only the rows a merge touches are recounted: an index from each pair to the rows where it was seen (stale
+    rows are checked and skipped) finds them, and a heap keyed by (-count, left, right spelling), stale entries
+    skipped, gives the most frequent pair with ties broken by spelling."""
+    import heapq
+
+    names = list(names)
+    ids = {name: i for i, name in enumerate(names)}
+    base = len(names) + room + 1  # above every id a piece can get
+    counts: dict[int, int] = {}
+    where: dict[int, list[np.ndarray]] = {}
+    heap: list[tuple[int, str, str, int]] = []
+
+    def update(row_ids: np.ndarray, sign: int) -> None:
+        for code, n, owners in zip(*_pair_counts(symbols[row_ids], row_ids, weights, base)):
+            count = counts[code] = counts.get(code, 0) + sign * int(n)
+            if sign > 0:
+                where.setdefault(code, []).append(owners)
+            if count > 0:
+                heapq.heappush(heap, (-count, names[code // base], names[code % base], code))
+
+    update(np.arange(symbols.shape[0]), 1)
+    learned: list[str] = []
+    seen = set(names)
+    while len(learned) < room and heap:
+        negative, _, _, code = heapq.heappop(heap)
+        if counts.get(code, 0) != -negative:
+            continue  # stale: the pair's count changed after this entry was pushed
+        a, b = divmod(code, base)
+        merged = names[a] + names[b][len(CONTINUATION):]
+        if merged not in ids:
+            ids[merged] = len(names)
+            names.append(merged)
+        if merged not in seen:
+            seen.add(merged)
+            learned.append(merged)
+        candidates = np.unique(np.concatenate(where.pop(code)))
+        hits = (symbols[candidates, :-1] == a) & (symbols[candidates, 1:] == b)
+        touched = candidates[hits.any(axis=1)]
+        hits = hits[hits.any(axis=1)]
+        if a == b:  # "x x x" merges left to right into "xx x": a position right after a merge cannot merge
+            for j in range(1, hits.shape[1]):
+                hits[:, j] &= ~hits[:, j - 1]
+        update(touched, -1)
+        rows = symbols[touched]
+        rows[:, :-1][hits] = ids[merged]
+        gone = np.zeros(rows.shape, dtype=bool)
+        gone[:, 1:] = hits
+        order = np.argsort(gone, axis=1, kind="stable")  # drop the right halves, keep the order of the rest
+        rows = np.take_along_axis(rows, order, axis=1)
+        rows[np.take_along_axis(gone, order, axis=1)] = -1
+        symbols[touched] = rows
+        update(touched, 1)
+    return learned
 
 
 def cell_symbols(cells: np.ndarray, resolution: int, spelling: str) -> np.ndarray:
