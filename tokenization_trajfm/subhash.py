@@ -133,9 +133,12 @@ def train_vocab(words: Iterable[str], counts: Iterable[int], spelling: str, voca
             "entries (special tokens plus every single character in both word positions)."
         )
     initial, continuation = alphabet(spelling)
+    # The continuation tokens go in as special tokens: the trainer would otherwise number them in hash-map order, and
+    # those numbers break ties between equally frequent merges, so the vocabulary changed from run to run
+    # (huggingface/tokenizers#1794). Numbered here, training is deterministic; they are in the vocabulary anyway.
     trainer = WordPieceTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=[*SPECIAL_TOKENS, *(CONTINUATION + ch for ch in continuation)],
         initial_alphabet=initial,
         continuing_subword_prefix=CONTINUATION,
         show_progress=False,
