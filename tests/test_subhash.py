@@ -84,6 +84,17 @@ def test_vocabulary_holds_every_character_in_both_positions(spelling):
     ]
 
 
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_training_is_deterministic(spelling):
+    """Every cell visited once: merges tie everywhere, and ties used to be broken in hash-map order (so the two
+    engines of `tokenization_trajfm.prepare`, or two runs, gave different vocabularies)."""
+    rng = np.random.default_rng(0)
+    cells = np.unique(encode_cells(rng.normal(40.7, 0.02, 500), rng.normal(-74.0, 0.02, 500), 8))
+    words = cells_to_words(cells, 8, spelling)
+    vocabs = [train_vocab(words, np.ones(cells.size), spelling, 300) for _ in range(8)]
+    assert all(vocab == vocabs[0] for vocab in vocabs)
+
+
 def test_frequent_cells_get_their_own_token():
     rng = np.random.default_rng(1)
     cells = encode_cells(rng.normal(40.7, 0.05, 2000), rng.normal(-74.0, 0.05, 2000), 8)

@@ -21,7 +21,8 @@ summed report, counts), ``tokenizer/``, ``trajectories/split=NAME/*.parquet`` (e
 fine-tuning) and ``sequences/split={train,validation}/*.parquet`` (what pre-training streams).
 
 Command line: ``python -m tokenization_trajfm.prepare --data 'raw/*.csv' --output_dir corpus`` (all `CorpusConfig`
-and `PrepareArguments` options; see the README, "Preparing a large corpus").
+and `PrepareArguments` options; see the README, "Preparing a large corpus"). With ``--engine spark``, and for
+spark-submit (``run_prepare.py``), see `tokenization_trajfm.spark`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import hashlib
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -226,12 +227,42 @@ def describe(corpus: CorpusConfig, args: PrepareArguments, source: str, report: 
                              vocab_regime=vocab_regime(len(tokenizer), distinct_cells, longest), recipe=recipe)
 
 
+def merged_report(reports: list[PipelineReport], corpus: CorpusConfig) -> PipelineReport:
+    """The corpus report: the sum of the partitions' (none at all: the input had no row)."""
+    if not reports:
+        raise TrajInputError(f"No check-ins in {corpus.data}: 0 rows read.")
+    return PipelineReport.merge(reports)
+
+
+def split_counts(trajectories: Mapping[str, Sequence[int]], sequences: Mapping[str, Sequence[int]]
+                 ) -> dict[str, dict[str, int | None]]:
+    """The description's counts from (users, trajectories) and (sequences, tokens) per split name, whichever engine
+    counted them: every split has its row, held-out users have no sequences (None)."""
+    counts = {}
+    for name in PREPARED_SPLITS:
+        users, rows = trajectories.get(name, (0, 0))
+        pieces, tokens = sequences.get(name, (0, 0)) if name in SEQUENCE_SPLITS else (None, None)
+        counts[name] = {"users": users, "trajectories": rows, "sequences": pieces, "tokens": tokens}
+    return counts
+
+
+def save_description(output_dir: Path, corpus: CorpusConfig, args: PrepareArguments, sources: list[str],
+                     engine: str, report: PipelineReport, counts: dict[str, dict[str, int | None]],
+                     distinct_cells: int, tokenizer: TrajTokenizer) -> CorpusDescription:
+    """Write `trajfm_corpus.json`, the last step of either engine (`engine` says which, for the record)."""
+    source = f"{', '.join(sources)} (reader {corpus.reader}, prepared by {engine})"
+    description = describe(corpus, args, source, report, counts, distinct_cells, tokenizer)
+    description.save(output_dir)
+    logger.info(f"Prepared corpus in {output_dir}: {report.trajectories_kept:,} trajectories.")
+    return description
+
+
 # ------------------------------------------------------------------------------------------------ local engine
 
 
 def raw_batches(corpus: CorpusConfig, batch_rows: int) -> Iterator[tuple[str, int, pa.Table]]:
-    """(file, rows of that file before the batch, canonical check-ins) for each batch of the raw input; the
-    embedded synthetic city when `corpus.data` is None."""
+    """(file, rows of that file before the batch, raw check-ins) for each batch of the raw input; the embedded
+    synthetic city when `corpus.data` is None."""
     if corpus.data is None:
         from .corpus import load_checkins
 
@@ -239,13 +270,20 @@ def raw_batches(corpus: CorpusConfig, batch_rows: int) -> Iterator[tuple[str, in
                                                          synthetic_days=corpus.synthetic_days,
                                                          seed=corpus.synthetic_seed)
         return
-    from .readers import input_files, iter_file_checkins
+    from .readers import input_files
 
     for path in input_files(corpus.data):
-        rows_before = 0
-        for batch in iter_file_checkins(path, corpus.reader, batch_rows, **corpus.table_mapping()):
-            yield str(path), rows_before, batch
-            rows_before += batch.num_rows
+        yield from file_batches(path, corpus, batch_rows)
+
+
+def file_batches(path: str | Path, corpus: CorpusConfig, batch_rows: int) -> Iterator[tuple[str, int, pa.Table]]:
+    """`raw_batches` of one file: what a Spark task reads (`tokenization_trajfm.spark`)."""
+    from .readers import iter_file_checkins
+
+    rows_before = 0
+    for batch in iter_file_checkins(path, corpus.reader, batch_rows, **corpus.table_mapping()):
+        yield str(path), rows_before, batch
+        rows_before += batch.num_rows
 
 
 def canonical_checkins(batch: pa.Table, where: str, rows_before: int, invalid: str) -> pa.Table:
@@ -330,34 +368,29 @@ def prepare_local(corpus: CorpusConfig, args: PrepareArguments) -> PreparedCorpu
         del table
     shutil.rmtree(spill, ignore_errors=True)
     seconds["build"], clock = time.perf_counter() - clock, time.perf_counter()
-    if not reports:
-        raise TrajInputError(f"No check-ins in {corpus.data}: 0 rows read.")
-    report = PipelineReport.merge(reports)
+    report = merged_report(reports, corpus)
 
     cells, counts = merge_counts(cell_counts)
     tokenizer = new_tokenizer(cells, counts, corpus, args)
     tokenizer.save_pretrained(output_dir / CORPUS_LAYOUT["tokenizer"])
     seconds["vocabulary"], clock = time.perf_counter() - clock, time.perf_counter()
 
-    totals = {name: {"users": 0, "trajectories": 0, "sequences": 0, "tokens": 0} for name in PREPARED_SPLITS}
+    shards = {name: [0, 0] for name in PREPARED_SPLITS}  # per split: users, trajectories
+    pieces = {name: [0, 0] for name in SEQUENCE_SPLITS}  # sequences, tokens
     for path in tqdm(sorted(trajectories_dir.glob("split=*/part-*.parquet")), desc="Tokenizing", unit=" shards"):
         name, partition = path.parent.name.split("=")[1], int(path.stem.split("-")[1])
         table = pq.read_table(path)
-        totals[name]["users"] += int(pc.count_distinct(table["user_id"]).as_py()) if table.num_rows else 0
-        totals[name]["trajectories"] += table.num_rows
+        shards[name][0] += int(pc.count_distinct(table["user_id"]).as_py()) if table.num_rows else 0
+        shards[name][1] += table.num_rows
         if name in SEQUENCE_SPLITS:
             sequences = tokenize_partition(table, tokenizer, args.max_seq_length)
-            totals[name]["sequences"] += sequences.num_rows
-            totals[name]["tokens"] += int(pc.sum(pc.list_value_length(sequences["input_ids"])).as_py() or 0)
+            pieces[name][0] += sequences.num_rows
+            pieces[name][1] += int(pc.sum(pc.list_value_length(sequences["input_ids"])).as_py() or 0)
             _write(sequences, output_dir / CORPUS_LAYOUT["sequences"], name, partition)
-    for name in set(PREPARED_SPLITS) - set(SEQUENCE_SPLITS):
-        totals[name]["sequences"] = totals[name]["tokens"] = None
     seconds["tokenize"] = time.perf_counter() - clock
 
-    source = f"{', '.join(sources)} (reader {corpus.reader}, prepared by the local engine)"
-    description = describe(corpus, args, source, report, totals, int(cells.size), tokenizer)
-    description.save(output_dir)
-    logger.info(f"Prepared corpus in {output_dir}: {report.trajectories_kept:,} trajectories.")
+    description = save_description(output_dir, corpus, args, sources, "the local engine", report,
+                                   split_counts(shards, pieces), int(cells.size), tokenizer)
     return PreparedCorpus(str(output_dir), description, seconds)
 
 
