@@ -10,13 +10,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.dataset as ds
 import pytest
 
 from tokenization_trajfm.corpus import CorpusConfig, CorpusDescription
 from tokenization_trajfm.errors import CheckinReadError, TrajInputError
-from tokenization_trajfm.prepare import PrepareArguments, prepare_corpus
+from tokenization_trajfm.prepare import PrepareArguments, prepare_corpus, read_shards
 from tokenization_trajfm.report import PipelineReport
 
 pytest.importorskip("pyspark")
@@ -45,18 +43,11 @@ def _prepare_both(corpus: CorpusConfig, tmp_path: Path, args: PrepareArguments =
     return local, spark
 
 
-def _read(folder: Path, layout: str, keys: list[str]) -> pa.Table:
-    """Every shard of a layout, the split read from the folder names, in a canonical row order."""
-    table = ds.dataset(folder / layout, format="parquet", partitioning="hive").to_table()
-    return table.sort_by([(key, "ascending") for key in keys])
-
-
 def _assert_same_corpus(local: Path, spark: Path) -> CorpusDescription:
-    for layout, keys in (("sequences", ["split", "traj_id", "piece"]), ("trajectories", ["split", "traj_id"])):
-        expected = _read(local, layout, keys)
-        got = _read(spark, layout, keys)
+    for kind in ("sequences", "trajectories"):
+        expected, got = read_shards(local, kind), read_shards(spark, kind)
         assert got.num_rows == expected.num_rows > 0
-        assert got.cast(expected.schema).equals(expected), layout  # Spark's cells are int64, the local uint64
+        assert got.equals(expected), kind
     assert (json.loads((spark / "tokenizer" / "vocab.json").read_text())
             == json.loads((local / "tokenizer" / "vocab.json").read_text()))
     expected, got = CorpusDescription.load(local), CorpusDescription.load(spark)

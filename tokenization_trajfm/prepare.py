@@ -395,18 +395,20 @@ def prepare_local(corpus: CorpusConfig, args: PrepareArguments) -> PreparedCorpu
 
 
 def read_shards(folder: str | Path, kind: str = "sequences") -> pa.Table:
-    """Every shard of `kind` ("sequences" or "trajectories") of a corpus folder as one table, with its `split`
-    (from the folder name), ordered by (user_id, traj_id[, piece]): the same table whichever engine wrote it.
-    In memory, so for inspection and checks of small corpora; training streams the shards instead."""
+    """Every shard of `kind` ("sequences" or "trajectories") of a corpus folder as one table in the project's schema
+    (Spark writes `cells` as int64: it has no unsigned type), with its `split` (from the folder name), ordered by
+    (user_id, traj_id[, piece]): the same table whichever engine wrote it. In memory, so for inspection and checks
+    of small corpora; training streams the shards instead."""
     paths = sorted((Path(folder) / CORPUS_LAYOUT[kind]).glob("split=*/*.parquet"))
     if not paths:
         raise FileNotFoundError(f"{folder}: no {kind} shards (not a prepared corpus folder?)")
+    schema = SEQUENCE_SCHEMA if kind == "sequences" else TRAJECTORY_SCHEMA
     tables = []
     for path in paths:
-        table = pq.read_table(path)
+        table = pq.read_table(path).select(schema.names).cast(schema)
         tables.append(table.append_column("split", pa.array([path.parent.name.split("=", 1)[1]] * table.num_rows,
                                                             pa.string())))
-    table = pa.concat_tables(tables, promote_options="permissive")
+    table = pa.concat_tables(tables)
     keys = ["user_id", "traj_id"] + (["piece"] if kind == "sequences" else [])
     return table.take(pc.sort_indices(table, sort_keys=[(key, "ascending") for key in keys]))
 
