@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--gps-samples", type=int, default=10)
     parser.add_argument("--spark-points", type=int, default=2_000_000)
     parser.add_argument("--geolife", default=str(DEFAULT_GEOLIFE))
-    parser.add_argument("--train-steps", type=int, default=20)
+    parser.add_argument("--train-steps", type=int, default=20, help="0: no pre-training run")
     parser.add_argument("--workdir", default="/tmp/trajfm-bench-corpus")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -156,11 +156,12 @@ def main() -> None:
         print(f"{args.spark_points:,}-point sample: local engine {local['seconds']:.1f} s, Spark local[2] "
               f"{spark['seconds']:.1f} s (including Spark start-up)", flush=True)
 
-        trained = child("train", corpus_dir=str(work / "corpus"), output_dir=str(work / "mtm"),
-                        steps=args.train_steps)
-        print(f"streaming pre-training from the {big['points']:,}-point corpus: {trained['steps']} steps in "
-              f"{trained['seconds']:.1f} s, train loss {trained['train_loss']:.3f}, validation perplexity "
-              f"{trained['eval_perplexity']:.1f}", flush=True)
+        if args.train_steps:
+            trained = child("train", corpus_dir=str(work / "corpus"), output_dir=str(work / "mtm"),
+                            steps=args.train_steps)
+            print(f"streaming pre-training from the {big['points']:,}-point corpus: {trained['steps']} steps in "
+                  f"{trained['seconds']:.1f} s, train loss {trained['train_loss']:.3f}, validation perplexity "
+                  f"{trained['eval_perplexity']:.1f}", flush=True)
 
         print(f"peak_rss_mb: {big['peak_rss_mb']:.0f}")
         print(f"ratio prepare_vs_inmemory: {memory['seconds'] / prepared['seconds']:.2f}")
