@@ -226,6 +226,27 @@ def describe(corpus: CorpusConfig, args: PrepareArguments, source: str, report: 
                              vocab_regime=vocab_regime(len(tokenizer), distinct_cells, longest), recipe=recipe)
 
 
+# ----------------------------------------------------------------------------------------- reading a corpus folder
+
+
+def read_trajectories(corpus_dir: str | Path, split: str | None = None) -> pa.Table:
+    """The trajectories of one split of a corpus folder (of every split when None), as one table: what fine-tuning
+    reads for the held-out users instead of rebuilding them from raw data."""
+    pattern = f"split={split or '*'}/part-*.parquet"
+    files = sorted((Path(corpus_dir) / CORPUS_LAYOUT["trajectories"]).glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"{corpus_dir}: no {CORPUS_LAYOUT['trajectories']}/{pattern}; is it a complete corpus "
+                                "folder (python -m tokenization_trajfm.prepare)?")
+    return pa.concat_tables([pq.read_table(path, schema=TRAJECTORY_SCHEMA) for path in files])
+
+
+def sequence_files(corpus_dir: str | Path, split: str) -> list[str]:
+    """The sequence shards of one split of a corpus folder that hold rows (a partition may have no user of a split),
+    in partition order."""
+    files = sorted((Path(corpus_dir) / CORPUS_LAYOUT["sequences"] / f"split={split}").glob("part-*.parquet"))
+    return [str(path) for path in files if pq.ParquetFile(path).metadata.num_rows > 0]
+
+
 # ------------------------------------------------------------------------------------------------ local engine
 
 
@@ -366,9 +387,9 @@ def prepare_corpus(corpus: CorpusConfig | None = None, args: PrepareArguments | 
     the engine `args.engine`. See the module docstring for the steps and the folder layout."""
     corpus = corpus or CorpusConfig()
     args = args or PrepareArguments()
-    if corpus.has_split_source() or corpus.dataset_dir is not None:
-        raise ValueError("prepare reads raw check-ins (--data, or the embedded default); split files and "
-                         "--dataset_dir are read directly by run_mtm.py / run_finetune.py.")
+    if corpus.has_split_source() or corpus.dataset_dir is not None or corpus.corpus_dir is not None:
+        raise ValueError("prepare reads raw check-ins (--data, or the embedded default); split files, --dataset_dir "
+                         "and --corpus_dir are read directly by run_mtm.py / run_finetune.py.")
     if args.max_seq_length < max_cell_tokens(corpus.resolution, args.spelling) + SPECIAL_TOKENS_PER_SEQUENCE:
         raise ValueError(f"--max_seq_length {args.max_seq_length} cannot hold one resolution-{corpus.resolution} "
                          f"hexagon; use at least {max_cell_tokens(corpus.resolution, args.spelling) + 2}.")
@@ -399,5 +420,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["PrepareArguments", "PreparedCorpus", "build_partition", "prepare_corpus", "tokenize_partition",
-           "user_partition", "user_splits"]
+__all__ = ["PrepareArguments", "PreparedCorpus", "build_partition", "prepare_corpus", "read_trajectories",
+           "sequence_files", "tokenize_partition", "user_partition", "user_splits"]
