@@ -16,7 +16,8 @@ budget and writes `compare_report.{json,md,png}` with simple baselines and the a
 
 Argument parsing only: the work is `modeling_trajfm.finetune` / `modeling_trajfm.compare`. Data arguments
 (`--data`, `--reader`, segmentation, ...) default to what the checkpoint's pre-training recorded
-(`trajfm_corpus.json`); those given here override it (a new `--data` or `--dataset_dir` replaces the whole source).
+(`trajfm_corpus.json`); those given here override it (a new `--data`, `--dataset_dir` or `--corpus_dir` replaces
+the whole source). A checkpoint pre-trained on a corpus folder reads its held-out shards.
 Given splits (`--train_file/--validation_file/--test_file`, `--dataset_name`) are used exactly as given.
 Bad arguments raise ValueError saying what to change.
 """

@@ -5,6 +5,7 @@
     python run_mtm.py                                   # embedded default: synthetic city, small model, ./trajfm-base
     python run_mtm.py --data checkins.csv.gz --reader stan_nyc --max_gap_minutes 4320 --output_dir out
     python run_mtm.py --train_file train.parquet --validation_file valid.parquet   # or --dataset_name NAME|FOLDER
+    python run_mtm.py --corpus_dir corpus --streaming --max_steps 20000   # a folder from tokenization_trajfm.prepare
     python run_mtm.py config.yaml --learning_rate 5e-4  # or config.json: the arguments as a mapping, then overrides
     torchrun --nproc_per_node 2 run_mtm.py ... --use_cpu --ddp_find_unused_parameters false
     accelerate launch --config_file configs/accelerate_cpu_2proc.yaml run_mtm.py ... --ddp_find_unused_parameters false

@@ -5,7 +5,8 @@ The examples come either from given splits (`corpus_overrides` with `train_file`
 `hf_dataset`, i.e. `--dataset_name`), used exactly as given: train on train, keep the checkpoint with the lowest
 validation loss, report on test; or from the users HELD OUT from pre-training (the checkpoint's corpus description,
 `trajfm_corpus.json`, or `TaskConfig.heldout_users`), with their trajectories rebuilt exactly as pre-training built
-them (the recorded `CorpusConfig`, updated with `corpus_overrides`, e.g. the data file's new location), each task
+them (the recorded `CorpusConfig`, updated with `corpus_overrides`, e.g. the data file's new location), or, for a
+checkpoint pre-trained on a corpus folder (`--corpus_dir`), read from its held-out shards as prepared; each task
 split by trajectory into train/validation/test (`TaskConfig.test_fraction`, `validation_fraction`), so no trajectory
 is on two sides. Held-out user ids are only matched against the pre-training corpus itself: other data (different
 counts, or fewer than half of the held-out users present) is an error unless the split is given. Fine-tuning evaluates
@@ -33,6 +34,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from tokenization_trajfm import CorpusConfig, CorpusDescription, PipelineReport, TrajTokenizer, select_users
 from tokenization_trajfm.corpus import CORPUS_FILE, SPLIT_SOURCE_FIELDS
+from tokenization_trajfm.prepare import read_trajectories
 
 from .arguments import NoPinMemoryWithoutAccelerator
 from .cards import PLOT_FILE, build_finetune_card
@@ -240,23 +242,44 @@ GIVE_THE_SPLIT = ("give the split instead: --train_file/--validation_file/--test
                   "given), or --heldout_users with users of this data")
 
 
+def check_same_corpus(recorded_report: dict[str, Any] | None, report: PipelineReport | None, source: str) -> None:
+    """The data's pipeline report must match the checkpoint's (`recorded_report`): other data has unrelated user ids,
+    which would silently select wrong "users"."""
+    if recorded_report is None or report is None:
+        return
+    differs = {key: (recorded_report[key], getattr(report, key)) for key in ("points_read", "users")
+               if recorded_report.get(key) is not None and recorded_report[key] != getattr(report, key)}
+    if differs:
+        counts = ", ".join(f"{key} {was:,} at pre-training, {now:,} here" for key, (was, now) in differs.items())
+        raise ValueError(f"{source} is not the checkpoint's pre-training corpus ({counts}), so its user ids are "
+                         f"not the checkpoint's held-out users; {GIVE_THE_SPLIT}.")
+
+
+def load_prepared_heldout(corpus: CorpusConfig, model_path: str, recorded_report: dict[str, Any] | None
+                          ) -> tuple[pa.Table, PipelineReport, str]:
+    """Trajectories of the users held out from a checkpoint pre-trained on a corpus folder: the folder's held-out
+    shards, as prepared. The folder holds users out by a hash of their id, so there is no user list to match."""
+    if corpus.corpus_dir is None:
+        raise ValueError(f"{model_path} was pre-trained on a corpus folder, whose held-out users are its "
+                         "trajectories/split=heldout shards: pass --corpus_dir with the folder's location instead of "
+                         f"other data, or {GIVE_THE_SPLIT}.")
+    report = PipelineReport(**corpus.prepared().report)
+    source = f"held-out users of corpus folder {corpus.corpus_dir}"
+    check_same_corpus(recorded_report, report, source)
+    return read_trajectories(corpus.corpus_dir, "heldout"), report, source
+
+
 def load_heldout_trajectories(corpus: CorpusConfig, tokenizer: TrajTokenizer, heldout: list[str],
                               recorded_report: dict[str, Any] | None = None
                               ) -> tuple[pa.Table, PipelineReport | None, str]:
     """Trajectories of the held-out users, built as pre-training built its corpus.
 
     `recorded_report` (the checkpoint's pipeline report, when `heldout` are the checkpoint's users) must match the
-    data's: other data has unrelated user ids, which would silently select wrong "users". Returns (trajectory table
-    of the held-out users, PipelineReport of the whole corpus or None, source).
+    data's (`check_same_corpus`). Returns (trajectory table of the held-out users, PipelineReport of the whole corpus
+    or None, source).
     """
     trajectories, report, source = corpus.load()
-    if recorded_report is not None and report is not None:
-        differs = {key: (recorded_report[key], getattr(report, key)) for key in ("points_read", "users")
-                   if recorded_report.get(key) is not None and recorded_report[key] != getattr(report, key)}
-        if differs:
-            counts = ", ".join(f"{key} {was:,} at pre-training, {now:,} here" for key, (was, now) in differs.items())
-            raise ValueError(f"{source} is not the checkpoint's pre-training corpus ({counts}), so its user ids are "
-                             f"not the checkpoint's held-out users; {GIVE_THE_SPLIT}.")
+    check_same_corpus(recorded_report, report, source)
     table = trajectories if isinstance(trajectories, pa.Table) else trajectories.with_format("arrow")[:]
     present = set(table.column("user_id").cast(pa.string()).unique().to_pylist())
     found = sorted(set(heldout) & present)
@@ -406,8 +429,13 @@ def prepare(model_path: str, task_config: TaskConfig, entries: Sequence[str], tr
                              "the fine-tuning data (--train_file/--validation_file/--test_file or --dataset_name), or "
                              "--data with --heldout_users.")
         heldout, heldout_source = resolve_heldout_users(model_path, task_config.heldout_users)
-        recorded = CorpusDescription.load(model_path).report if task_config.heldout_users is None else None
-        table, pipeline_report, source = load_heldout_trajectories(corpus, tokenizer, heldout, recorded)
+        recorded = CorpusDescription.load(model_path) if task_config.heldout_users is None else None
+        if recorded is not None and recorded.split.rule == "hash":
+            table, pipeline_report, source = load_prepared_heldout(corpus, model_path, recorded.report)
+            heldout, heldout_source = sorted(set(table["user_id"].to_pylist())), source
+        else:
+            table, pipeline_report, source = load_heldout_trajectories(
+                corpus, tokenizer, heldout, recorded.report if recorded is not None else None)
         records = T.trajectory_records(table)
         logger.info("Data: %s; pipeline (all users):\n%s", source, pipeline_report)
         tasks = {entry: build_task(entry, records, task_config, seed) for entry in entries}

@@ -4,6 +4,8 @@ Data flow (every step logged with counts):
 
 1. `CorpusConfig.load()`: check-ins from a file, a prepared corpus or the embedded synthetic city → H3 encoding,
    clustering and segmentation into trajectories (the PipelineReport of what was read and dropped is logged).
+   A corpus folder (`--corpus_dir`, written by `tokenization_trajfm.prepare`) skips steps 1-4: its user split,
+   tokenizer and sequence shards are read as they are (memory-mapped, or streamed with `--streaming`).
 2. Users split, seeded by `split_seed` (default: the training seed): `heldout_fraction` of the users are held out for
    fine-tuning and never seen here, the rest split into train / validation by user (`validation_fraction`). The split
    is saved in the corpus description (`trajfm_corpus.json`) before any training, so a crash never loses it.
@@ -36,9 +38,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from transformers import AutoTokenizer, TrainerCallback, TrainingArguments, set_seed
 
-from tokenization_trajfm import CorpusConfig, CorpusDescription, TrajTokenizer, UserSplit
-from tokenization_trajfm.corpus import select_users
-from tokenization_trajfm.prepare import vocab_regime
+from tokenization_trajfm import FEATURE_KEYS, CorpusConfig, CorpusDescription, PipelineReport, TrajTokenizer, UserSplit
+from tokenization_trajfm.corpus import SOURCE_FIELDS, select_users
+from tokenization_trajfm.prepare import CORPUS_LAYOUT, sequence_files, vocab_regime
 from tokenization_trajfm.subhash import SPELLINGS, max_cell_tokens
 
 from .arguments import NoPinMemoryWithoutAccelerator
@@ -59,7 +61,7 @@ from .run_guard import (
     remove_checkpoints,
     wants_overwrite,
 )
-from .trainer import MTMTrainer, sequence_lengths
+from .trainer import MTMTrainer, TrainingStream, sequence_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +170,7 @@ class MTMArguments:
         default="auto",
         metadata={"help": "Pack several training trajectories into each row of --max_seq_length tokens (attention, "
                   "positions and masking stay per trajectory): true | false | auto (pack only without "
-                  "group_by_length sampling, when random batches would be more than 25% padding; length-grouped "
+                  "group_by_length sampling, when random batches would be more than 25%% padding; length-grouped "
                   "batches are little padding and a packed row pays full-length attention). "
                   "--per_device_train_batch_size still counts trajectories."},
     )
@@ -210,6 +212,15 @@ def check_pretraining_arguments(corpus: CorpusConfig, model_args: MTMModelArgume
                                 training_args: TrainingArguments) -> None:
     """The checks that involve several argument groups; raises ValueError saying what to change."""
     check_push_possible(training_args.push_to_hub, training_args.hub_model_id)
+    if mtm_args.streaming and training_args.do_train and training_args.max_steps <= 0:
+        raise ValueError("--streaming has no length: give --max_steps N (total optimizer steps).")
+    if corpus.corpus_dir is not None:
+        length = corpus.prepared().recipe["max_seq_length"]
+        if mtm_args.max_seq_length != length:
+            raise ValueError(f"--max_seq_length {mtm_args.max_seq_length} differs from that of --corpus_dir "
+                             f"{corpus.corpus_dir}, whose sequences were cut at {length} tokens: pass --max_seq_length "
+                             f"{length}, or prepare the corpus again with --max_seq_length {mtm_args.max_seq_length}.")
+        return
     longest = max_cell_tokens(corpus.resolution, model_args.spelling) + SPECIAL_TOKENS_PER_SEQUENCE
     if mtm_args.max_seq_length < longest:
         raise ValueError(
@@ -217,8 +228,6 @@ def check_pretraining_arguments(corpus: CorpusConfig, model_args: MTMModelArgume
             f"{corpus.resolution} cell takes up to {longest - 2} '{model_args.spelling}' sub-tokens plus 2 special "
             f"tokens; use --max_seq_length >= {longest}."
         )
-    if mtm_args.streaming and training_args.do_train and training_args.max_steps <= 0:
-        raise ValueError("--streaming has no length: give --max_steps N (total optimizer steps).")
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -293,8 +302,9 @@ def _shared_tokenizer(model_args: MTMModelArguments, corpus: CorpusConfig, mtm_a
     return tokenizer
 
 
-def tokenize(tokenizer: TrajTokenizer, dataset: datasets.Dataset, mtm_args: MTMArguments, name: str, streaming: bool,
-             seed: int):
+def tokenize(tokenizer: TrajTokenizer, dataset: datasets.Dataset, mtm_args: MTMArguments, name: str, streaming: bool
+             ) -> datasets.Dataset | datasets.IterableDataset:
+    """Trajectories → sequences, all at once or, `streaming`, on the fly (ordered by `TrainingStream`)."""
     keep = [c for c in ("cells", "timestamps", "user_id") if c in dataset.column_names]
     dataset = dataset.select_columns(keep)
     if not streaming:
@@ -302,10 +312,41 @@ def tokenize(tokenizer: TrajTokenizer, dataset: datasets.Dataset, mtm_args: MTMA
                                           num_proc=mtm_args.preprocessing_num_workers,
                                           desc=f"Tokenizing {name} trajectories")
     iterable = dataset.to_iterable_dataset(num_shards=max(1, min(64, dataset.num_rows)))
-    iterable = iterable.shuffle(seed=seed, buffer_size=mtm_args.shuffle_buffer_size)
     # the batch function `tokenize_dataset` maps; IterableDataset.map has no num_proc/desc arguments
     return iterable.map(tokenizer.encode_trajectory_batch, batched=True, remove_columns=keep,
                         fn_kwargs={"max_length": mtm_args.max_seq_length, "split": True})
+
+
+#: The columns of a sequence shard that the model reads (`user_id`, `traj_id`, `piece` say where it came from).
+SEQUENCE_FEATURES = ("input_ids", "attention_mask", *FEATURE_KEYS)
+
+
+def corpus_sequences(corpus_dir: str | Path, split: str, streaming: bool, cache_dir: str | None = None
+                     ) -> datasets.Dataset | datasets.IterableDataset | None:
+    """One split's sequence shards of a corpus folder, None when it has none: memory-mapped and used like sequences
+    tokenized here (with `user_id`), or streamed with the model's columns only (less to read and to collate)."""
+    files = sequence_files(corpus_dir, split)
+    if not files:
+        return None
+    columns = list(SEQUENCE_FEATURES) if streaming else ["user_id", *SEQUENCE_FEATURES]
+    dataset = datasets.load_dataset("parquet", data_files={split: files}, split=split, streaming=streaming,
+                                    cache_dir=cache_dir)
+    return dataset.select_columns(columns)
+
+
+def _limit(dataset: datasets.Dataset | datasets.IterableDataset, mtm_args: MTMArguments, name: str
+           ) -> datasets.Dataset | datasets.IterableDataset:
+    """At most `--max_train_samples` / `--max_eval_samples` sequences of split `name`."""
+    limit = mtm_args.max_train_samples if name == "train" else mtm_args.max_eval_samples
+    if limit is None:
+        return dataset
+    if isinstance(dataset, datasets.IterableDataset):
+        return dataset.take(limit)
+    return dataset.select(range(min(limit, len(dataset))))
+
+
+def _splits_used(training_args: TrainingArguments) -> list[str]:
+    return [name for name, used in (("train", training_args.do_train), ("validation", training_args.do_eval)) if used]
 
 
 PACKING_CHOICES = ("auto", "true", "false")
@@ -460,9 +501,137 @@ def _check_split_unchanged(output_dir: Path, last_checkpoint: str | None, split:
     if last_checkpoint is None or not CorpusDescription.exists(output_dir):
         return
     previous = CorpusDescription.load(output_dir).split
-    if previous.heldout_users != split.heldout_users:
+    fixed = ("rule", "seed", "heldout_fraction", "heldout_users")  # the hash rule (a corpus folder) has no user lists
+    if any(getattr(previous, name) != getattr(split, name) for name in fixed):
         raise ValueError(f"The held-out users differ from those of {last_checkpoint}: the data or --split_seed "
                          "changed since that run; resume with the same data and seed, or --overwrite_output_dir.")
+
+
+@dataclass
+class _Staged:
+    """A run's data, whichever its source: the tokenizer, the sequences of each split used, the corpus description
+    (config, user split, counts) and pipeline report it records, and the users of each split when they are listed."""
+
+    tokenizer: TrajTokenizer
+    tokenized: dict[str, datasets.Dataset | datasets.IterableDataset]
+    description: CorpusDescription
+    report: PipelineReport | None
+    users: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _stage_built(corpus: CorpusConfig, model_args: MTMModelArguments, mtm_args: MTMArguments,
+                 training_args: TrainingArguments, last_checkpoint: str | None) -> _Staged:
+    """Trajectories built here and split into users (`_stage_data`), a tokenizer trained on the training users (or
+    given), and their sequences (tokenized on the fly with `--streaming`)."""
+    from tqdm.auto import tqdm
+
+    split_seed = training_args.seed if mtm_args.split_seed is None else mtm_args.split_seed
+    bar = tqdm(total=4, desc="Preparing data", disable=not training_args.should_log or training_args.disable_tqdm)
+    parts, users, split, report, source = _stage_data(corpus, mtm_args, split_seed)
+    if "validation" not in parts and training_args.do_eval:
+        _no_evaluation(training_args, f"{source} has no validation split")
+    bar.update()
+    _check_split_unchanged(Path(training_args.output_dir), last_checkpoint, split)
+    bar.update()
+    tokenizer = _shared_tokenizer(model_args, corpus, mtm_args, parts["train"], last_checkpoint, training_args)
+    train_cells = _arrow_column(parts["train"], "cells").combine_chunks().flatten()
+    distinct_cells = int(pc.count_distinct(train_cells).as_py())
+    regime = vocab_regime(len(tokenizer), distinct_cells, max_cell_tokens(tokenizer.resolution, tokenizer.spelling))
+    logger.info(f"Tokenizer: {type(tokenizer).__name__}, {tokenizer.spelling} spelling, {len(tokenizer)} tokens; "
+                f"{regime}.")
+    bar.update()
+    tokenized = {name: _limit(tokenize(tokenizer, parts[name], mtm_args, name, mtm_args.streaming and name == "train"),
+                              mtm_args, name) for name in _splits_used(training_args) if name in parts}
+    bar.update()
+    bar.close()
+
+    counts: dict[str, dict[str, int | None]] = {}
+    for name, part in parts.items():
+        seqs = tokenized.get(name)
+        is_map = isinstance(seqs, datasets.Dataset)
+        counts[name] = {"users": len(users[name]), "trajectories": part.num_rows,
+                        "sequences": len(seqs) if is_map else None, "tokens": _num_tokens(seqs) if is_map else None}
+    if report is not None and counts.get("train", {}).get("tokens") is not None:
+        report.tokens = counts["train"]["tokens"]
+    description = CorpusDescription(
+        config=corpus, split=split, source=source, report=report.to_dict() if report is not None else None,
+        counts=counts, distinct_train_cells=distinct_cells, vocab_regime=regime, recipe=asdict(mtm_args),
+    )
+    return _Staged(tokenizer, tokenized, description, report, users)
+
+
+def _corpus_folder_tokenizer(corpus_dir: str, model_args: MTMModelArguments, mtm_args: MTMArguments
+                             ) -> TrajTokenizer:
+    """The corpus folder's tokenizer: its sequences hold this tokenizer's ids, so any other is refused."""
+    tokenizer = TrajTokenizer.from_pretrained(Path(corpus_dir) / CORPUS_LAYOUT["tokenizer"])
+    if model_args.tokenizer_name is not None:
+        given = AutoTokenizer.from_pretrained(model_args.tokenizer_name, cache_dir=model_args.cache_dir)
+        if getattr(given, "fingerprint", None) != tokenizer.fingerprint:
+            raise ValueError(f"--tokenizer_name {model_args.tokenizer_name} is not the tokenizer of --corpus_dir "
+                             f"{corpus_dir}, whose sequences hold that tokenizer's ids: drop --tokenizer_name (the "
+                             "corpus folder's is used), or prepare the corpus again.")
+    tokenizer.model_max_length = mtm_args.max_seq_length
+    return tokenizer
+
+
+def _fixed_by_corpus_folder(corpus: CorpusConfig, prepared: CorpusDescription, model_args: MTMModelArguments,
+                            mtm_args: MTMArguments) -> list[str]:
+    """Arguments whose values differ from those the corpus folder was prepared with (which are the ones used)."""
+    settings = [(name, getattr(corpus, name), value) for name, value in asdict(prepared.config).items()
+                if name not in SOURCE_FIELDS and not name.startswith("synthetic_")]
+    split, recipe = prepared.split, prepared.recipe
+    settings += [("vocab_size", model_args.vocab_size, recipe.get("vocab_size")),
+                 ("spelling", model_args.spelling, recipe.get("spelling")),
+                 ("heldout_fraction", mtm_args.heldout_fraction, split.heldout_fraction),
+                 ("validation_fraction", mtm_args.validation_fraction, split.validation_fraction),
+                 ("split_seed", mtm_args.split_seed, split.seed)]
+    return [f"--{name} {fixed} (not {given})" for name, given, fixed in settings
+            if given is not None and given != fixed]
+
+
+def _stage_corpus_folder(corpus: CorpusConfig, model_args: MTMModelArguments, mtm_args: MTMArguments,
+                         training_args: TrainingArguments, last_checkpoint: str | None) -> _Staged:
+    """A corpus folder (`--corpus_dir`) as prepared: its tokenizer, user split and sequence shards (memory-mapped, or
+    streamed with `--streaming`); nothing is built or tokenized again, and the counts are those it records."""
+    folder, prepared = corpus.corpus_dir, corpus.prepared()
+    fixed = _fixed_by_corpus_folder(corpus, prepared, model_args, mtm_args)
+    if fixed:
+        logger.info(f"The corpus folder fixes data settings, tokenizer and user split; using its {', '.join(fixed)}.")
+    report = PipelineReport(**prepared.report)
+    logger.info(f"Read corpus folder {folder}, prepared from {prepared.source}:\n{report}")
+    _check_split_unchanged(Path(training_args.output_dir), last_checkpoint, prepared.split)
+    tokenizer = _corpus_folder_tokenizer(folder, model_args, mtm_args)
+    logger.info(f"Tokenizer: {type(tokenizer).__name__}, {tokenizer.spelling} spelling, {len(tokenizer)} tokens; "
+                f"{prepared.vocab_regime}.")
+    counts = {name: dict(c) for name, c in prepared.counts.items()}
+    tokenized = {}
+    for name in _splits_used(training_args):
+        sequences = corpus_sequences(folder, name, mtm_args.streaming and name == "train", model_args.cache_dir)
+        if sequences is None and name == "validation":
+            _no_evaluation(training_args, f"corpus folder {folder} has no validation sequences")
+            continue
+        if sequences is None:
+            raise ValueError(f"Corpus folder {folder} has no training sequences ({CORPUS_LAYOUT['sequences']}/"
+                             "split=train is empty): prepare it with more users or a lower --heldout_fraction.")
+        tokenized[name] = _limit(sequences, mtm_args, name)
+        if isinstance(tokenized[name], datasets.Dataset):
+            counts[name].update(sequences=len(tokenized[name]), tokens=_num_tokens(tokenized[name]))
+        elif mtm_args.max_train_samples is not None:  # streamed: the first sequences, whose tokens are not counted
+            counts[name].update(sequences=min(mtm_args.max_train_samples, counts[name]["sequences"]), tokens=None)
+    source = f"corpus folder {folder} (prepared from {prepared.source})"
+    description = CorpusDescription(
+        config=prepared.config, split=prepared.split, source=source, report=prepared.report, counts=counts,
+        distinct_train_cells=prepared.distinct_train_cells, vocab_regime=prepared.vocab_regime, recipe=asdict(mtm_args),
+    )
+    return _Staged(tokenizer, tokenized, description, report)
+
+
+def _count_line(name: str, counts: dict[str, int | None]) -> str:
+    line = f"  {name:<10} users {counts['users']:>7,}  trajectories {counts['trajectories']:>9,}  "
+    if counts["sequences"] is None:
+        return line + ("not used here (fine-tuning only)" if name == "heldout" else "tokenized on the fly")
+    tokens = f"  tokens {counts['tokens']:>12,}" if counts["tokens"] is not None else ""
+    return line + f"sequences {counts['sequences']:>9,}" + tokens
 
 
 def pretrain(
@@ -483,7 +652,7 @@ def pretrain(
     training_args.push_to_hub = False  # we push ourselves at the end, with the curated card last
     training_args.label_names = ["labels", "hexagon_ids"]  # hexagon_ids reach compute_metrics next to the labels
     training_args.eval_do_concat_batches = True
-    if not corpus.has_split_source() and mtm_args.validation_fraction == 0:
+    if corpus.corpus_dir is None and not corpus.has_split_source() and mtm_args.validation_fraction == 0:
         _no_evaluation(training_args, "--validation_fraction 0: no validation users")
     elif corpus.has_split_source() and corpus.validation_file is None and corpus.hf_dataset is None:
         _no_evaluation(training_args, "no --validation_file")
@@ -494,59 +663,15 @@ def pretrain(
     last_checkpoint, record = _guard_output(corpus, model_args, mtm_args, training_args, output_dir)
 
     set_seed(training_args.seed)
-    split_seed = training_args.seed if mtm_args.split_seed is None else mtm_args.split_seed
-
-    from tqdm.auto import tqdm
-
     if not training_args.should_log:  # progress bars of `datasets` (tokenization, filters) once, on the main process
         datasets.disable_progress_bars()
     with training_args.main_process_first(desc="data preparation"):
-        bar = tqdm(total=4, desc="Preparing data", disable=not training_args.should_log or training_args.disable_tqdm)
-        parts, users, split, report, source = _stage_data(corpus, mtm_args, split_seed)
-        if "validation" not in parts and training_args.do_eval:
-            _no_evaluation(training_args, f"{source} has no validation split")
-        bar.update()
-        _check_split_unchanged(output_dir, last_checkpoint, split)
-        bar.update()
-        tokenizer = _shared_tokenizer(model_args, corpus, mtm_args, parts["train"], last_checkpoint, training_args)
-        train_cells = _arrow_column(parts["train"], "cells").combine_chunks().flatten()
-        distinct_cells = int(pc.count_distinct(train_cells).as_py())
-        regime = vocab_regime(len(tokenizer), distinct_cells, max_cell_tokens(tokenizer.resolution,
-                                                                               tokenizer.spelling))
-        logger.info(f"Tokenizer: {type(tokenizer).__name__}, {tokenizer.spelling} spelling, {len(tokenizer)} tokens; "
-                    f"{regime}.")
-        bar.update()
-        tokenized = {}
-        for name in ("train", "validation"):
-            if name not in parts or (name == "train" and not training_args.do_train) or (
-                    name == "validation" and not training_args.do_eval):
-                continue
-            stream = mtm_args.streaming and name == "train"
-            tokenized[name] = tokenize(tokenizer, parts[name], mtm_args, name, stream, training_args.seed)
-            limit = mtm_args.max_train_samples if name == "train" else mtm_args.max_eval_samples
-            if limit is not None:
-                tokenized[name] = (tokenized[name].take(limit) if stream else
-                                   tokenized[name].select(range(min(limit, len(tokenized[name])))))
-        bar.update()
-        bar.close()
-
-    counts: dict[str, dict[str, int | None]] = {}
-    for name, part in parts.items():
-        seqs = tokenized.get(name)
-        is_map = isinstance(seqs, datasets.Dataset)
-        counts[name] = {"users": len(users[name]), "trajectories": part.num_rows,
-                        "sequences": len(seqs) if is_map else None, "tokens": _num_tokens(seqs) if is_map else None}
-    lines = [f"  {name:<10} users {c['users']:>7,}  trajectories {c['trajectories']:>9,}  "
-             + (f"sequences {c['sequences']:>9,}  tokens {c['tokens']:>12,}" if c["sequences"] is not None
-                else ("not used here (fine-tuning only)" if name == "heldout" else "tokenized on the fly"))
-             for name, c in counts.items()]
+        stage = _stage_corpus_folder if corpus.corpus_dir is not None else _stage_built
+        staged = stage(corpus, model_args, mtm_args, training_args, last_checkpoint)
+    tokenizer, tokenized, description, report = staged.tokenizer, staged.tokenized, staged.description, staged.report
+    counts = description.counts
+    lines = [_count_line(name, c) for name, c in counts.items()]
     logger.info("Users split (no user in two splits):\n" + "\n".join(lines))
-    if report is not None and counts.get("train", {}).get("tokens") is not None:
-        report.tokens = counts["train"]["tokens"]
-    description = CorpusDescription(
-        config=corpus, split=split, source=source, report=report.to_dict() if report is not None else None,
-        counts=counts, distinct_train_cells=distinct_cells, vocab_regime=regime, recipe=asdict(mtm_args),
-    )
     if training_args.process_index == 0:  # written before training: a crash must not lose which users are held out
         output_dir.mkdir(parents=True, exist_ok=True)
         description.save(output_dir)
@@ -568,6 +693,9 @@ def pretrain(
     training_args.eval_on_start = training_args.do_eval and training_args.do_train and not resuming
 
     train_dataset = tokenized.get("train")
+    if isinstance(train_dataset, datasets.IterableDataset):
+        train_dataset = TrainingStream(train_dataset, training_args.seed, mtm_args.shuffle_buffer_size,
+                                       training_args.process_index, training_args.world_size)
     packed = isinstance(train_dataset, datasets.Dataset) and _should_pack(train_dataset, mtm_args, training_args)
     if packed:
         train_dataset = _pack(train_dataset, mtm_args, training_args)
@@ -591,9 +719,9 @@ def pretrain(
         train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
         trainer.save_model()  # model + tokenizer (+ code files) + training_args.bin
         train_metrics = dict(train_result.metrics)
-        if counts.get("train", {}).get("sequences") is not None:
-            train_metrics["train_samples"] = counts["train"]["sequences"]
-            train_metrics["train_tokens"] = counts["train"]["tokens"]
+        for metric, key in (("train_samples", "sequences"), ("train_tokens", "tokens")):
+            if counts.get("train", {}).get(key) is not None:
+                train_metrics[metric] = counts["train"][key]
         trainer.log_metrics("train", train_metrics)
         trainer.save_metrics("train", train_metrics)
         trainer.save_state()
@@ -629,7 +757,7 @@ def pretrain(
         record.save(output_dir)
         _print_summary(output_dir, metrics)
     return PretrainingResult(output_dir=str(output_dir), metrics=metrics, model=trainer.model, tokenizer=tokenizer,
-                             datasets=tokenized, split=users)
+                             datasets=tokenized, split=staged.users)
 
 
 def _print_summary(output_dir: Path, metrics: dict[str, float]) -> None:

@@ -1,8 +1,9 @@
-"""The Trainer pieces: a seeded, resumable length-grouped sampler and `MTMTrainer` (pre-training), and
-`FinetuneTrainer` (fine-tuning with its own learning rate for the task head)."""
+"""The Trainer pieces: a seeded, resumable length-grouped sampler, the per-rank order of streamed sequences and
+`MTMTrainer` (pre-training), and `FinetuneTrainer` (fine-tuning with its own learning rate for the task head)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 
@@ -10,6 +11,8 @@ import datasets
 import numpy as np
 import pyarrow.compute as pc
 import torch
+from accelerate.data_loader import prepare_data_loader
+from datasets.distributed import split_dataset_by_node
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -59,6 +62,33 @@ class BucketedLengthSampler(torch.utils.data.Sampler):
             yield from batches[index].tolist()
 
 
+class TrainingStream(torch.utils.data.IterableDataset):
+    """This process's order of streamed training sequences: shuffled through a seeded buffer, under DDP this rank's
+    part (`split_dataset_by_node`), pass after pass without end (`--max_steps` ends training), each pass reshuffled.
+
+    Endless because under DDP a rank whose part ran out would leave the others waiting in a collective, and so that a
+    resumed run skips exactly the batches already trained (Trainer counts them from the start of its only epoch of an
+    iterable dataset), however many passes they made. Within a pass the parts are disjoint: whole shards when their
+    number is a multiple of the world size (partitions hash users, so they are about equal), else every
+    world_size-th sequence of the same seeded order. `MTMTrainer` loads it on each rank as it is.
+    """
+
+    def __init__(self, stream: datasets.IterableDataset, seed: int, buffer_size: int, rank: int = 0,
+                 world_size: int = 1):
+        stream = stream.shuffle(seed=seed, buffer_size=buffer_size)
+        self.part = split_dataset_by_node(stream, rank=rank, world_size=world_size) if world_size > 1 else stream
+
+    def __iter__(self) -> Iterator[dict]:
+        for number in itertools.count():
+            self.part.set_epoch(number)
+            examples = iter(self.part)
+            first = next(examples, None)
+            if first is None:  # nothing to repeat
+                return
+            yield first
+            yield from examples
+
+
 class _MaskingEpoch(TrainerCallback):
     """Tells a per-batch-seeded masking collator which epoch it is masking (masks differ between epochs)."""
 
@@ -78,7 +108,10 @@ class MTMTrainer(Trainer):
     - exact resumes: with a `reseed_per_batch` masking collator, masks depend on the batch alone, and the global RNG
       (dropout) is restored from the checkpoint, so a resumed run ends bit-identical to an uninterrupted one on CPU;
     - a checkpoint gets `run_guard.COMPLETE_MARKER` once everything in it is written, so a run killed while saving
-      never resumes from a half-written checkpoint.
+      never resumes from a half-written checkpoint;
+    - a `TrainingStream` is loaded as it is, already this rank's part: accelerate would read an iterable dataset on
+      rank 0 and send each rank its batches (`dispatch_batches`, its default for iterable data) or, told not to,
+      shard it once more.
     """
 
     def __init__(self, *args, eval_data_collator: DataCollatorForWholeHexagonMasking | None = None,
@@ -102,6 +135,20 @@ class MTMTrainer(Trainer):
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
         return BucketedLengthSampler(sequence_lengths(train_dataset).tolist(), batch,
                                      seed=self.args.data_seed or self.args.seed)
+
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        if not isinstance(self.train_dataset, TrainingStream):
+            return super().get_train_dataloader()
+        loader = torch.utils.data.DataLoader(
+            self.train_dataset, batch_size=self._train_batch_size,
+            collate_fn=self._get_collator_with_removed_columns(self.data_collator, description="Training"),
+            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers,
+            prefetch_factor=self.args.dataloader_prefetch_factor,
+        )
+        return prepare_data_loader(loader, self.accelerator.device, num_processes=1, process_index=0,
+                                   put_on_device=True, dispatch_batches=False,
+                                   non_blocking=self.accelerator.non_blocking)
 
     def get_eval_dataloader(self, eval_dataset=None):
         if self.eval_data_collator is None:

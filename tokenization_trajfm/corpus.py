@@ -3,7 +3,9 @@
 `CorpusConfig` says how to build the trajectories (data source, reader mapping, H3 resolution, clustering,
 segmentation); `CorpusDescription` is what a pre-training run saves beside its checkpoint (`trajfm_corpus.json`): the
 config, the user split and the counts. Fine-tuning reads it back with `CorpusDescription.load(checkpoint)`, so it
-rebuilds exactly the same trajectories and uses exactly the held-out users.
+rebuilds exactly the same trajectories and uses exactly the held-out users. A corpus folder prepared out of core
+(`tokenization_trajfm.prepare`, `CorpusConfig.corpus_dir`) holds its description too, and its trajectories and
+sequences already built: pre-training and fine-tuning read them instead of rebuilding anything.
 
 Pre-training and fine-tuning must never share users, and a run must be repeatable, so users are split by a seeded
 permutation of the sorted distinct user ids: the same data and seed always give the same split.
@@ -37,7 +39,10 @@ TABLE_MAPPING_FIELDS = ("user_col", "lat_col", "lon_col", "time_col", "time_form
 SPLIT_SOURCE_FIELDS = ("train_file", "validation_file", "test_file", "hf_dataset", "dataset_config_name")
 SPLIT_COLUMN_FIELDS = ("trajectory_col", "label_column", "weekday_col", "hour_col")
 #: Where the raw data is and how to read it: these go together (a column mapping belongs to one file).
-SOURCE_FIELDS = ("data", "dataset_dir", "reader", *TABLE_MAPPING_FIELDS, *SPLIT_SOURCE_FIELDS, *SPLIT_COLUMN_FIELDS)
+SOURCE_FIELDS = ("data", "dataset_dir", "corpus_dir", "reader", *TABLE_MAPPING_FIELDS, *SPLIT_SOURCE_FIELDS,
+                 *SPLIT_COLUMN_FIELDS)
+#: Fields that name a whole data source: a new one replaces the recorded source, reader and column mapping included.
+SOURCE_ROOTS = ("data", "dataset_dir", "corpus_dir")
 INVALID_POLICIES = ("raise", "drop")
 
 
@@ -61,6 +66,11 @@ class CorpusConfig:
     separator: str | None = field(default=None, metadata={"help": "--reader table: CSV separator."})
     dataset_dir: str | None = field(
         default=None, metadata={"help": "Corpus saved with datasets' save_to_disk (trajectories or check-ins)."}
+    )
+    corpus_dir: str | None = field(
+        default=None, metadata={"help": "Corpus folder written by `python -m tokenization_trajfm.prepare`: its "
+                                "sequences, tokenizer, user split and settings (resolution, segmentation, "
+                                "max_seq_length) are used as they are."}
     )
     train_file: str | None = field(
         default=None, metadata={"help": "Training split: CSV/JSON/Parquet of points or of built trajectories."}
@@ -102,6 +112,8 @@ class CorpusConfig:
     def __post_init__(self):
         if self.data is not None and self.dataset_dir is not None:
             raise ValueError("Give either --data (raw check-ins) or --dataset_dir (prepared corpus), not both.")
+        if self.corpus_dir is not None:
+            self._check_corpus_dir()
         if self.reader not in ("auto", *READERS):
             raise ValueError(f"Unknown --reader {self.reader!r}: choose one of auto, {', '.join(sorted(READERS))}.")
         self._check_split_source()
@@ -122,6 +134,33 @@ class CorpusConfig:
         if not 0 <= self.resolution <= 15:
             raise ValueError(f"--resolution must be an H3 resolution in 0..15, got {self.resolution}.")
         self.segmentation()  # its own checks, with their messages
+
+    def _check_corpus_dir(self) -> None:
+        """A prepared corpus folder and no other source; read as raw JSON (a `CorpusDescription` would build and so
+        validate this config again)."""
+        others = [f"--{name}" for name in ("data", "dataset_dir", *SPLIT_SOURCE_FIELDS) if getattr(self, name)]
+        if others:
+            raise ValueError(f"Give either --corpus_dir (a prepared corpus folder) or {', '.join(others)}, not both.")
+        folder = Path(self.corpus_dir)
+        prepare_hint = f"python -m tokenization_trajfm.prepare --output_dir {folder} writes one"
+        if not folder.is_dir():
+            raise ValueError(f"--corpus_dir {folder}: no such directory ({prepare_hint}).")
+        path = folder / CORPUS_FILE
+        if not path.is_file():
+            raise ValueError(f"--corpus_dir {folder} has no {CORPUS_FILE}: it is not a corpus folder ({prepare_hint}).")
+        try:
+            recipe = json.loads(path.read_text()).get("recipe") or {}
+        except (json.JSONDecodeError, AttributeError) as error:
+            raise ValueError(f"--corpus_dir {folder}: {path} is not a corpus description ({error}).") from error
+        if not recipe.get("prepared"):
+            raise ValueError(f"--corpus_dir {folder} is not a prepared corpus (its {CORPUS_FILE} has no "
+                             "recipe.prepared): a pre-training output goes to --model_name_or_path; "
+                             f"{prepare_hint}.")
+
+    def prepared(self) -> CorpusDescription:
+        """The description of the corpus folder `corpus_dir` (counts, user split, recipe), its config pointing at the
+        folder: the raw source it was prepared from is recorded in `source`, and need not exist any more."""
+        return CorpusDescription.load(self.corpus_dir, overrides={"corpus_dir": self.corpus_dir})
 
     def has_split_source(self) -> bool:
         """Whether the data comes as given splits (split files or `dataset_name`)."""
@@ -201,7 +240,14 @@ class CorpusConfig:
 
     def load(self) -> tuple[pa.Table | Any, PipelineReport | None, str]:
         """→ (trajectories as an Arrow table or a memory-mapped `datasets.Dataset`, PipelineReport or None for a
-        prepared trajectory corpus, a one-line description of the source)."""
+        prepared trajectory corpus, a one-line description of the source). A corpus folder (`corpus_dir`) gives the
+        trajectories of every split, as built when it was prepared."""
+        if self.corpus_dir is not None:
+            from .prepare import read_trajectories
+
+            description = self.prepared()
+            return (read_trajectories(self.corpus_dir), PipelineReport(**description.report),
+                    f"corpus folder {self.corpus_dir} (prepared from {description.source})")
         if self.dataset_dir is not None:
             import datasets
 
@@ -237,17 +283,17 @@ class CorpusConfig:
 
     def dataset_name(self) -> str:
         """A short name of the data for model cards."""
-        for value in (self.hf_dataset, self.train_file, self.dataset_dir, self.data):
+        for value in (self.hf_dataset, self.train_file, self.corpus_dir, self.dataset_dir, self.data):
             if value:
                 return Path(str(value).rstrip("/")).name
         return "trajfm synthetic city"
 
 
 def merge_corpus_values(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """`values` (CorpusConfig fields) updated with `overrides`; a new `data` or `dataset_dir` replaces the whole data
-    source (reader and column mapping included), since a recorded mapping would not fit another file."""
+    """`values` (CorpusConfig fields) updated with `overrides`; a new `data`, `dataset_dir` or `corpus_dir` replaces
+    the whole data source (reader and column mapping included), since a recorded mapping would not fit another file."""
     values = dict(values)
-    if {"data", "dataset_dir"} & set(overrides):
+    if set(SOURCE_ROOTS) & set(overrides):
         values.update({f.name: f.default for f in fields(CorpusConfig) if f.name in SOURCE_FIELDS})
     values.update(overrides)
     return values

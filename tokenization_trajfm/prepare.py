@@ -257,6 +257,33 @@ def save_description(output_dir: Path, corpus: CorpusConfig, args: PrepareArgume
     return description
 
 
+# ----------------------------------------------------------------------------------------- reading a corpus folder
+
+
+def shard_table(path: str | Path, schema: pa.Schema) -> pa.Table:
+    """One shard in the project's schema: Spark writes `cells` as int64 (it has no unsigned type) and may order
+    columns its own way; the values are the same."""
+    return pq.read_table(path).select(schema.names).cast(schema)
+
+
+def read_trajectories(corpus_dir: str | Path, split: str | None = None) -> pa.Table:
+    """The trajectories of one split of a corpus folder (of every split when None), as one table: what fine-tuning
+    reads for the held-out users instead of rebuilding them from raw data."""
+    pattern = f"split={split or '*'}/part-*.parquet"
+    files = sorted((Path(corpus_dir) / CORPUS_LAYOUT["trajectories"]).glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"{corpus_dir}: no {CORPUS_LAYOUT['trajectories']}/{pattern}; is it a complete corpus "
+                                "folder (python -m tokenization_trajfm.prepare)?")
+    return pa.concat_tables([shard_table(path, TRAJECTORY_SCHEMA) for path in files])
+
+
+def sequence_files(corpus_dir: str | Path, split: str) -> list[str]:
+    """The sequence shards of one split of a corpus folder that hold rows (a partition may have no user of a split),
+    in partition order."""
+    files = sorted((Path(corpus_dir) / CORPUS_LAYOUT["sequences"] / f"split={split}").glob("part-*.parquet"))
+    return [str(path) for path in files if pq.ParquetFile(path).metadata.num_rows > 0]
+
+
 # ------------------------------------------------------------------------------------------------ local engine
 
 
@@ -405,7 +432,7 @@ def read_shards(folder: str | Path, kind: str = "sequences") -> pa.Table:
     schema = SEQUENCE_SCHEMA if kind == "sequences" else TRAJECTORY_SCHEMA
     tables = []
     for path in paths:
-        table = pq.read_table(path).select(schema.names).cast(schema)
+        table = shard_table(path, schema)
         tables.append(table.append_column("split", pa.array([path.parent.name.split("=", 1)[1]] * table.num_rows,
                                                             pa.string())))
     table = pa.concat_tables(tables)
@@ -418,9 +445,9 @@ def prepare_corpus(corpus: CorpusConfig | None = None, args: PrepareArguments | 
     the engine `args.engine`. See the module docstring for the steps and the folder layout."""
     corpus = corpus or CorpusConfig()
     args = args or PrepareArguments()
-    if corpus.has_split_source() or corpus.dataset_dir is not None:
-        raise ValueError("prepare reads raw check-ins (--data, or the embedded default); split files and "
-                         "--dataset_dir are read directly by run_mtm.py / run_finetune.py.")
+    if corpus.has_split_source() or corpus.dataset_dir is not None or corpus.corpus_dir is not None:
+        raise ValueError("prepare reads raw check-ins (--data, or the embedded default); split files, --dataset_dir "
+                         "and --corpus_dir are read directly by run_mtm.py / run_finetune.py.")
     if args.max_seq_length < max_cell_tokens(corpus.resolution, args.spelling) + SPECIAL_TOKENS_PER_SEQUENCE:
         raise ValueError(f"--max_seq_length {args.max_seq_length} cannot hold one resolution-{corpus.resolution} "
                          f"hexagon; use at least {max_cell_tokens(corpus.resolution, args.spelling) + 2}.")
@@ -452,5 +479,4 @@ if __name__ == "__main__":
 
 
 __all__ = ["PrepareArguments", "PreparedCorpus", "build_partition", "prepare_corpus", "read_shards",
-           "tokenize_partition",
-           "user_partition", "user_splits"]
+           "read_trajectories", "sequence_files", "tokenize_partition", "user_partition", "user_splits"]
