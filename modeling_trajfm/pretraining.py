@@ -288,8 +288,9 @@ SHARED_TOKENIZER_DIR = "trajfm_tokenizer_rank0"
 def _shared_tokenizer(model_args: MTMModelArguments, corpus: CorpusConfig, mtm_args: MTMArguments,
                       train: datasets.Dataset, resume_dir: str | None, training_args: TrainingArguments
                       ) -> TrajTokenizer:
-    """One tokenizer for every rank: vocabulary training may break ties differently in each process, so under DDP
-    rank 0 trains it (inside `main_process_first`, it runs first) and the other ranks load rank 0's copy."""
+    """One tokenizer for every rank, trained once: under DDP rank 0 trains it (inside `main_process_first`, it runs
+    first) and the other ranks load rank 0's copy instead of repeating the work (training is deterministic, so the
+    copy is what they would have trained)."""
     if training_args.world_size == 1 or model_args.tokenizer_name or resume_dir or model_args.model_name_or_path:
         return load_tokenizer(model_args, corpus, mtm_args, train, resume_dir)
     shared = Path(training_args.output_dir) / SHARED_TOKENIZER_DIR
