@@ -148,20 +148,22 @@ def test_streamed_readers_equal_whole_file_readers(messy_csv, tmp_path):
     assert sum(b.num_rows for b in batches) == whole.num_rows
 
 
-def test_a_bad_value_in_a_later_batch_names_the_file_row(tmp_path):
-    path = tmp_path / "bad.csv"
+def _csv_with_bad_row(path: Path, index: int, row: str) -> Path:
+    """30 good check-ins with `row` in place of the one at `index` (0-based data row)."""
     rows = [f"u{i % 4},40.7,-73.9,2024-03-0{1 + i % 9}T10:00:00+00:00" for i in range(30)]
-    rows[22] = "u1,40.7,not-a-number,2024-03-01T10:00:00+00:00"
+    rows[index] = row
     path.write_text("user_id,latitude,longitude,timestamp\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_a_bad_value_in_a_later_batch_names_the_file_row(tmp_path):
+    path = _csv_with_bad_row(tmp_path / "bad.csv", 22, "u1,40.7,not-a-number,2024-03-01T10:00:00+00:00")
     with pytest.raises(TrajInputError, match=r"row 23 \(line 24\).*not-a-number"):
         list(iter_file_checkins(path, "table", batch_rows=5))
 
 
 def test_raise_mode_names_the_file_and_row_of_an_invalid_point(tmp_path):
-    path = tmp_path / "range.csv"
-    rows = [f"u{i % 4},40.7,-73.9,2024-03-0{1 + i % 9}T10:00:00+00:00" for i in range(30)]
-    rows[17] = "u1,140.7,-73.9,2024-03-01T10:00:00+00:00"
-    path.write_text("user_id,latitude,longitude,timestamp\n" + "\n".join(rows) + "\n")
+    path = _csv_with_bad_row(tmp_path / "range.csv", 17, "u1,140.7,-73.9,2024-03-01T10:00:00+00:00")
     with pytest.raises(TrajInputError, match=r"range\.csv: .*invalid coordinates.*row 17 \(0-based\)"):
         prepare_corpus(CorpusConfig(data=str(path)), PrepareArguments(output_dir=str(tmp_path / "out"),
                                                                       batch_rows=5, vocab_size=300))
