@@ -211,3 +211,6 @@ def test_command_line(tmp_path, capsys):
     description = CorpusDescription.load(prepared.output_dir)
     assert set(description.counts) == set(PREPARED_SPLITS)
     assert TrajTokenizer.from_pretrained(Path(prepared.output_dir) / "tokenizer").resolution == 8
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0 and "--num_partitions" in capsys.readouterr().out
