@@ -41,7 +41,7 @@ from transformers import AutoTokenizer, TrainerCallback, TrainingArguments, set_
 from tokenization_trajfm import FEATURE_KEYS, CorpusConfig, CorpusDescription, PipelineReport, TrajTokenizer, UserSplit
 from tokenization_trajfm.corpus import SOURCE_FIELDS, select_users
 from tokenization_trajfm.prepare import CORPUS_LAYOUT, sequence_files, vocab_regime
-from tokenization_trajfm.subhash import SPELLINGS, max_cell_tokens
+from tokenization_trajfm.subhash import SPELLINGS, max_cell_tokens, shortest_sequence
 
 from .arguments import NoPinMemoryWithoutAccelerator
 from .cards import PLOT_FILE, build_mtm_card
@@ -65,7 +65,6 @@ from .trainer import MTMTrainer, TrainingStream, sequence_lengths
 
 logger = logging.getLogger(__name__)
 
-SPECIAL_TOKENS_PER_SEQUENCE = 2  # [CLS] ... [SEP]
 
 @dataclass
 class MTMTrainingArguments(NoPinMemoryWithoutAccelerator, TrainingArguments):
@@ -221,7 +220,7 @@ def check_pretraining_arguments(corpus: CorpusConfig, model_args: MTMModelArgume
                              f"{corpus.corpus_dir}, whose sequences were cut at {length} tokens: pass --max_seq_length "
                              f"{length}, or prepare the corpus again with --max_seq_length {mtm_args.max_seq_length}.")
         return
-    longest = max_cell_tokens(corpus.resolution, model_args.spelling) + SPECIAL_TOKENS_PER_SEQUENCE
+    longest = shortest_sequence(corpus.resolution, model_args.spelling)
     if mtm_args.max_seq_length < longest:
         raise ValueError(
             f"--max_seq_length {mtm_args.max_seq_length} is below the longest hexagon: a resolution-"
@@ -265,7 +264,7 @@ def load_tokenizer(model_args: MTMModelArguments, corpus: CorpusConfig, mtm_args
         if getattr(tokenizer, "resolution", corpus.resolution) != corpus.resolution:
             raise ValueError(f"Tokenizer {name} works at H3 resolution {tokenizer.resolution} but --resolution is "
                              f"{corpus.resolution}: pass --resolution {tokenizer.resolution}.")
-        longest = max_cell_tokens(tokenizer.resolution, tokenizer.spelling) + SPECIAL_TOKENS_PER_SEQUENCE
+        longest = shortest_sequence(tokenizer.resolution, tokenizer.spelling)
         if mtm_args.max_seq_length < longest:
             raise ValueError(f"--max_seq_length {mtm_args.max_seq_length} is below the longest hexagon of tokenizer "
                              f"{name} ({longest} tokens with specials); use --max_seq_length >= {longest}.")

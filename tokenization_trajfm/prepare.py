@@ -45,7 +45,7 @@ from .errors import TrajInputError
 from .pipeline import TRAJECTORY_SCHEMA, build_trajectories
 from .report import PipelineReport
 from .schema import CHECKIN_COLUMNS, CHECKIN_TYPES, USER_ID
-from .subhash import SPELLINGS, max_cell_tokens
+from .subhash import SPELLINGS, max_cell_tokens, shortest_sequence
 from .tokenization_trajfm import TrajTokenizer
 from .validation import invalid_rows
 
@@ -59,7 +59,6 @@ SEQUENCE_SPLITS = ("train", "validation")
 CORPUS_LAYOUT = {"tokenizer": "tokenizer", "trajectories": "trajectories", "sequences": "sequences"}
 #: `traj_id = partition << TRAJ_ID_BITS | row`: unique over the corpus without a global counter.
 TRAJ_ID_BITS = 40
-SPECIAL_TOKENS_PER_SEQUENCE = 2
 CHECKIN_SCHEMA = pa.schema([(name, CHECKIN_TYPES[name]) for name in CHECKIN_COLUMNS])
 PARTITIONED_TRAJECTORY_SCHEMA = TRAJECTORY_SCHEMA.append(pa.field("split", pa.string()))
 SEQUENCE_SCHEMA = pa.schema(
@@ -215,18 +214,6 @@ def new_tokenizer(cells: np.ndarray, counts: np.ndarray, corpus: CorpusConfig, a
     return tokenizer
 
 
-def describe(corpus: CorpusConfig, args: PrepareArguments, source: str, report: PipelineReport,
-             counts: dict[str, dict[str, int]], distinct_cells: int, tokenizer: TrajTokenizer) -> CorpusDescription:
-    """The corpus description of a prepared folder (same file as a pre-training run's, `CORPUS_FILE`)."""
-    report.tokens = counts.get("train", {}).get("tokens")
-    longest = max_cell_tokens(corpus.resolution, args.spelling)
-    recipe = {"prepared": True, "engine": args.engine, "num_partitions": args.num_partitions,
-              "max_seq_length": args.max_seq_length, "vocab_size": args.vocab_size, "spelling": args.spelling}
-    return CorpusDescription(config=corpus, split=args.split(), source=source, report=report.to_dict(),
-                             counts=counts, distinct_train_cells=distinct_cells,
-                             vocab_regime=vocab_regime(len(tokenizer), distinct_cells, longest), recipe=recipe)
-
-
 def merged_report(reports: list[PipelineReport], corpus: CorpusConfig) -> PipelineReport:
     """The corpus report: the sum of the partitions' (none at all: the input had no row)."""
     if not reports:
@@ -249,9 +236,16 @@ def split_counts(trajectories: Mapping[str, Sequence[int]], sequences: Mapping[s
 def save_description(output_dir: Path, corpus: CorpusConfig, args: PrepareArguments, sources: list[str],
                      engine: str, report: PipelineReport, counts: dict[str, dict[str, int | None]],
                      distinct_cells: int, tokenizer: TrajTokenizer) -> CorpusDescription:
-    """Write `trajfm_corpus.json`, the last step of either engine (`engine` says which, for the record)."""
-    source = f"{', '.join(sources)} (reader {corpus.reader}, prepared by {engine})"
-    description = describe(corpus, args, source, report, counts, distinct_cells, tokenizer)
+    """Write the corpus description (`trajfm_corpus.json`, the file a pre-training run writes too), the last step of
+    either engine (`engine` says which, for the record)."""
+    report.tokens = counts.get("train", {}).get("tokens")
+    recipe = {"prepared": True, "engine": args.engine, "num_partitions": args.num_partitions,
+              "max_seq_length": args.max_seq_length, "vocab_size": args.vocab_size, "spelling": args.spelling}
+    regime = vocab_regime(len(tokenizer), distinct_cells, max_cell_tokens(corpus.resolution, args.spelling))
+    description = CorpusDescription(
+        config=corpus, split=args.split(), source=f"{', '.join(sources)} (reader {corpus.reader}, prepared by "
+        f"{engine})", report=report.to_dict(), counts=counts, distinct_train_cells=distinct_cells,
+        vocab_regime=regime, recipe=recipe)
     description.save(output_dir)
     logger.info(f"Prepared corpus in {output_dir}: {report.trajectories_kept:,} trajectories.")
     return description
@@ -448,9 +442,9 @@ def prepare_corpus(corpus: CorpusConfig | None = None, args: PrepareArguments | 
     if corpus.has_split_source() or corpus.dataset_dir is not None or corpus.corpus_dir is not None:
         raise ValueError("prepare reads raw check-ins (--data, or the embedded default); split files, --dataset_dir "
                          "and --corpus_dir are read directly by run_mtm.py / run_finetune.py.")
-    if args.max_seq_length < max_cell_tokens(corpus.resolution, args.spelling) + SPECIAL_TOKENS_PER_SEQUENCE:
+    if args.max_seq_length < shortest_sequence(corpus.resolution, args.spelling):
         raise ValueError(f"--max_seq_length {args.max_seq_length} cannot hold one resolution-{corpus.resolution} "
-                         f"hexagon; use at least {max_cell_tokens(corpus.resolution, args.spelling) + 2}.")
+                         f"hexagon; use at least {shortest_sequence(corpus.resolution, args.spelling)}.")
     if args.engine == "spark":
         from .spark import prepare_spark
 

@@ -51,6 +51,15 @@ def max_cell_tokens(resolution: int, spelling: str) -> int:
     return hex_width(resolution) if check_spelling(spelling) == "hex" else resolution + 1
 
 
+#: [CLS] ... [SEP] around every sequence.
+SPECIAL_TOKENS_PER_SEQUENCE = 2
+
+
+def shortest_sequence(resolution: int, spelling: str) -> int:
+    """The smallest sequence length that holds any one hexagon: its longest spelling plus [CLS] and [SEP]."""
+    return max_cell_tokens(resolution, spelling) + SPECIAL_TOKENS_PER_SEQUENCE
+
+
 def alphabet(spelling: str) -> tuple[list[str], list[str]]:
     """(initial characters, continuation characters) a word of this spelling can contain."""
     if check_spelling(spelling) == "hex":
@@ -193,18 +202,15 @@ def _merge_pairs(symbols: np.ndarray, weights: np.ndarray, names: list[str], roo
 
     update(np.arange(symbols.shape[0]), 1)
     learned: list[str] = []
-    seen = set(names)
     while len(learned) < room and heap:
         negative, _, _, code = heapq.heappop(heap)
         if counts.get(code, 0) != -negative:
             continue  # stale: the pair's count changed after this entry was pushed
         a, b = divmod(code, base)
         merged = names[a] + names[b][len(CONTINUATION):]
-        if merged not in ids:
+        if merged not in ids:  # the same piece can come from two different pairs: it is learned once
             ids[merged] = len(names)
             names.append(merged)
-        if merged not in seen:
-            seen.add(merged)
             learned.append(merged)
         candidates = np.unique(np.concatenate(where.pop(code)))
         hits = (symbols[candidates, :-1] == a) & (symbols[candidates, 1:] == b)

@@ -259,9 +259,8 @@ class TrajTokenizer(PreTrainedTokenizer):
             raise TrajInputError("Cannot train a tokenizer on an empty corpus: no cells were given.")
         resolution = check_resolution(resolution)
         check_cell_resolution(cells, resolution, "the training corpus")
-        order = np.argsort(cells, kind="stable")
-        words = cells_to_words(cells[order], resolution, check_spelling(spelling))
-        vocab = train_vocab(words, np.asarray(counts)[order], spelling, vocab_size)
+        words = cells_to_words(cells, resolution, check_spelling(spelling))  # any order: training does not see it
+        vocab = train_vocab(words, counts, spelling, vocab_size)
         return cls(vocab=vocab, resolution=resolution, spelling=spelling, **kwargs)
 
     # ------------------------------------------------------------------------------- vocabulary (base API)
