@@ -113,6 +113,9 @@ def build_mtm_card(model: Any, tokenizer: TrajTokenizer, description: CorpusDesc
         mask_replace_prob=mtm_args.mask_replace_prob,
         random_replace_prob=mtm_args.random_replace_prob,
         keep_prob=round(1 - mtm_args.mask_replace_prob - mtm_args.random_replace_prob, 4),
+        contrastive=(f"weight {mtm_args.contrastive_weight}, temperature {mtm_args.contrastive_temperature} (two "
+                     "masked views of each trajectory are positives)" if mtm_args.contrastive_weight > 0
+                     else "none (MTM only)"),
         training_summary=(f"{_epochs(metrics.get('epoch'))} epochs, {_steps(training_args)} "
                           f"steps, batch {training_args.per_device_train_batch_size}"
                           f"{' packed rows' if packed else ''} x {training_args.world_size} "

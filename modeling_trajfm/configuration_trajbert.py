@@ -66,6 +66,11 @@ class TrajBertConfig(PreTrainedConfig):
             the MTM head only at labelled positions (~20% of tokens) and return logits of shape
             `(num_labelled_tokens, vocab_size)`; the loss is unchanged. Without `labels` the logits stay full. Off by
             default so older checkpoints behave as before; pre-training turns it on.
+        contrastive_weight (`float`, defaults to 0): weight of the trajectory-level contrastive term that
+            [`TrajBertForMaskedTrajectoryModeling`] adds to the MTM loss when a batch carries `view_ids` (two masked
+            views of each trajectory, see `DataCollatorForWholeHexagonMasking(views=2)`): MTM alone makes co-visited
+            cells alike and blurs which trajectory is which; the term keeps mean-pooled trajectory embeddings apart.
+        contrastive_temperature (`float`, defaults to 0.1): softmax temperature of that term (cosine / temperature).
 
     Example:
 
@@ -103,6 +108,8 @@ class TrajBertConfig(PreTrainedConfig):
     hexagon_candidates: list[list[int]] | None = None
     add_pooling_layer: bool = False
     sparse_prediction: bool = False
+    contrastive_weight: float | int = 0.0
+    contrastive_temperature: float | int = 0.1
     # The MTM decoder shares the input word embeddings (like BERT); read by `PreTrainedModel` tying logic.
     tie_word_embeddings: bool = True
     # Encoder only: these keep masking utilities and the generic BERT code paths on the bidirectional branch.
@@ -151,6 +158,12 @@ class TrajBertConfig(PreTrainedConfig):
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:
                 raise ValueError(f"`{name}` must be in [0, 1), got {value}.")
+
+    def validate_contrastive(self) -> None:
+        if self.contrastive_weight < 0:
+            raise ValueError(f"`contrastive_weight` must be >= 0 (0: no term), got {self.contrastive_weight}.")
+        if self.contrastive_temperature <= 0:
+            raise ValueError(f"`contrastive_temperature` must be positive, got {self.contrastive_temperature}.")
 
     def validate_classifier_pooling(self) -> None:
         if self.classifier_pooling not in CLASSIFIER_POOLINGS:

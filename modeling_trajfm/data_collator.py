@@ -107,6 +107,9 @@ class DataCollatorForWholeHexagonMasking:
         reseed_per_batch: draw each batch's masks from a generator seeded by (`seed`, `epoch`, the batch's ids), so
             the masks are a function of the batch alone: a resumed run masks exactly as an uninterrupted one, however
             far ahead the data loader prefetched or which RNG draws happened before (set `epoch` each epoch).
+        views: rows per trajectory, each masked independently (adjacent rows); with 2 or more the batch also carries
+            `view_ids` (which trajectory a row shows), what the MTM model's contrastive term needs
+            (`config.contrastive_weight`). Not for packed rows.
     """
 
     tokenizer: Any
@@ -118,6 +121,7 @@ class DataCollatorForWholeHexagonMasking:
     generator: torch.Generator | None = field(default=None, repr=False)
     reseed_per_batch: bool = False
     epoch: int = 0
+    views: int = 1
 
     def __post_init__(self) -> None:
         if not 0 < self.mlm_probability < 1:
@@ -133,6 +137,8 @@ class DataCollatorForWholeHexagonMasking:
             )
         if self.tokenizer.mask_token_id is None or self.tokenizer.pad_token_id is None:
             raise ValueError("The tokenizer needs a mask token and a pad token for whole-hexagon masking.")
+        if self.views < 1:
+            raise ValueError(f"`views` must be at least 1, got {self.views}.")
         if self.reseed_per_batch and self.seed is None:
             raise ValueError("`reseed_per_batch` needs a `seed`.")
         if self.generator is None and self.seed is not None:
@@ -148,7 +154,13 @@ class DataCollatorForWholeHexagonMasking:
         return torch.rand(shape, generator=self.generator)
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if self.views > 1:
+            if "sequence_ids" in features[0]:
+                raise ValueError("Several views per trajectory need one trajectory per row: do not pack sequences.")
+            features = [f for f in features for _ in range(self.views)]
         batch = pad_trajectory_features(features, self.tokenizer.pad_token_id, self.pad_to_multiple_of)
+        if self.views > 1:
+            batch["view_ids"] = torch.arange(len(features) // self.views).repeat_interleave(self.views)
         if "hexagon_ids" not in batch:
             raise ValueError("Whole-hexagon masking needs `hexagon_ids` in every feature (see docs/design.md).")
         if self.reseed_per_batch:

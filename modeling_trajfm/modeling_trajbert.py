@@ -323,6 +323,22 @@ def hexagon_mean_pool(hidden_states: torch.Tensor, hexagon_ids: torch.Tensor | N
     return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
+def supervised_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1
+                                ) -> torch.Tensor:
+    """Supervised InfoNCE (SupCon, Khosla et al. 2020): for each row with at least one positive (same label), the mean
+    over its positives of -log softmax of cosine / `temperature` against every other row. Rows without a positive
+    give no signal (0 when none has one)."""
+    z = nn.functional.normalize(embeddings.float(), dim=1)
+    self_pairs = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    log_prob = (z @ z.T / temperature).masked_fill(self_pairs, -torch.inf).log_softmax(dim=1)
+    positives = (labels[:, None] == labels[None, :]) & ~self_pairs
+    anchors = positives.any(dim=1)
+    if not anchors.any():
+        return embeddings.sum() * 0.0
+    per_anchor = log_prob.masked_fill(~positives, 0.0).sum(dim=1)[anchors] / positives.sum(dim=1)[anchors]
+    return -per_anchor.mean()
+
+
 class TrajBertPredictionHeadTransform(nn.Module):
     """dense + activation + LayerNorm, mapping hidden states into the space of the (tied) word embeddings."""
 
@@ -574,6 +590,7 @@ class TrajBertForMaskedTrajectoryModeling(TrajBertPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         sequence_ids: torch.Tensor | None = None,
+        view_ids: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor] | MaskedLMOutput:
         r"""
@@ -581,6 +598,9 @@ class TrajBertForMaskedTrajectoryModeling(TrajBertPreTrainedModel):
             Original token ids at masked positions, -100 elsewhere (what `DataCollatorForWholeHexagonMasking` returns).
         sequence_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Trajectory index of each token in packed rows (see [`TrajBertModel`]).
+        view_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Which trajectory each row is a view of, for the contrastive term (`DataCollatorForWholeHexagonMasking`
+            with `views=2` returns them); ignored when `config.contrastive_weight` is 0.
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         outputs = self.trajbert(
@@ -598,6 +618,13 @@ class TrajBertForMaskedTrajectoryModeling(TrajBertPreTrainedModel):
             **kwargs,
         )
         sequence_output = outputs.last_hidden_state
+        contrastive = None
+        if labels is not None and view_ids is not None and self.config.contrastive_weight > 0:
+            if sequence_ids is not None:
+                raise ValueError("The contrastive term needs one trajectory per row: do not pack sequences with it.")
+            pooled = hexagon_mean_pool(sequence_output, hexagon_ids)
+            contrastive = supervised_contrastive_loss(pooled, view_ids.to(pooled.device),
+                                                      self.config.contrastive_temperature)
         if self.config.sparse_prediction and labels is not None:
             labels = labels.to(sequence_output.device)
             labelled = labels != -100
@@ -610,6 +637,9 @@ class TrajBertForMaskedTrajectoryModeling(TrajBertPreTrainedModel):
             loss = ForMaskedLMLoss(
                 prediction_scores, labels, self.config.vocab_size, num_items_in_batch=num_items_in_batch
             )
+            if contrastive is not None:
+                share = 1.0 if num_items_in_batch is None else (labels != -100).sum() / num_items_in_batch
+                loss = loss + self.config.contrastive_weight * contrastive * share
 
         return MaskedLMOutput(
             loss=loss,

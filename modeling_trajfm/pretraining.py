@@ -15,7 +15,9 @@ Data flow (every step logged with counts):
    that would be mostly padding (`pack_sequences`; attention, positions and masking stay per trajectory, see
    `modeling_trajfm.packing`); validation sequences are padded per batch.
 5. Whole-hexagon masking (`DataCollatorForWholeHexagonMasking`); evaluation masks come from a fixed seed. The MTM
-   head predicts only the masked positions during training (`sparse_prediction`).
+   head predicts only the masked positions during training (`sparse_prediction`). With `contrastive_weight > 0`
+   each training trajectory is masked twice and a trajectory-level contrastive term joins the MTM loss (see
+   `TrajBertForMaskedTrajectoryModeling`); evaluation stays MTM only.
 6. Metrics at every evaluation and at step 0: `eval_perplexity` per sub-token, `eval_hexagon_acc_top1` / `top5`.
 
 The output folder is a complete checkpoint: model + config (complete `auto_map`), tokenizer, Trainer files, results
@@ -165,6 +167,14 @@ class MTMArguments:
     mlm_probability: float = field(default=0.2, metadata={"help": "Share of hexagons masked, in (0, 1)."})
     mask_replace_prob: float = field(default=0.8, metadata={"help": "Masked hexagons replaced by [MASK]."})
     random_replace_prob: float = field(default=0.1, metadata={"help": "Masked hexagons replaced by random tokens."})
+    contrastive_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of a trajectory-level contrastive term beside MTM: each training trajectory is "
+                  "masked twice, the two views' mean-pooled embeddings are positives and the batch's other "
+                  "trajectories negatives (InfoNCE). MTM alone blurs which trajectory is which; this keeps it. "
+                  "0: MTM only (the paper). Doubles the rows of a batch; not with packing."},
+    )
+    contrastive_temperature: float = field(default=0.1, metadata={"help": "Temperature of the contrastive term."})
     pack_sequences: str = field(
         default="auto",
         metadata={"help": "Pack several training trajectories into each row of --max_seq_length tokens (attention, "
@@ -193,6 +203,11 @@ class MTMArguments:
         if self.pack_sequences not in PACKING_CHOICES:
             raise ValueError(f"--pack_sequences must be one of {', '.join(PACKING_CHOICES)}, got "
                              f"{self.pack_sequences!r}.")
+        if self.contrastive_weight < 0 or self.contrastive_temperature <= 0:
+            raise ValueError(f"--contrastive_weight must be >= 0 and --contrastive_temperature > 0, got "
+                             f"{self.contrastive_weight} and {self.contrastive_temperature}.")
+        if self.contrastive_weight > 0 and self.pack_sequences == "true":
+            raise ValueError("--contrastive_weight needs one trajectory per row: drop --pack_sequences true.")
 
 
 @dataclass
@@ -360,6 +375,8 @@ def _should_pack(train: datasets.Dataset, mtm_args: MTMArguments, training_args:
     6%) while a packed row pays attention over its full length, which measured slower on CPU (see the README)."""
     if mtm_args.pack_sequences != "auto":
         return mtm_args.pack_sequences == "true"
+    if mtm_args.contrastive_weight > 0:
+        return False
     if training_args.train_sampling_strategy == "group_by_length":
         return False
     lengths = sequence_lengths(train)
@@ -393,6 +410,8 @@ def build_model(model_args: MTMModelArguments, mtm_args: MTMArguments,
                                                                      cache_dir=model_args.cache_dir)
         model.config.check_tokenizer_compatibility(tokenizer)
         model.config.sparse_prediction = model_args.sparse_prediction
+        model.config.contrastive_weight = mtm_args.contrastive_weight
+        model.config.contrastive_temperature = mtm_args.contrastive_temperature
         return model
     config = TrajBertConfig(
         vocab_size=len(tokenizer),
@@ -407,6 +426,8 @@ def build_model(model_args: MTMModelArguments, mtm_args: MTMArguments,
         use_level_embeddings=model_args.use_level_embeddings,
         use_time_embeddings=model_args.use_time_embeddings,
         sparse_prediction=model_args.sparse_prediction,
+        contrastive_weight=mtm_args.contrastive_weight,
+        contrastive_temperature=mtm_args.contrastive_temperature,
         max_levels=getattr(tokenizer, "max_levels", 16),
         pad_token_id=tokenizer.pad_token_id,
     )
@@ -686,7 +707,9 @@ def pretrain(
     collator_kwargs = {"mlm_probability": mtm_args.mlm_probability, "mask_replace_prob": mtm_args.mask_replace_prob,
                        "random_replace_prob": mtm_args.random_replace_prob}
     # Training masks are a function of (seed, epoch, batch): a resumed run masks exactly as an uninterrupted one.
+    # With the contrastive term each trajectory is masked twice (two views); evaluation stays one view, MTM only.
     train_collator = DataCollatorForWholeHexagonMasking(tokenizer, seed=training_args.seed, reseed_per_batch=True,
+                                                        views=2 if mtm_args.contrastive_weight > 0 else 1,
                                                         **collator_kwargs)
     eval_collator = DataCollatorForWholeHexagonMasking(tokenizer, seed=training_args.seed, **collator_kwargs)
     resuming = last_checkpoint is not None

@@ -32,7 +32,9 @@ from modeling_trajfm import (
     TrajBertModel,
     set_auto_map,
 )
+from modeling_trajfm.data_collator import pad_trajectory_features
 from modeling_trajfm.metrics import compute_mtm_metrics, preprocess_logits_for_mtm_metrics
+from modeling_trajfm.modeling_trajbert import hexagon_mean_pool, supervised_contrastive_loss
 from modeling_trajfm.packing import first_fit_decreasing, pack_trajectories, padding_share
 
 CONFIG_ERRORS = (ValueError, StrictDataclassClassValidationError)
@@ -282,6 +284,52 @@ def test_mtm_decoder_tied_and_loss_ignores_minus_100():
     # With Trainer's num_items_in_batch the loss is sum / that count.
     out2 = model(**batch, labels=labels, num_items_in_batch=torch.tensor(6))
     torch.testing.assert_close(out2.loss, expected * 3 / 6)
+
+
+def test_contrastive_term_joins_the_mtm_loss_only_with_views():
+    """loss = MTM + weight * SupCon(mean-pooled views) * labelled share; without `view_ids` or weight it is MTM."""
+    torch.manual_seed(0)
+    model = TrajBertForMaskedTrajectoryModeling(tiny_config(contrastive_weight=0.5, contrastive_temperature=0.2))
+    model.eval()
+    batch = DataCollatorForWholeHexagonMasking(FakeTokenizer(), seed=0, views=2)(_collator_features(3, seed=0,
+                                                                                                   n_hex=6))
+    views = batch.pop("view_ids")
+    mtm = model(**batch).loss
+    hidden = model.trajbert(**{k: v for k, v in batch.items() if k != "labels"}).last_hidden_state
+    supcon = supervised_contrastive_loss(hexagon_mean_pool(hidden, batch["hexagon_ids"]), views, 0.2)
+    assert supcon > 0
+    torch.testing.assert_close(model(**batch, view_ids=views).loss, mtm + 0.5 * supcon)
+    n_items = (batch["labels"] != -100).sum()
+    torch.testing.assert_close(model(**batch, view_ids=views, num_items_in_batch=2 * n_items).loss,
+                               (mtm + 0.5 * supcon) / 2)
+    model.config.contrastive_weight = 0.0
+    torch.testing.assert_close(model(**batch, view_ids=views).loss, mtm)
+    with pytest.raises(CONFIG_ERRORS, match="contrastive_weight"):
+        tiny_config(contrastive_weight=-1.0)
+    with pytest.raises(CONFIG_ERRORS, match="contrastive_temperature"):
+        tiny_config(contrastive_temperature=0.0)
+
+
+def test_contrastive_term_separates_trajectories():
+    """A few steps on the contrastive term alone pull each trajectory's two views together, apart from the others."""
+    torch.manual_seed(0)
+    model = TrajBertForMaskedTrajectoryModeling(tiny_config(contrastive_weight=1.0))
+    collator = DataCollatorForWholeHexagonMasking(FakeTokenizer(), seed=0, views=2)
+    batch = collator(_collator_features(8, seed=3, n_hex=8))
+    views = batch.pop("view_ids")
+    labels = batch.pop("labels")
+
+    def supcon() -> torch.Tensor:
+        hidden = model.trajbert(**batch).last_hidden_state
+        return supervised_contrastive_loss(hexagon_mean_pool(hidden, batch["hexagon_ids"]), views, 0.1)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    before = supcon().item()
+    for _ in range(15):
+        optimizer.zero_grad()
+        (model(**batch, labels=labels, view_ids=views).loss).backward()
+        optimizer.step()
+    assert supcon().item() < 0.5 * before
 
 
 def _dense_and_sparse_mtm(**config_kwargs) -> tuple[TrajBertForMaskedTrajectoryModeling, ...]:
@@ -663,6 +711,24 @@ def test_collator_at_least_one_hexagon_and_reproducible():
     empty = {k: v[:1] + v[-1:] for k, v in feats[0].items()}
     out = DataCollatorForWholeHexagonMasking(FakeTokenizer(), seed=0)([empty, feats[1]])
     assert (out["labels"][0] == -100).all()
+
+
+def test_collator_views_mask_each_copy_independently():
+    feats = _collator_features(5, seed=2, n_hex=12)
+    batch = DataCollatorForWholeHexagonMasking(FakeTokenizer(), seed=0, views=2)(feats)
+    assert batch["input_ids"].shape[0] == 10
+    assert batch["view_ids"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    original = pad_trajectory_features([f for f in feats for _ in range(2)], FakeTokenizer.pad_token_id)
+    assert torch.equal(batch["hexagon_ids"], original["hexagon_ids"])
+    labelled = batch["labels"] != -100
+    assert torch.equal(batch["labels"][labelled], original["input_ids"][labelled])  # each view labels the originals
+    assert not torch.equal(labelled[0::2], labelled[1::2])  # but masks different hexagons
+    assert "view_ids" not in DataCollatorForWholeHexagonMasking(FakeTokenizer(), seed=0)(feats)
+    with pytest.raises(ValueError, match="views"):
+        DataCollatorForWholeHexagonMasking(FakeTokenizer(), views=0)
+    packed = [dict(f, sequence_ids=[1] * len(f["input_ids"])) for f in feats]
+    with pytest.raises(ValueError, match="do not pack"):
+        DataCollatorForWholeHexagonMasking(FakeTokenizer(), seed=0, views=2)(packed)
 
 
 def test_padding_collator_labels():

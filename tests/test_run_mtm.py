@@ -4,6 +4,7 @@ start-up failures on bad arguments."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may touch the netwo
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from transformers import AutoModelForMaskedLM, AutoTokenizer  # noqa: E402
+from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, TrainerCallback  # noqa: E402
 
 import run_mtm  # noqa: E402
 from modeling_trajfm import DataCollatorWithTrajectoryPadding, TrajBertForMaskedTrajectoryModeling  # noqa: E402
@@ -277,6 +278,8 @@ def test_torchrun_two_processes_same_format(basic_run, tmp_path):
         (["--mask_replace_prob", "0.8", "--random_replace_prob", "0.3"], "must be <= 1"),
         (["--max_seq_length", "8"], "--max_seq_length >= 12"),
         (["--streaming"], "--max_steps"),
+        (["--contrastive_weight", "0.5", "--pack_sequences", "true"], "drop --pack_sequences true"),
+        (["--contrastive_weight", "-1"], "--contrastive_weight must be >= 0"),
         (["--push_to_hub", "--hub_model_id", "user/x"], "offline mode"),
     ],
 )
@@ -328,6 +331,34 @@ def test_resume_with_other_held_out_users_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="held-out users differ"):
         run_mtm.main(args)
     assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+
+
+def test_contrastive_pretraining(tmp_path, capsys):
+    """Two masked views per trajectory in training (twice the rows), MTM-only evaluation, the weight in the config."""
+    out = tmp_path / "contrastive"
+    seen = []
+    result = run_mtm.main(_args(out, "--max_steps", "2", "--eval_steps", "2", "--contrastive_weight", "0.5",
+                                "--train_sampling_strategy", "random", "--per_device_train_batch_size", "4"),
+                          callbacks=[_BatchRows(seen)])
+    assert "Packing:" not in capsys.readouterr().out  # auto never packs with the contrastive term
+    assert seen == [8, 8]
+    config = AutoConfig.from_pretrained(out)
+    assert (config.contrastive_weight, config.contrastive_temperature) == (0.5, 0.1)
+    assert result.metrics["eval_perplexity"] == pytest.approx(math.exp(result.metrics["eval_loss"]))
+    assert "Trajectory-level contrastive term: weight 0.5" in (out / "README.md").read_text()
+
+
+class _BatchRows(TrainerCallback):
+    """Records the rows of every training batch the model sees."""
+
+    def __init__(self, seen: list[int]):
+        self.seen = seen
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        seen = self.seen
+        model.register_forward_pre_hook(
+            lambda module, inputs, kw: seen.append(kw["input_ids"].shape[0]) if module.training else None,
+            with_kwargs=True)
 
 
 @pytest.mark.parametrize(("choice", "sampling", "packs"), [("true", "group_by_length", True),
