@@ -51,8 +51,8 @@ from .downstream.builders import (
     task_metrics,
 )
 from .downstream.compare import INITS, compare_markdown, compare_plot, compare_report
-from .downstream.embeddings import contrastive_finetune
-from .downstream.probes import LINKING, frozen_probes, retrieval_metrics
+from .downstream.forms import choose_form, embedding_forms
+from .downstream.probes import frozen_probes
 from .hub import check_push_possible, push_checkpoint
 from .modeling_trajbert import (
     TrajBertForHexagonPrediction,
@@ -350,18 +350,30 @@ def load_encoder(model_path: str, base_config: TrajBertConfig, init: str, seed: 
     return TrajBertModel(copy.deepcopy(base_config), add_pooling_layer=False)
 
 
-def head_metrics(task: PreparedTask, model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, batch_size: int,
-                 contrastive_steps: int = 0, seed: int = 0) -> dict[str, float]:
-    """`test_`-prefixed metrics of the heads that reuse a fine-tuned encoder beside its classifier (user linking:
-    `retrieval_prototype_*`, `retrieval_knn_*`, after `contrastive_steps` of supervised InfoNCE on a copy of the
-    encoder when > 0); empty for other tasks."""
-    if task.name != LINKING:
-        return {}
-    if contrastive_steps:
-        model = contrastive_finetune(copy.deepcopy(model), tokenizer, task.train["cells"], task.train["timestamps"],
-                                     task.train["label"], steps=contrastive_steps, seed=seed)
-    heads = retrieval_metrics(model, tokenizer, task, batch_size)
-    return {f"test_{head}_{key}": value for head, metrics in heads.items() for key, value in metrics.items()}
+def answer_with_forms(task: PreparedTask, model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer,
+                      classifier: tuple[dict[str, float], np.ndarray], classifier_validation: float | None,
+                      task_config: TaskConfig, batch_size: int, seed: int
+                      ) -> tuple[dict[str, float], np.ndarray, dict[str, Any]]:
+    """The entry's answer: the classifier's test metrics and logits, or (with `answer_form="auto"`) those of the
+    embedding form of `downstream.forms` that beats it on the validation primary metric. The metrics also hold every
+    form's test metrics (`test_classifier_*`, `test_retrieval_knn_*`, ...); the choice is returned with the
+    validation figures it was made on."""
+    metrics, logits = classifier
+    forms = embedding_forms(model, tokenizer, task, batch_size, task_config.contrastive_steps, seed)
+    if not forms:
+        return metrics, logits, {}
+    form, validation = choose_form(task, classifier_validation, forms)
+    if task_config.answer_form == "classifier":
+        form = "classifier"
+    scored = {"classifier": {k.removeprefix("test_"): v for k, v in metrics.items()}}
+    scored |= {name: task_metrics(task, scores.test) for name, scores in forms.items()}
+    out = {f"test_{name}_{key}": value for name, values in scored.items() for key, value in values.items()}
+    if form != "classifier":
+        logits = forms[form].test
+        out |= {f"test_{key}": value for key, value in scored[form].items()}
+    else:
+        out |= metrics
+    return out, logits, {"answer_form": form, "validation_by_form": validation}
 
 
 def _transfer_mtm_transform(model: TrajBertForHexagonPrediction, model_path: str) -> None:
@@ -524,10 +536,14 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Finetune
     logits = _logits(prediction)
     metrics = {f"test_{k}": v for k, v in task_metrics(task, logits).items()}
     metrics["test_loss"] = prediction.metrics.get("test_loss")
-    metrics["test_samples"] = len(test_dataset)
-    metrics.update(head_metrics(task, trainer.model, prepared.tokenizer, args.per_device_eval_batch_size,
-                                prepared.task_config.contrastive_steps, args.seed))
     metrics = {k: v for k, v in metrics.items() if v is not None}
+    best_validation = trainer.state.best_metric if validation_dataset is not None else None
+    metrics, logits, choice = answer_with_forms(task, trainer.model, prepared.tokenizer, (metrics, logits),
+                                                best_validation, prepared.task_config,
+                                                args.per_device_eval_batch_size, args.seed)
+    metrics["test_samples"] = len(test_dataset)
+    if choice:
+        metrics["test_answer_form"] = train_metrics["answer_form"] = choice["answer_form"]
     elapsed = time.perf_counter() - started
     trainer.save_model()
     trainer.log_metrics("train", train_metrics)
@@ -539,7 +555,7 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Finetune
         report = {
             "task": task.name, "init": init, "base_checkpoint": prepared.model_path,
             "heldout_users_source": prepared.heldout_source, "seed": args.seed,
-            "fine_tune_seconds": round(elapsed, 1), "split": task.info, "baselines": task.baselines,
+            "fine_tune_seconds": round(elapsed, 1), "split": task.info, "baselines": task.baselines, **choice,
             "data_source": prepared.source, "corpus": asdict(prepared.corpus),
             "task_config": asdict(prepared.task_config),
         }

@@ -17,8 +17,8 @@ from modeling_trajfm.downstream.embeddings import (
     knn_scores,
     linear_probe_scores,
     prototype_scores,
-    supervised_info_nce,
 )
+from modeling_trajfm.downstream.forms import FormScores, choose_form, embedding_forms, f1_threshold, threshold_scores
 from modeling_trajfm.downstream.metrics import ranking_metrics
 from modeling_trajfm.downstream.probes import frozen_probes
 from modeling_trajfm.finetuning import (
@@ -28,6 +28,7 @@ from modeling_trajfm.finetuning import (
     resolve_corpus,
     resolve_heldout_users,
 )
+from modeling_trajfm.modeling_trajbert import supervised_contrastive_loss
 from tokenization_trajfm.h3cells import encode_cells
 
 
@@ -202,14 +203,14 @@ def test_frozen_probes_on_real_tasks(encoder_and_records):
 
 
 # ------------------------------------------------------------------------------------------------- contrastive
-def test_supervised_info_nce_by_hand():
+def test_supervised_contrastive_loss_by_hand():
     labels = torch.tensor([0, 0, 1, 1])
     aligned = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     crossed = aligned[[0, 2, 1, 3]]
     # Aligned: each anchor's positive has cosine 1, the two negatives 0: -log(e^10 / (e^10 + 2)).
-    assert supervised_info_nce(aligned, labels).item() == pytest.approx(np.log1p(2 * np.exp(-10)), rel=1e-3)
-    assert supervised_info_nce(crossed, labels) > supervised_info_nce(aligned, labels)
-    assert supervised_info_nce(aligned, torch.tensor([0, 1, 2, 3])).item() == 0.0  # no positives: no signal
+    assert supervised_contrastive_loss(aligned, labels).item() == pytest.approx(np.log1p(2 * np.exp(-10)), rel=1e-3)
+    assert supervised_contrastive_loss(crossed, labels) > supervised_contrastive_loss(aligned, labels)
+    assert supervised_contrastive_loss(aligned, torch.tensor([0, 1, 2, 3])).item() == 0.0  # no positives: no signal
 
 
 def test_contrastive_finetune_pulls_a_users_trajectories_together(encoder_and_records):
@@ -219,9 +220,64 @@ def test_contrastive_finetune_pulls_a_users_trajectories_together(encoder_and_re
     cells, times, labels = task.train["cells"], task.train["timestamps"], torch.tensor(task.train["label"])
 
     def loss() -> float:
-        return supervised_info_nce(torch.as_tensor(embed_trajectories(encoder, tokenizer, cells, times)), labels).item()
+        embeddings = torch.as_tensor(embed_trajectories(encoder, tokenizer, cells, times))
+        return supervised_contrastive_loss(embeddings, labels).item()
 
     before = loss()
     contrastive_finetune(encoder, tokenizer, cells, times, task.train["label"], steps=15, users_per_batch=4,
                          learning_rate=1e-3, seed=0)
     assert loss() < before and not encoder.training
+
+
+# ----------------------------------------------------------------------------------------------- embedding forms
+def test_f1_threshold_and_threshold_scores_by_hand():
+    similarities = np.array([0.9, 0.8, 0.4, 0.3, 0.1])
+    labels = np.array([1, 1, 0, 1, 0])
+    # t = 0.8: F1 2*2/(2+3) = 0.8; t = 0.3: 2*3/(4+3) = 0.857 (best); t = 0.1: 2*3/(5+3) = 0.75.
+    assert f1_threshold(similarities, labels) == 0.3
+    scores = threshold_scores(similarities, 0.3)
+    assert scores.argmax(axis=1).tolist() == [1, 1, 1, 1, 0]  # the threshold itself counts as positive
+
+
+def _pair_task(similar_positive: bool) -> PreparedTask:
+    """A pair task whose validation favours (or not) an embedding similarity over the classifier's 0.5 F1."""
+    columns = {"cells_a": [[1], [2]], "cells_b": [[1], [3]], "timestamps_a": [[0], [0]], "timestamps_b": [[0], [0]],
+               "label": [1, 0] if similar_positive else [0, 1]}
+    return PreparedTask("user_association_binary", "pair", columns, columns, ["other", "same"], validation=columns)
+
+
+def test_choose_form_on_validation_only():
+    task = _pair_task(True)
+    right = FormScores(validation=threshold_scores(np.array([0.9, 0.1]), 0.5), test=np.zeros((2, 2)))
+    wrong = FormScores(validation=threshold_scores(np.array([0.1, 0.9]), 0.5), test=np.ones((2, 2)))
+    assert choose_form(task, 0.5, {"similarity": right}) == ("similarity", {"classifier": 0.5, "similarity": 1.0})
+    assert choose_form(task, 0.5, {"similarity": wrong})[0] == "classifier"
+    assert choose_form(task, 1.0, {"similarity": right})[0] == "classifier"  # ties keep the classifier
+    assert choose_form(task, None, {"similarity": FormScores(None, right.test)}) == ("classifier", {})
+
+
+def test_embedding_forms_on_real_tasks(encoder_and_records):
+    """Validation queries are matched against training trajectories only, test queries against train + validation;
+    pair thresholds come from training pairs; contrastive fine-tuning works on a copy."""
+    path, tokenizer, config, records = encoder_and_records
+    encoder = load_encoder(path, config, "pretrained", 0)
+    linking = build_task("user_association_linking", records, TaskConfig(max_input_visits=16), 0)
+    forms = embedding_forms(encoder, tokenizer, linking)
+    assert set(forms) == {"retrieval_prototype", "retrieval_knn"}
+    train = embed_trajectories(encoder, tokenizer, linking.train["cells"], linking.train["timestamps"])
+    validation = embed_trajectories(encoder, tokenizer, linking.validation["cells"], linking.validation["timestamps"])
+    n = len(linking.label_names)
+    np.testing.assert_allclose(forms["retrieval_knn"].validation,
+                               knn_scores(train, linking.train["label"], validation, n, 3), atol=1e-6)
+    test = embed_trajectories(encoder, tokenizer, linking.test["cells"], linking.test["timestamps"])
+    gallery_labels = [*linking.train["label"], *linking.validation["label"]]
+    np.testing.assert_allclose(forms["retrieval_prototype"].test, prototype_scores(
+        np.concatenate([train, validation]), gallery_labels, test, n), atol=1e-6)
+
+    binary = build_task("user_association_binary", records, TaskConfig(max_input_visits=16), 0)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    pair = embedding_forms(encoder, tokenizer, binary, contrastive_steps=3)["similarity"]
+    assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in before.items())  # the encoder itself is untouched
+    assert pair.validation.shape == (len(binary.validation["label"]), 2)
+    assert pair.test.shape == (len(binary.test["label"]), 2)
+    assert embedding_forms(encoder, tokenizer, build_task("destination", records, TaskConfig(), 0)) == {}

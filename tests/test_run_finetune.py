@@ -168,14 +168,19 @@ def test_compare_report(checkpoint, tmp_path):
     # Heads beside the classifier, what each row sees, and the frozen-encoder probes (pre-trained vs random init).
     linking = report["tasks"]["user_association_linking"]
     for init in ("pretrained", "random"):
-        for head in ("retrieval_prototype", "retrieval_knn"):
+        for head in ("classifier", "retrieval_prototype", "retrieval_knn"):
             assert _in_unit(linking[init][f"{head}_accuracy@1"]), (head, linking[init])
+        form = linking[init]["answer_form"]  # the answer is the form that was best on validation
+        assert linking[init]["accuracy@1"] == linking[init][f"{form}_accuracy@1"]
+        binary = report["tasks"]["user_association_binary"][init]
+        assert binary["answer_form"] in ("classifier", "similarity") and _in_unit(binary["similarity_f1"])
         probes = report["probes"]["tasks"]["user_association_linking"]
         assert _in_unit(probes["retrieval_knn"][init]["mrr"]) and _in_unit(probes["retrieval_prototype"][init]["mrr"])
     assert linking["inputs"] == "trajectory" and linking["baselines"]["cell_profile_knn"]["inputs"] == "trajectory"
     assert linking["same_inputs"]["baselines"] == ["majority", "cell_profile_knn"]
     assert set(report["probes"]["pretrained_better_nn_linking"]) == {"retrieval_prototype", "retrieval_knn"}
     assert "## Probes: frozen encoders" in (out / "compare_report.md").read_text()
+    assert "Answered on test by the form best on validation: pretrained" in (out / "compare_report.md").read_text()
     assert (out / "compare_report.png").stat().st_size > 1000
     # Same data and seeds for both inits: the two runs saw identical splits.
     pre = _read(out / "user_association_linking" / "pretrained" / "task_report.json")["split"]

@@ -42,6 +42,9 @@ MODEL_INPUTS = {"next_subtrajectory": "trajectory pair", "destination": "prefix"
 BASELINE_INPUTS = {"majority": "none", "markov": "prefix", "user_most_frequent_cell": "user history",
                    "cell_profile_knn": "trajectory", "cell_profile_similarity": "trajectory pair"}
 
+#: `TaskConfig.answer_form`: choose on validation among the classifier and the embedding forms, or the classifier.
+ANSWER_FORMS = ("auto", "classifier")
+
 
 @dataclass
 class TaskConfig:
@@ -78,8 +81,15 @@ class TaskConfig:
     max_test_samples: int | None = field(default=None, metadata={"help": "Cap on test examples."})
     contrastive_steps: int = field(
         default=0,
-        metadata={"help": "user linking: steps of supervised InfoNCE (same user = positive) on a copy of the "
-                          "fine-tuned encoder before its retrieval heads are scored (0: off)."},
+        metadata={"help": "Embedding forms (user linking retrieval, pair similarity): steps of supervised InfoNCE "
+                          "on a copy of the fine-tuned encoder before they are scored (linking: same user = positive; "
+                          "pairs: the two segments of a positive training pair); 0: off."},
+    )
+    answer_form: str = field(
+        default="auto",
+        metadata={"help": "What answers an entry on test: auto (the classifier or one of the entry's embedding forms, "
+                          "whichever is best on validation: retrieval for user linking, embedding similarity for "
+                          "pair tasks) | classifier."},
     )
     destination_user_context: bool = field(
         default=False,
@@ -110,6 +120,8 @@ class TaskConfig:
                 raise ValueError(f"--{name} must be at least 1, got {value}.")
         if self.contrastive_steps < 0:
             raise ValueError(f"--contrastive_steps must be >= 0 (0: off), got {self.contrastive_steps}.")
+        if self.answer_form not in ANSWER_FORMS:
+            raise ValueError(f"Unknown --answer_form {self.answer_form!r}: choose one of {', '.join(ANSWER_FORMS)}.")
 
     def entry(self) -> str:
         """The report entry of `task` (user association with its form)."""

@@ -238,6 +238,10 @@ def compare_markdown(report: dict[str, Any]) -> str:
             cells += [_fmt(t["baselines"][b].get(metric)) + _fmt_ci(ci, b, metric) for b in baselines]
             lines.append(f"| {metric} | " + " | ".join(cells) + " |")
         lines += ["", _same_inputs_line(t), ""]
+        if "answer_form" in t["pretrained"]:
+            lines[-1:-1] = ["Answered on test by the form best on validation: "
+                            + ", ".join(f"{init} {t[init].get('answer_form', 'classifier')}" for init in INITS)
+                            + " (the `classifier_*` and other forms' rows show each form's test metrics).", ""]
     avg = report["avg_f1_improvement_pct"]
     paper = report.get("avg_f1_improvement_pct_paper_tasks")
     lines += [

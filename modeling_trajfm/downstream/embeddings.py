@@ -22,7 +22,7 @@ from torch import nn
 from tokenization_trajfm import TrajTokenizer
 
 from ..configuration_trajbert import CLASSIFIER_POOLINGS
-from ..modeling_trajbert import TrajBertPreTrainedModel, hexagon_mean_pool
+from ..modeling_trajbert import TrajBertPreTrainedModel, hexagon_mean_pool, supervised_contrastive_loss
 
 POOLINGS = CLASSIFIER_POOLINGS
 
@@ -69,25 +69,13 @@ def embed_trajectories(
     return out
 
 
-def supervised_info_nce(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """Supervised InfoNCE (SupCon, Khosla et al. 2020): for each anchor with at least one positive (same label), the
-    mean over its positives of -log softmax of cosine/temperature against every other row of the batch."""
-    z = nn.functional.normalize(embeddings, dim=1)
-    logits = (z @ z.T / temperature).masked_fill(torch.eye(len(z), dtype=torch.bool, device=z.device), -torch.inf)
-    log_prob = logits.log_softmax(dim=1)
-    positives = (labels[:, None] == labels[None, :]) & ~torch.eye(len(z), dtype=torch.bool, device=z.device)
-    anchors = positives.any(dim=1)
-    per_anchor = -(log_prob.masked_fill(~positives, 0.0).sum(dim=1)[anchors] / positives.sum(dim=1)[anchors])
-    return per_anchor.mean() if anchors.any() else embeddings.sum() * 0.0
-
-
 def contrastive_finetune(model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, cells: Sequence[Sequence[int]],
                          timestamps: Sequence[Sequence[int]] | None, labels: Sequence[int], steps: int = 150,
                          users_per_batch: int = 16, trajectories_per_user: int = 4, learning_rate: float = 1e-4,
                          temperature: float = 0.1, pooling: str = "mean", seed: int = 0) -> TrajBertPreTrainedModel:
-    """Fine-tune the encoder of `model` in place with `supervised_info_nce`; each batch holds `users_per_batch` users
-    with `trajectories_per_user` of their trajectories each (drawn seeded, with replacement), so every anchor has
-    positives. Returns `model` in eval mode."""
+    """Fine-tune the encoder of `model` in place with `supervised_contrastive_loss` (same-user trajectories are
+    positives); each batch holds `users_per_batch` users with `trajectories_per_user` of their trajectories each
+    (drawn seeded, with replacement), so every anchor has positives. Returns `model` in eval mode."""
     labels = np.asarray(labels, dtype=np.int64)
     by_label = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
     usable = [c for c, rows in by_label.items() if rows.size >= 2]
@@ -103,8 +91,8 @@ def contrastive_finetune(model: TrajBertPreTrainedModel, tokenizer: TrajTokenize
         rows = np.concatenate([rng.choice(by_label[u], size=trajectories_per_user) for u in users])
         batch = _encode(tokenizer, [cells[i] for i in rows],
                         None if timestamps is None else [timestamps[i] for i in rows], device)
-        loss = supervised_info_nce(_pool(encoder, batch, pooling), torch.as_tensor(labels[rows], device=device),
-                                   temperature)
+        loss = supervised_contrastive_loss(_pool(encoder, batch, pooling),
+                                           torch.as_tensor(labels[rows], device=device), temperature)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -175,5 +163,4 @@ __all__ = [
     "knn_scores",
     "linear_probe_scores",
     "prototype_scores",
-    "supervised_info_nce",
 ]
