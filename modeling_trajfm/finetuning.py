@@ -410,13 +410,32 @@ class _Prepared:
     task_config: TaskConfig
 
 
-def prepare(model_path: str, task_config: TaskConfig, entries: Sequence[str], training_args: TrainingArguments,
-            corpus_overrides: dict[str, Any] | None = None) -> _Prepared:
-    """Load the checkpoint's tokenizer, rebuild the held-out users' trajectories, build and tokenize every entry's
-    examples, and write `task_data.json`; fails before any training when a task cannot be built."""
-    task_config.check_entries(entries)
-    check_push_possible(training_args.push_to_hub, training_args.hub_model_id)
-    check_output_dir(training_args.output_dir, wants_overwrite(training_args), reads_from=(model_path,))
+@dataclass
+class TaskData:
+    """The trajectories the tasks are built from (the checkpoint's held-out users, or given splits), with the
+    checkpoint's tokenizer and config: loaded once, then built into tasks for any entries and split seed."""
+
+    tokenizer: TrajTokenizer
+    base_config: TrajBertConfig
+    corpus: CorpusConfig
+    records: list[T.Record]
+    given_splits: dict[str, list[T.Record]] | None  # used as given; None: `build_task` splits `records`
+    heldout: list[str]
+    heldout_source: str
+    source: str
+    pipeline_report: PipelineReport | None
+
+    def build_tasks(self, entries: Sequence[str], task_config: TaskConfig, seed: int) -> dict[str, PreparedTask]:
+        """`{entry: PreparedTask}`, split by `seed` (given splits are used as given)."""
+        if self.given_splits is not None:
+            return {entry: build_task_from_splits(entry, self.given_splits, task_config, seed) for entry in entries}
+        return {entry: build_task(entry, self.records, task_config, seed) for entry in entries}
+
+
+def load_task_data(model_path: str, task_config: TaskConfig, corpus_overrides: dict[str, Any] | None = None
+                   ) -> TaskData:
+    """Load the checkpoint's tokenizer and config and the trajectories of its held-out users, rebuilt as pre-training
+    built them (or the given splits of `corpus_overrides`)."""
     tokenizer, base_config = load_tokenizer_and_config(model_path)
     tokenizer.model_max_length = min(task_config.max_seq_length, base_config.max_position_embeddings)
     corpus = resolve_corpus(model_path, corpus_overrides)
@@ -424,7 +443,6 @@ def prepare(model_path: str, task_config: TaskConfig, entries: Sequence[str], tr
     if corpus.resolution != tokenizer.resolution:
         raise ValueError(f"--resolution {corpus.resolution} differs from the tokenizer's ({tokenizer.resolution}): "
                          "drop --resolution or use a checkpoint trained at that resolution.")
-    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     if any(name in SPLIT_SOURCE_FIELDS for name in corpus_overrides or {}):
         if task_config.heldout_users:
             raise ValueError("--heldout_users picks users of the pre-training corpus; given splits are used whole: "
@@ -432,44 +450,56 @@ def prepare(model_path: str, task_config: TaskConfig, entries: Sequence[str], tr
         tables, reports, source = corpus.load_splits()
         splits = {name: T.trajectory_records(table) for name, table in tables.items()}
         records = [r for name in splits for r in splits[name]]
-        heldout, heldout_source, pipeline_report = [], "given splits", reports.get("train")
         logger.info("Data: %s\n%s", source, "\n".join(f"[{name}]\n{report}" for name, report in reports.items()))
-        tasks = {entry: build_task_from_splits(entry, splits, task_config, seed) for entry in entries}
+        return TaskData(tokenizer, base_config, corpus, records, splits, [], "given splits", source,
+                        reports.get("train"))
+    if corpus.has_split_source():
+        raise ValueError(f"{model_path} was pre-trained on given split files, which hold out no users: pass "
+                         "the fine-tuning data (--train_file/--validation_file/--test_file or --dataset_name), or "
+                         "--data with --heldout_users.")
+    heldout, heldout_source = resolve_heldout_users(model_path, task_config.heldout_users)
+    recorded = CorpusDescription.load(model_path) if task_config.heldout_users is None else None
+    if recorded is not None and recorded.split.rule == "hash":
+        table, pipeline_report, source = load_prepared_heldout(corpus, model_path, recorded.report)
+        heldout, heldout_source = sorted(set(table["user_id"].to_pylist())), source
     else:
-        if corpus.has_split_source():
-            raise ValueError(f"{model_path} was pre-trained on given split files, which hold out no users: pass "
-                             "the fine-tuning data (--train_file/--validation_file/--test_file or --dataset_name), or "
-                             "--data with --heldout_users.")
-        heldout, heldout_source = resolve_heldout_users(model_path, task_config.heldout_users)
-        recorded = CorpusDescription.load(model_path) if task_config.heldout_users is None else None
-        if recorded is not None and recorded.split.rule == "hash":
-            table, pipeline_report, source = load_prepared_heldout(corpus, model_path, recorded.report)
-            heldout, heldout_source = sorted(set(table["user_id"].to_pylist())), source
-        else:
-            table, pipeline_report, source = load_heldout_trajectories(
-                corpus, tokenizer, heldout, recorded.report if recorded is not None else None)
-        records = T.trajectory_records(table)
-        logger.info("Data: %s; pipeline (all users):\n%s", source, pipeline_report)
-        tasks = {entry: build_task(entry, records, task_config, seed) for entry in entries}
+        table, pipeline_report, source = load_heldout_trajectories(
+            corpus, tokenizer, heldout, recorded.report if recorded is not None else None)
+    records = T.trajectory_records(table)
+    logger.info("Data: %s; pipeline (all users):\n%s", source, pipeline_report)
+    return TaskData(tokenizer, base_config, corpus, records, None, heldout, heldout_source, source, pipeline_report)
+
+
+def prepare(model_path: str, task_config: TaskConfig, entries: Sequence[str], training_args: TrainingArguments,
+            corpus_overrides: dict[str, Any] | None = None) -> _Prepared:
+    """Load the checkpoint's tokenizer, rebuild the held-out users' trajectories, build and tokenize every entry's
+    examples, and write `task_data.json`; fails before any training when a task cannot be built."""
+    task_config.check_entries(entries)
+    check_push_possible(training_args.push_to_hub, training_args.hub_model_id)
+    check_output_dir(training_args.output_dir, wants_overwrite(training_args), reads_from=(model_path,))
+    data = load_task_data(model_path, task_config, corpus_overrides)
+    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+    tasks = data.build_tasks(entries, task_config, seed)
 
     output_root = Path(training_args.output_dir)
     output_root.mkdir(parents=True, exist_ok=True)
     data_summary = {
-        "heldout_users_source": heldout_source, "heldout_users": len(set(heldout)),
-        "heldout_users_used": sorted({r.user_id for r in records}), "trajectories": len(records),
-        "data_source": source, "corpus": asdict(corpus),
-        "pipeline_all_users": pipeline_report.to_dict() if pipeline_report is not None else None,
+        "heldout_users_source": data.heldout_source, "heldout_users": len(set(data.heldout)),
+        "heldout_users_used": sorted({r.user_id for r in data.records}), "trajectories": len(data.records),
+        "data_source": data.source, "corpus": asdict(data.corpus),
+        "pipeline_all_users": data.pipeline_report.to_dict() if data.pipeline_report is not None else None,
         "tasks": {entry: task.info for entry, task in tasks.items()},
     }
     if training_args.process_index == 0:
         (output_root / "task_data.json").write_text(json.dumps(data_summary, indent=1, default=str))
     for entry, task in tasks.items():
         print(f"[{entry}] " + json.dumps(task.info, default=str))
+    tokenizer = data.tokenizer
     encoded = {entry: {split: tokenize_examples(task, getattr(task, split), tokenizer, tokenizer.model_max_length)
                        for split in ("train", "validation", "test") if getattr(task, split).get("label")}
                for entry, task in tasks.items()}
-    return _Prepared(model_path, tokenizer, base_config, tasks, encoded, corpus, source, pipeline_report,
-                     heldout_source, task_config)
+    return _Prepared(model_path, tokenizer, data.base_config, tasks, encoded, data.corpus, data.source,
+                     data.pipeline_report, data.heldout_source, task_config)
 
 
 def _logits(prediction: EvalPrediction) -> np.ndarray:
