@@ -288,7 +288,7 @@ def run_ablation(rows: Sequence[AblationRow], seeds: Sequence[int], base_args: S
              "probing": {"task_config": asdict(task_config or TaskConfig()), "probe_settings": PROBE_SETTINGS},
              "runs": previous.get("runs", [])}
     study_started = time.perf_counter()
-    todo = [(row, seed) for row in rows for seed in seeds]
+    todo = [(row, seed) for seed in seeds for row in rows]  # seed-major: a full table with one seed first
     for index, (row, seed) in enumerate(todo, 1):
         run_dir = _run_dir(output_dir, row.name, seed)
         checkpoint = run_dir / "checkpoint"

@@ -80,8 +80,18 @@ def test_classification_tasks(checkpoint, tmp_path, task, form, keys):
     assert (out / "README.md").read_text().count("model-index") == 1
     assert (out / "task_report.json").is_file() and (out / "task_data.json").is_file()
 
-    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     report = _read(out / "task_report.json")
+    form_names = {"next_subtrajectory": ["similarity"], "linking": ["retrieval_prototype", "retrieval_knn"],
+                  "binary": ["similarity"]}[form if task == "user_association" else task]
+    assert report["answer_form"] in ["classifier", *form_names] and results["answer_form"] == report["answer_form"]
+    assert set(report["validation_by_form"]) == {"classifier", *form_names}
+    chosen = max(report["validation_by_form"].values())
+    assert report["validation_by_form"][report["answer_form"]] == chosen  # the best on validation answers
+    for name in ["classifier", *form_names]:
+        assert _in_unit(results[f"test_{name}_{keys[0].removeprefix('test_')}"])
+    assert results[keys[0]] == results[f"test_{report['answer_form']}_{keys[0].removeprefix('test_')}"]
+
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     n_labels = 2 if report["task"].endswith(("binary", "subtrajectory")) else report["split"]["num_users"]
     assert model.config.num_labels == n_labels
     tokenizer = TrajTokenizer.from_pretrained(out)
@@ -101,6 +111,15 @@ def _some_cells(checkpoint):
     table, _ = build_trajectories(select_users(checkins, checkpoint["heldout"][:2]), 8, 10.0,
                                   SegmentationConfig(max_gap_minutes=360))
     return table.column("cells").to_pylist()[0][:10]
+
+
+def test_answer_form_classifier_keeps_the_classifier(checkpoint, tmp_path):
+    out = tmp_path / "classifier"
+    _run(checkpoint, out, "--task", "user_association", "--association_form", "binary", "--answer_form", "classifier")
+    results = _read(out / "all_results.json")
+    assert results["answer_form"] == "classifier" and results["test_f1"] == results["test_classifier_f1"]
+    with pytest.raises(ValueError, match="Unknown --answer_form 'best'"):
+        _run(checkpoint, tmp_path / "bad", "--answer_form", "best")
 
 
 def test_destination(checkpoint, tmp_path):
