@@ -19,6 +19,7 @@ This file is copied next to saved weights (remote code): it only imports `transf
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -544,6 +545,14 @@ class TrajBertModel(TrajBertPreTrainedModel):
         return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled_output)
 
 
+@dataclass
+class TrajBertMaskedTrajectoryModelingOutput(MaskedLMOutput):
+    """`MaskedLMOutput` plus the contrastive term before weighting (`None` when it is off or the batch has no
+    views), so that training can log it beside the loss it is part of."""
+
+    contrastive_loss: torch.FloatTensor | None = None
+
+
 class TrajBertForMaskedTrajectoryModeling(TrajBertPreTrainedModel):
     """TrajBert with BERT's masked-LM head, for masked trajectory modeling (whole-hexagon masking) pre-training.
 
@@ -592,7 +601,7 @@ class TrajBertForMaskedTrajectoryModeling(TrajBertPreTrainedModel):
         sequence_ids: torch.Tensor | None = None,
         view_ids: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> tuple[torch.Tensor] | MaskedLMOutput:
+    ) -> tuple[torch.Tensor] | TrajBertMaskedTrajectoryModelingOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Original token ids at masked positions, -100 elsewhere (what `DataCollatorForWholeHexagonMasking` returns).
@@ -641,11 +650,12 @@ class TrajBertForMaskedTrajectoryModeling(TrajBertPreTrainedModel):
                 share = 1.0 if num_items_in_batch is None else (labels != -100).sum() / num_items_in_batch
                 loss = loss + self.config.contrastive_weight * contrastive * share
 
-        return MaskedLMOutput(
+        return TrajBertMaskedTrajectoryModelingOutput(
             loss=loss,
             logits=prediction_scores,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            contrastive_loss=None if contrastive is None else contrastive.detach(),
         )
 
 

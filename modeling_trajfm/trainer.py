@@ -99,6 +99,10 @@ class _MaskingEpoch(TrainerCallback):
         self.collator.epoch = math.floor(state.epoch + 1e-9)
 
 
+#: Training-log key of the contrastive term (see `MTMTrainer`).
+CONTRASTIVE_LOG_KEY = "contrastive_loss"
+
+
 class MTMTrainer(Trainer):
     """Trainer for masked trajectory modeling.
 
@@ -111,7 +115,9 @@ class MTMTrainer(Trainer):
       never resumes from a half-written checkpoint;
     - a `TrainingStream` is loaded as it is, already this rank's part: accelerate would read an iterable dataset on
       rank 0 and send each rank its batches (`dispatch_batches`, its default for iterable data) or, told not to,
-      shard it once more.
+      shard it once more;
+    - with the model's contrastive term on, each training log also holds `contrastive_loss`: the term before
+      weighting, averaged over this process's batches since the previous log.
     """
 
     def __init__(self, *args, eval_data_collator: DataCollatorForWholeHexagonMasking | None = None,
@@ -119,6 +125,7 @@ class MTMTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
         self.eval_mask_seed = eval_mask_seed
+        self._contrastive_terms: list[torch.Tensor] = []
         if getattr(self.data_collator, "reseed_per_batch", False):
             self.add_callback(_MaskingEpoch(self.data_collator))
 
@@ -161,9 +168,19 @@ class MTMTrainer(Trainer):
         finally:
             self.data_collator = train_collator
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        term = outputs.get("contrastive_loss") if isinstance(outputs, dict) else None
+        if term is not None and model.training:
+            self._contrastive_terms.append(term)
+        return (loss, outputs) if return_outputs else loss
+
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        for key in [k for k in logs if k.endswith("_loss") and k != "train_loss"]:
+        for key in [k for k in logs if k.endswith("_loss") and k not in ("train_loss", CONTRASTIVE_LOG_KEY)]:
             logs[key[: -len("loss")] + "perplexity"] = perplexity(logs[key])
+        if "loss" in logs and self._contrastive_terms:
+            logs[CONTRASTIVE_LOG_KEY] = round(torch.stack(self._contrastive_terms).mean().item(), 4)
+            self._contrastive_terms.clear()
         super().log(logs, *args, **kwargs)
 
 

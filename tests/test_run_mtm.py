@@ -338,14 +338,18 @@ def test_contrastive_pretraining(tmp_path, capsys):
     out = tmp_path / "contrastive"
     seen = []
     result = run_mtm.main(_args(out, "--max_steps", "2", "--eval_steps", "2", "--contrastive_weight", "0.5",
-                                "--train_sampling_strategy", "random", "--per_device_train_batch_size", "4"),
-                          callbacks=[_BatchRows(seen)])
+                                "--train_sampling_strategy", "random", "--per_device_train_batch_size", "4",
+                                "--logging_steps", "1"), callbacks=[_BatchRows(seen)])
     assert "Packing:" not in capsys.readouterr().out  # auto never packs with the contrastive term
     assert seen == [8, 8]
     config = AutoConfig.from_pretrained(out)
     assert (config.contrastive_weight, config.contrastive_temperature) == (0.5, 0.1)
     assert result.metrics["eval_perplexity"] == pytest.approx(math.exp(result.metrics["eval_loss"]))
     assert "Trajectory-level contrastive term: weight 0.5" in (out / "README.md").read_text()
+    logs = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    terms = [entry["contrastive_loss"] for entry in logs if "loss" in entry]
+    assert len(terms) == 2 and all(0 < term < 10 for term in terms)  # logged with every training loss
+    assert not any("contrastive_loss" in entry for entry in logs if "eval_loss" in entry)
 
 
 class _BatchRows(TrainerCallback):
