@@ -183,6 +183,12 @@ def test_compare_report(checkpoint, tmp_path):
     else:
         assert math.isclose(report["avg_f1_improvement_pct"], expected, rel_tol=1e-9, abs_tol=1e-9)
     assert "avg_f1_improvement_pct_ci95" in report and report["bootstrap"]["resamples"] > 0
+    # The paper's protocol (classifiers only), beside the answers' figure.
+    f1 = {init: np.mean([t[init][f"classifier_{t['primary_metric']}"] for t in report["tasks"].values()])
+          for init in ("pretrained", "random")}
+    if f1["random"]:
+        assert math.isclose(report["avg_f1_improvement_pct_classifier"],
+                            100 * (f1["pretrained"] - f1["random"]) / f1["random"], rel_tol=1e-9, abs_tol=1e-9)
     assert (out / "compare_report.md").read_text().startswith("# Fine-tuning")
     # Heads beside the classifier, what each row sees, and the frozen-encoder probes (pre-trained vs random init).
     linking = report["tasks"]["user_association_linking"]

@@ -5,6 +5,9 @@
 over the report's task entries t, with F1 = binary F1 (next_subtrajectory, user_association_binary) or macro-F1
 (destination, user_association_linking): the relative improvement of the average F1, as the paper's "33.6 % better in
 average F1". `avg_f1_improvement_pct_paper_tasks` is the same over the paper's three tasks (binary association).
+When entries are answered by an embedding form (`downstream.forms`), `avg_f1_improvement_pct_classifier` (and
+`_paper_tasks_classifier`) apply the formula to the classifiers' F1 (`classifier_*` metrics): the paper's protocol,
+where both inits are fine-tuned as classifiers.
 
 Confidence intervals (`downstream.stats`): per entry, `ci95[scorer][metric]` = [lo, hi] for the entry's primary
 metric and primary F1, for both inits and every baseline, from a seeded percentile bootstrap over the test examples
@@ -49,8 +52,10 @@ AVG_F1_FORMULA = ("100 * (mean_t F1_pretrained(t) - mean_t F1_random(t)) / mean_
                   "pair tasks, macro-F1 for destination and user linking")
 
 
-def primary_f1(entry: str, metrics: dict[str, float]) -> float:
-    return float(metrics[PRIMARY_F1[entry]])
+def primary_f1(entry: str, metrics: dict[str, float], form: str | None = None) -> float:
+    """The entry's primary F1 in `metrics`; with `form`, that form's (`{form}_macro_f1`, ...) when it was scored."""
+    key = PRIMARY_F1[entry]
+    return float(metrics.get(f"{form}_{key}", metrics[key]) if form else metrics[key])
 
 
 def relative_improvement(pre: float, rand: float, lower_is_better: bool = False) -> float | None:
@@ -60,13 +65,15 @@ def relative_improvement(pre: float, rand: float, lower_is_better: bool = False)
     return 100.0 * ((rand - pre) if lower_is_better else (pre - rand)) / abs(rand)
 
 
-def avg_f1_improvement(report_tasks: dict[str, dict], entries: Iterable[str]) -> float | None:
-    """100 * (mean F1 pretrained - mean F1 random) / mean F1 random over `entries` (see the module docstring)."""
+def avg_f1_improvement(report_tasks: dict[str, dict], entries: Iterable[str], form: str | None = None
+                       ) -> float | None:
+    """100 * (mean F1 pretrained - mean F1 random) / mean F1 random over `entries` (see the module docstring), of the
+    answers, or of `form` where an entry scored it."""
     entries = [e for e in entries if e in report_tasks]
     if not entries:
         return None
-    pre = float(np.mean([primary_f1(e, report_tasks[e]["pretrained"]) for e in entries]))
-    rand = float(np.mean([primary_f1(e, report_tasks[e]["random"]) for e in entries]))
+    pre = float(np.mean([primary_f1(e, report_tasks[e]["pretrained"], form) for e in entries]))
+    rand = float(np.mean([primary_f1(e, report_tasks[e]["random"], form) for e in entries]))
     return relative_improvement(pre, rand)
 
 
@@ -198,6 +205,11 @@ def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, Prepare
         if all(e in report_tasks for e in PAPER_TASKS) else None,
         "avg_f1_formula": AVG_F1_FORMULA,
     }
+    if any("answer_form" in t["pretrained"] for t in report_tasks.values()):
+        report["avg_f1_improvement_pct_classifier"] = avg_f1_improvement(report_tasks, report_tasks, "classifier")
+        report["avg_f1_improvement_pct_paper_tasks_classifier"] = (
+            avg_f1_improvement(report_tasks, PAPER_TASKS, "classifier")
+            if all(e in report_tasks for e in PAPER_TASKS) else None)
     if logits is not None:
         intervals = _bootstrap(results, tasks, logits, seed, n_resamples)
         for entry, by_scorer in intervals.pop("ci95").items():
@@ -255,6 +267,12 @@ def compare_markdown(report: dict[str, Any]) -> str:
     if paper is not None:
         lines += ["", f"Over the paper's three tasks (binary user association): {paper:+.1f}%"
                       f"{_fmt_interval(report.get('avg_f1_improvement_pct_paper_tasks_ci95'), '%')}."]
+    if "avg_f1_improvement_pct_classifier" in report:
+        paper_classifier = report.get("avg_f1_improvement_pct_paper_tasks_classifier")
+        parts = [f"{_fmt_pct(report['avg_f1_improvement_pct_classifier'])} over all entries",
+                 f"{_fmt_pct(paper_classifier)} over the paper's three tasks"]
+        lines += ["", "With the classifiers alone (the paper's protocol; entries answered by an embedding form use "
+                      f"their `classifier_*` F1): {', '.join(parts)}."]
     if "bootstrap" in report:
         b = report["bootstrap"]
         lines += ["", f"[lo, hi]: {100 * b['confidence']:.0f}% confidence intervals, {b['method']} "
@@ -262,6 +280,10 @@ def compare_markdown(report: dict[str, Any]) -> str:
     if "probes" in report:
         lines += ["", *_probes_markdown(report["probes"])]
     return "\n".join(lines) + "\n"
+
+
+def _fmt_pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1f}%"
 
 
 def _fmt_interval(interval: list[float] | None, unit: str = "") -> str:
