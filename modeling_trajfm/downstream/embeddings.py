@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from tokenization_trajfm import TrajTokenizer
 
@@ -86,7 +87,7 @@ def contrastive_finetune(model: TrajBertPreTrainedModel, tokenizer: TrajTokenize
     encoder = model.base_model.train()
     device = next(encoder.parameters()).device
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=learning_rate)
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="Contrastive fine-tuning", leave=False):
         users = rng.choice(usable, size=min(users_per_batch, len(usable)), replace=False)
         rows = np.concatenate([rng.choice(by_label[u], size=trajectories_per_user) for u in users])
         batch = _encode(tokenizer, [cells[i] for i in rows],
