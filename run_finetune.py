@@ -28,7 +28,7 @@ import logging
 from dataclasses import fields
 
 from modeling_trajfm import CompareResult, FinetuneResult, FinetuneTrainingArguments, compare, finetune
-from modeling_trajfm.arguments import parse_arguments, setup_logging
+from modeling_trajfm.arguments import end_distributed, parse_arguments, setup_logging
 from modeling_trajfm.downstream import TaskConfig
 from modeling_trajfm.finetuning import FinetuneArguments, check_heldout_users_argument
 from tokenization_trajfm import CorpusConfig
@@ -56,3 +56,4 @@ def main(argv: list[str] | None = None) -> FinetuneResult | CompareResult:
 
 if __name__ == "__main__":
     main()
+    end_distributed()

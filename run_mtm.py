@@ -21,7 +21,7 @@ import logging
 from transformers import TrainerCallback
 
 from modeling_trajfm import MTMArguments, MTMModelArguments, MTMTrainingArguments, PretrainingResult, pretrain
-from modeling_trajfm.arguments import parse_arguments, setup_logging
+from modeling_trajfm.arguments import end_distributed, parse_arguments, setup_logging
 from modeling_trajfm.pretraining import check_pretraining_arguments
 from tokenization_trajfm import CorpusConfig
 
@@ -45,3 +45,4 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
 
 if __name__ == "__main__":
     main()
+    end_distributed()

@@ -130,3 +130,12 @@ class NoPinMemoryWithoutAccelerator:
         super().__post_init__()
         if self.use_cpu or not torch.accelerator.is_available():
             self.dataloader_pin_memory = False
+
+
+def end_distributed() -> None:
+    """Wait for every rank, then tear the process group down before the interpreter exits: a rank that exits while
+    its process group is still alive can abort in the group's destructor ("terminate called without an active
+    exception") while another rank is still saving."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
