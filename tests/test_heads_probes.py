@@ -18,8 +18,8 @@ from modeling_trajfm.downstream.embeddings import (
     linear_probe_scores,
     prototype_scores,
 )
-from modeling_trajfm.downstream.forms import FormScores, choose_form, embedding_forms, f1_threshold, threshold_scores
-from modeling_trajfm.downstream.metrics import ranking_metrics
+from modeling_trajfm.downstream.forms import FormScores, choose_form, embedding_forms, threshold_scores
+from modeling_trajfm.downstream.metrics import f1_threshold, ranking_metrics
 from modeling_trajfm.downstream.probes import frozen_probes
 from modeling_trajfm.finetuning import (
     load_encoder,

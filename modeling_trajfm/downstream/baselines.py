@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from .metrics import f1_threshold
+
 
 def majority_scores(train_labels: Iterable[int], n_examples: int, n_classes: int) -> np.ndarray:
     """Score matrix ranking classes by training frequency, identical for every example; -100 labels are ignored."""
@@ -179,18 +181,10 @@ class PairSimilarityThreshold:
         cells_b: Sequence[Sequence[int]],
         labels: Sequence[int],
     ) -> PairSimilarityThreshold:
-        """`documents` (e.g. the training trajectories) define the IDF; the threshold maximises F1 on the pairs."""
+        """`documents` (e.g. the training trajectories) define the IDF; the threshold maximises F1 on the pairs (0,
+        every pair positive, is a candidate too)."""
         self.tfidf.fit(documents)
-        sims = self.similarities(cells_a, cells_b)
-        labels = np.asarray(labels)
-        best, best_f1 = 0.0, -1.0
-        for t in np.unique(np.concatenate([sims, [0.0]])):
-            predicted = sims >= t
-            tp = int((predicted & (labels == 1)).sum())
-            f1 = 2 * tp / (predicted.sum() + (labels == 1).sum()) if tp else 0.0
-            if f1 > best_f1:
-                best, best_f1 = float(t), f1
-        self.threshold = best
+        self.threshold = f1_threshold(self.similarities(cells_a, cells_b), labels, also_try=(0.0,))
         return self
 
     def predict(self, cells_a: Sequence[Sequence[int]], cells_b: Sequence[Sequence[int]]) -> np.ndarray:

@@ -105,6 +105,11 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of each row of `a` with the same row of `b` (a zero row scores 0)."""
+    return (_unit(a) * _unit(b)).sum(axis=1)
+
+
 def prototype_scores(train_embeddings: np.ndarray, train_labels: Sequence[int], query_embeddings: np.ndarray,
                      n_classes: int) -> np.ndarray:
     """Cosine of each query with each class prototype (mean of the class's unit-length training embeddings);
@@ -164,4 +169,5 @@ __all__ = [
     "knn_scores",
     "linear_probe_scores",
     "prototype_scores",
+    "row_cosines",
 ]

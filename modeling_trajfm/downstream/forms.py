@@ -24,7 +24,8 @@ from tokenization_trajfm import TrajTokenizer
 
 from ..modeling_trajbert import TrajBertPreTrainedModel
 from .builders import PRIMARY_METRIC, PreparedTask, task_metrics
-from .embeddings import contrastive_finetune, embed_trajectories, knn_scores, prototype_scores
+from .embeddings import contrastive_finetune, embed_trajectories, knn_scores, prototype_scores, row_cosines
+from .metrics import f1_threshold
 from .probes import LINKING, PROBE_SETTINGS
 
 #: The embedding forms of each entry that has any.
@@ -38,20 +39,6 @@ class FormScores:
 
     validation: np.ndarray | None
     test: np.ndarray
-
-
-def f1_threshold(similarities: np.ndarray, labels: np.ndarray) -> float:
-    """The threshold `t` (predict 1 when similarity >= t) with the best F1 on these pairs; the lowest on ties."""
-    similarities, labels = np.asarray(similarities, dtype=np.float64), np.asarray(labels)
-    best, best_f1 = float(similarities.min(initial=0.0)), -1.0
-    positives = int((labels == 1).sum())
-    for t in np.unique(similarities):
-        predicted = similarities >= t
-        tp = int((predicted & (labels == 1)).sum())
-        f1 = 2 * tp / (int(predicted.sum()) + positives) if tp else 0.0
-        if f1 > best_f1:
-            best, best_f1 = float(t), f1
-    return best
 
 
 def threshold_scores(similarities: np.ndarray, threshold: float) -> np.ndarray:
@@ -105,11 +92,8 @@ def _pair_forms(embed, task: PreparedTask) -> dict[str, FormScores]:
     def cosines(columns: dict[str, list]) -> np.ndarray:
         if not columns.get("label"):
             return np.zeros(0)
-        a = embed(columns["cells_a"], columns["timestamps_a"])
-        b = embed(columns["cells_b"], columns["timestamps_b"])
-        a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-        b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-        return (a * b).sum(axis=1)
+        return row_cosines(embed(columns["cells_a"], columns["timestamps_a"]),
+                           embed(columns["cells_b"], columns["timestamps_b"]))
 
     train, validation, test = cosines(task.train), cosines(task.validation), cosines(task.test)
     train_labels = np.asarray(task.train["label"])
@@ -149,4 +133,4 @@ def choose_form(task: PreparedTask, classifier_validation: float | None, forms: 
     return best, known
 
 
-__all__ = ["FORMS", "FormScores", "choose_form", "embedding_forms", "f1_threshold", "threshold_scores"]
+__all__ = ["FORMS", "FormScores", "choose_form", "embedding_forms", "threshold_scores"]

@@ -66,6 +66,18 @@ def binary_f1(predictions: Sequence[int], labels: Sequence[int], positive: int =
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
+def f1_threshold(similarities: Sequence[float], labels: Sequence[int], also_try: Sequence[float] = ()) -> float:
+    """The threshold `t` (predict 1 when similarity >= t) with the best `binary_f1` on these pairs, among the
+    similarities themselves and `also_try`; the lowest on ties, 0 without candidates."""
+    similarities, labels = np.asarray(similarities, dtype=np.float64), np.asarray(labels)
+    best, best_f1 = 0.0, -1.0
+    for t in np.unique(np.concatenate([similarities, np.asarray(also_try, dtype=np.float64)])):
+        f1 = binary_f1((similarities >= t).astype(np.int64), labels)
+        if f1 > best_f1:
+            best, best_f1 = float(t), f1
+    return best
+
+
 def macro_f1(predictions: Sequence, labels: Sequence) -> float:
     """Unweighted mean of per-class F1 over every class that occurs in `labels` or `predictions` (sklearn's default).
 
@@ -135,6 +147,7 @@ __all__ = [
     "binary_f1",
     "binary_metrics",
     "distance_errors_km",
+    "f1_threshold",
     "macro_f1",
     "mean_reciprocal_rank",
     "ranking_metrics",
