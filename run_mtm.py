@@ -16,31 +16,16 @@ folder; `python run_mtm.py --help` lists every argument). Bad arguments raise Va
 
 from __future__ import annotations
 
-import logging
-
 from transformers import TrainerCallback
 
-from modeling_trajfm import MTMArguments, MTMModelArguments, MTMTrainingArguments, PretrainingResult, pretrain
-from modeling_trajfm.arguments import end_distributed, parse_arguments, setup_logging
-from modeling_trajfm.pretraining import check_pretraining_arguments
-from tokenization_trajfm import CorpusConfig
-
-logger = logging.getLogger("run_mtm")
-
-
-def parse_args(argv: list[str] | None = None) -> tuple[CorpusConfig, MTMModelArguments, MTMArguments,
-                                                       MTMTrainingArguments]:
-    (model_args, corpus, mtm_args, training_args), _ = parse_arguments(
-        (MTMModelArguments, CorpusConfig, MTMArguments, MTMTrainingArguments), argv)
-    check_pretraining_arguments(corpus, model_args, mtm_args, training_args)
-    return corpus, model_args, mtm_args, training_args
+from modeling_trajfm import PretrainingResult
+from modeling_trajfm.arguments import end_distributed
+from modeling_trajfm.pretraining import pretrain_from_argv
 
 
 def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> PretrainingResult:
     """Run MTM pre-training with command-line style arguments (`argv`, default `sys.argv[1:]`)."""
-    corpus, model_args, mtm_args, training_args = parse_args(argv)
-    setup_logging(training_args, logger, logging.getLogger("modeling_trajfm"))
-    return pretrain(corpus, model_args, mtm_args, training_args, callbacks=callbacks)
+    return pretrain_from_argv(argv, callbacks)
 
 
 if __name__ == "__main__":

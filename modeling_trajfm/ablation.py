@@ -27,12 +27,11 @@ from typing import Any
 
 import numpy as np
 
-import run_mtm
-
 from .downstream.builders import PreparedTask, TaskConfig
 from .downstream.compare import INITS
 from .downstream.probes import DESTINATION, LINKING, PROBE_SETTINGS, frozen_probes
 from .finetuning import load_encoder, load_task_data
+from .pretraining import pretrain_from_argv
 
 logger = logging.getLogger(__name__)
 
@@ -241,10 +240,10 @@ def _save(study: dict[str, Any], output_dir: Path) -> None:
 
 def _pretrain_and_probe(argv: list[str], seed: int, run_dir: Path, checkpoint: Path, record: dict[str, Any],
                         task_config: TaskConfig | None) -> None:
-    """Pre-train with `run_mtm.main(argv)` and probe the checkpoint on validation, filling `record` as it goes (a
-    failure keeps what was measured before it)."""
+    """Pre-train with `pretrain_from_argv(argv)` (what `python run_mtm.py ARGV` runs) and probe the checkpoint on
+    validation, filling `record` as it goes (a failure keeps what was measured before it)."""
     started = time.perf_counter()
-    result = run_mtm.main(argv)
+    result = pretrain_from_argv(argv)
     record["pretrain_seconds"] = time.perf_counter() - started
     record["eval_perplexity"] = result.metrics.get("eval_perplexity")
     record["init_eval_perplexity"] = result.metrics.get("init_eval_perplexity")
@@ -265,7 +264,7 @@ def _pretrain_and_probe(argv: list[str], seed: int, run_dir: Path, checkpoint: P
 def run_ablation(rows: Sequence[AblationRow], seeds: Sequence[int], base_args: Sequence[str],
                  output_dir: str | Path, keep_checkpoints: bool = False, task_config: TaskConfig | None = None
                  ) -> dict[str, Any]:
-    """Pre-train every row with every seed (`run_mtm.main(base_args + row.args + ["--seed", seed, "--output_dir",
+    """Pre-train every row with every seed (`pretrain_from_argv(base_args + row.args + ["--seed", seed, "--output_dir",
     ...])`) and probe each checkpoint on validation (`validation_probes`, split seed = that seed).
 
     `base_args` should fix `--split_seed`, so every run holds out the same users. After every run

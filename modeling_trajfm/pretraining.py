@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from tokenization_trajfm.corpus import SOURCE_FIELDS, select_users
 from tokenization_trajfm.prepare import CORPUS_LAYOUT, sequence_files, vocab_regime
 from tokenization_trajfm.subhash import SPELLINGS, max_cell_tokens, shortest_sequence
 
-from .arguments import NoPinMemoryWithoutAccelerator
+from .arguments import NoPinMemoryWithoutAccelerator, parse_arguments, setup_logging
 from .cards import PLOT_FILE, build_mtm_card
 from .configuration_trajbert import TrajBertConfig
 from .data_collator import DataCollatorForWholeHexagonMasking
@@ -781,6 +782,24 @@ def pretrain(
         _print_summary(output_dir, metrics)
     return PretrainingResult(output_dir=str(output_dir), metrics=metrics, model=trainer.model, tokenizer=tokenizer,
                              datasets=tokenized, split=staged.users)
+
+
+def parse_pretraining_arguments(argv: Sequence[str] | None = None
+                                ) -> tuple[CorpusConfig, MTMModelArguments, MTMArguments, MTMTrainingArguments]:
+    """`run_mtm.py`'s command line (`argv`, default `sys.argv[1:]`; an argument file may come first) → the checked
+    arguments of `pretrain`."""
+    (model_args, corpus, mtm_args, training_args), _ = parse_arguments(
+        (MTMModelArguments, CorpusConfig, MTMArguments, MTMTrainingArguments), argv)
+    check_pretraining_arguments(corpus, model_args, mtm_args, training_args)
+    return corpus, model_args, mtm_args, training_args
+
+
+def pretrain_from_argv(argv: Sequence[str] | None = None, callbacks: list[TrainerCallback] | None = None
+                       ) -> PretrainingResult:
+    """`python run_mtm.py ARGS` as a call: parse `argv`, log as the script does, and `pretrain`."""
+    corpus, model_args, mtm_args, training_args = parse_pretraining_arguments(argv)
+    setup_logging(training_args, logging.getLogger("run_mtm"), logging.getLogger("modeling_trajfm"))
+    return pretrain(corpus, model_args, mtm_args, training_args, callbacks=callbacks)
 
 
 def _print_summary(output_dir: Path, metrics: dict[str, float]) -> None:

@@ -16,7 +16,6 @@ from conftest import REPO, TINY_CORPUS_ARGS
 sys.path.insert(0, str(REPO))
 
 import run_ablation  # noqa: E402
-import run_mtm  # noqa: E402
 from modeling_trajfm import ablation  # noqa: E402
 from modeling_trajfm.ablation import (  # noqa: E402
     FIGURES,
@@ -121,9 +120,9 @@ def study(tmp_path_factory):
         seen.append(len(json.loads(results.read_text())["runs"]) if results.is_file() else 0)
         return real(argv, callbacks)
 
-    real = run_mtm.main
+    real = ablation.pretrain_from_argv
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(run_mtm, "main", counting)
+        patch.setattr(ablation, "pretrain_from_argv", counting)
         result = run_ablation.main([f"--base_args={shlex.join(BASE_ARGS)}", "--rows", str(rows_file), "--seeds",
                                     *map(str, SEEDS), "--output_dir", str(out)])
     return out, result, seen
@@ -191,7 +190,7 @@ def test_resume_skips_finished_runs(study, tmp_path, monkeypatch, capsys):
         calls.append(argv)
         raise ValueError("not run")
 
-    monkeypatch.setattr(run_mtm, "main", failing)
+    monkeypatch.setattr(ablation, "pretrain_from_argv", failing)
     again = ablation.run_ablation(load_rows(ROWS), SEEDS, BASE_ARGS, moved)
     assert len(calls) == 2 and all("--no_such_argument" in argv for argv in calls)  # only failed runs retried
     assert _runs(again, "default") == _runs(result, "default")
