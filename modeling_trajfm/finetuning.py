@@ -536,9 +536,10 @@ def finetune_trainer(model, args: FinetuneTrainingArguments, train_dataset: data
 
 
 def _run_one(prepared: _Prepared, entry: str, init: str, training_args: FinetuneTrainingArguments,
-             output_dir: Path) -> tuple[dict[str, float], np.ndarray]:
+             output_dir: Path) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Fine-tune one (task entry, init) with checkpoint selection on validation; save model, tokenizer, metrics, task
-    report and card in `output_dir`. Returns the test metrics and test logits."""
+    report and card in `output_dir`. Returns the test metrics, the answer's test scores and the classifier's test
+    logits (the same when the classifier answers)."""
     task = prepared.tasks[entry]
     datasets_ = prepared.encoded[entry]
     train_dataset, test_dataset = datasets_["train"], datasets_["test"]
@@ -563,7 +564,7 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Finetune
         train_metrics["epochs_trained"] = trainer.state.epoch
     trainer.compute_metrics = None  # it scores validation; test is scored below, once
     prediction = trainer.predict(test_dataset, metric_key_prefix="test")
-    logits = _logits(prediction)
+    classifier_logits = logits = _logits(prediction)
     metrics = {f"test_{k}": v for k, v in task_metrics(task, logits).items()}
     metrics["test_loss"] = prediction.metrics.get("test_loss")
     metrics = {k: v for k, v in metrics.items() if v is not None}
@@ -603,7 +604,7 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Finetune
         if push:
             repo_id = args.hub_model_id or output_dir.name
             push_checkpoint(output_dir, repo_id, card, token=args.hub_token, private=args.hub_private_repo)
-    return metrics, logits
+    return metrics, logits, classifier_logits
 
 
 def finetune(
@@ -623,7 +624,7 @@ def finetune(
     prepared = prepare(model_name_or_path, task_config, [entry], training_args, corpus_overrides)
     output_dir = Path(training_args.output_dir)
     logger.info("Fine-tuning %s from %s init -> %s", entry, init, output_dir)
-    metrics, _ = _run_one(prepared, entry, init, training_args, output_dir)
+    metrics, _, _ = _run_one(prepared, entry, init, training_args, output_dir)
     return FinetuneResult(entry, init, metrics, str(output_dir))
 
 
@@ -645,17 +646,22 @@ def compare(
     output_root = Path(training_args.output_dir)
     results: dict[str, dict[str, dict[str, float]]] = {}
     logits: dict[str, dict[str, np.ndarray]] = {}
+    classifier_logits: dict[str, dict[str, np.ndarray]] = {}  # entries an embedding form may answer
     for entry in prepared.tasks:
         results[entry], logits[entry] = {}, {}
         for init in INITS:
             folder = output_root / entry / init
             folder.mkdir(parents=True, exist_ok=True)
             logger.info("Fine-tuning %s from %s init -> %s", entry, init, folder)
-            results[entry][init], logits[entry][init] = _run_one(prepared, entry, init, training_args, folder)
+            results[entry][init], logits[entry][init], classifier = _run_one(prepared, entry, init, training_args,
+                                                                             folder)
+            if "test_answer_form" in results[entry][init]:
+                classifier_logits.setdefault(entry, {})[init] = classifier
     probes = {init: frozen_probes(load_encoder(prepared.model_path, prepared.base_config, init, training_args.seed),
                                   prepared.tokenizer, prepared.tasks, training_args.seed,
                                   training_args.per_device_eval_batch_size) for init in INITS}
-    report = compare_report(results, prepared.tasks, logits, seed=training_args.seed, probes=probes)
+    report = compare_report(results, prepared.tasks, logits, seed=training_args.seed, probes=probes,
+                            classifier_logits=classifier_logits)
     if training_args.process_index == 0:
         (output_root / "compare_report.json").write_text(json.dumps(report, indent=1, default=str))
         markdown = compare_markdown(report)

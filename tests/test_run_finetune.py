@@ -189,6 +189,12 @@ def test_compare_report(checkpoint, tmp_path):
     if f1["random"]:
         assert math.isclose(report["avg_f1_improvement_pct_classifier"],
                             100 * (f1["pretrained"] - f1["random"]) / f1["random"], rel_tol=1e-9, abs_tol=1e-9)
+        lo, hi = report["avg_f1_improvement_pct_classifier_ci95"]
+        assert lo <= report["avg_f1_improvement_pct_classifier"] <= hi
+    for t in report["tasks"].values():  # the classifiers' own intervals (the logits are kept when a form answers)
+        for init in ("pretrained", "random"):
+            lo, hi = t["ci95"][init][f"classifier_{t['primary_metric']}"]
+            assert lo <= t[init][f"classifier_{t['primary_metric']}"] <= hi
     assert (out / "compare_report.md").read_text().startswith("# Fine-tuning")
     # Heads beside the classifier, what each row sees, and the frozen-encoder probes (pre-trained vs random init).
     linking = report["tasks"]["user_association_linking"]

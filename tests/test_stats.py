@@ -123,3 +123,35 @@ def test_report_intervals_for_every_scorer_and_the_paired_improvement():
     assert report["bootstrap"]["resamples"] == 300
     markdown = compare_markdown(report)
     assert f"[{lo:+.1f}%, {hi:+.1f}%]" in markdown and "confidence intervals" in markdown
+
+
+def test_classifier_protocol_intervals_come_from_the_classifiers_logits():
+    """An entry answered by an embedding form keeps its classifier's logits: the report bootstraps the classifiers'
+    own metrics and the classifier-protocol improvement from them, on the same resamples as the answers."""
+    rng = np.random.default_rng(2)
+    tasks = _tasks(rng)
+    logits, classifiers, results = {}, {}, {}
+    for entry, task in tasks.items():
+        k, labels = len(task.label_names), task.test["label"]
+        logits[entry] = {"pretrained": _noisy(rng, labels, k, 0.8), "random": _noisy(rng, labels, k, 0.8)}
+        classifiers[entry] = {"pretrained": _noisy(rng, labels, k, 0.9), "random": _noisy(rng, labels, k, 0.2)}
+        results[entry] = {}
+        for init in logits[entry]:
+            answer = task_metrics(task, logits[entry][init])
+            classifier = task_metrics(task, classifiers[entry][init])
+            results[entry][init] = {f"test_{m}": v for m, v in answer.items()} | {
+                f"test_classifier_{m}": v for m, v in classifier.items()} | {"test_answer_form": "similarity"}
+    report = compare_report(results, tasks, logits, seed=0, n_resamples=300, classifier_logits=classifiers)
+    for t in report["tasks"].values():
+        for init in ("pretrained", "random"):
+            for metric in (t["primary_metric"], t["selection_metric"]):
+                lo, hi = t["ci95"][init][f"classifier_{metric}"]
+                assert lo <= t[init][f"classifier_{metric}"] <= hi
+                assert t["ci95"][init][metric] != [lo, hi]  # the answer's interval is its own
+    lo, hi = report["avg_f1_improvement_pct_classifier_ci95"]
+    assert lo <= report["avg_f1_improvement_pct_classifier"] <= hi and lo > 0  # 0.9 vs 0.2: clearly better
+    assert report["avg_f1_improvement_pct_ci95"][1] < lo  # the answers are of the same quality for both inits
+    assert report["avg_f1_improvement_pct_paper_tasks_classifier_ci95"] is not None
+    assert f"[{lo:+.1f}%, {hi:+.1f}%] over all entries" in compare_markdown(report)
+    without = compare_report(results, tasks, logits, seed=0, n_resamples=300)
+    assert "avg_f1_improvement_pct_classifier_ci95" not in without

@@ -13,7 +13,9 @@ Confidence intervals (`downstream.stats`): per entry, `ci95[scorer][metric]` = [
 metric and primary F1, for both inits and every baseline, from a seeded percentile bootstrap over the test examples
 (pair tasks: over anchor trajectories, each with all its pairs). Every scorer of an entry is evaluated on the same
 resamples. The improvement's interval is a paired bootstrap: resample b draws one resample per entry, both inits
-are scored on it, and the formula above is applied to those F1s; the interval is the percentiles over b.
+are scored on it, and the formula above is applied to those F1s; the interval is the percentiles over b. Given the
+classifiers' test logits of entries an embedding form answers, `ci95[init]["classifier_<metric>"]` and the
+`avg_f1_improvement_pct[_paper_tasks]_classifier_ci95` intervals come from the same resamples.
 
 Each entry says what its model sees (`inputs`) and compares it only with the baselines that see nothing more
 (`same_inputs`: "beats" means beats those). The optional `probes` section holds the frozen-encoder probes of
@@ -102,35 +104,48 @@ def resample_test_rows(task: PreparedTask, n_resamples: int, seed: int | list[in
 
 
 def _bootstrap(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTask],
-               logits: dict[str, dict[str, np.ndarray]], seed: int, n_resamples: int) -> dict[str, Any]:
-    """ci95 per entry and scorer, and the paired intervals of the average-F1 improvements (module docstring)."""
-    ci, f1 = {}, {}  # f1[entry][init] = primary F1 per resample
+               logits: dict[str, dict[str, np.ndarray]], seed: int, n_resamples: int,
+               classifier_logits: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
+    """ci95 per entry and scorer, and the paired intervals of the average-F1 improvements (module docstring); with
+    `classifier_logits`, the classifiers' intervals too (`ci95[init]["classifier_<metric>"]`)."""
+    ci, f1 = {}, {}  # f1[entry][scorer] = primary F1 per resample; scorer (init, "classifier") for the classifiers
+    classifier_logits = classifier_logits or {}
     for index, entry in enumerate(results):
         task = tasks[entry]
         resamples = resample_test_rows(task, n_resamples, [seed, index])
         scorers = {init: logits[entry][init] for init in INITS} | task.baseline_scores
+        scorers |= {(init, "classifier"): scores for init, scores in classifier_logits.get(entry, {}).items()}
         metrics = sorted({PRIMARY_METRIC[entry], PRIMARY_F1[entry]})
         ci[entry], f1[entry] = {}, {}
         for name, scores in scorers.items():
             statistic = resampled_metrics(task, scores)
             values = [statistic(rows) for rows in resamples]
-            ci[entry][name] = {m: percentile_interval([v[m] for v in values]) for m in metrics}
+            intervals = {m: percentile_interval([v[m] for v in values]) for m in metrics}
+            if isinstance(name, tuple):
+                ci[entry][name[0]] |= {f"classifier_{m}": interval for m, interval in intervals.items()}
+            else:
+                ci[entry][name] = intervals
             f1[entry][name] = np.array([v[PRIMARY_F1[entry]] for v in values])
 
-    def improvement_ci(entries: Iterable[str]) -> list[float] | None:
+    def improvement_ci(entries: Iterable[str], form: str | None = None) -> list[float] | None:
         entries = [e for e in entries if e in f1]
         if not entries:
             return None
-        pre = np.mean([f1[e]["pretrained"] for e in entries], axis=0)
-        rand = np.mean([f1[e]["random"] for e in entries], axis=0)
-        return percentile_interval([relative_improvement(p, r) for p, r in zip(pre, rand)])
+        pre, rand = ([f1[e].get((init, form), f1[e][init]) for e in entries] for init in INITS)
+        return percentile_interval([relative_improvement(p, r)
+                                    for p, r in zip(np.mean(pre, axis=0), np.mean(rand, axis=0))])
 
-    return {
+    has_paper_tasks = all(e in results for e in PAPER_TASKS)
+    out = {
         "ci95": ci,
         "avg_f1_improvement_pct_ci95": improvement_ci(results),
-        "avg_f1_improvement_pct_paper_tasks_ci95": improvement_ci(PAPER_TASKS)
-        if all(e in results for e in PAPER_TASKS) else None,
+        "avg_f1_improvement_pct_paper_tasks_ci95": improvement_ci(PAPER_TASKS) if has_paper_tasks else None,
     }
+    if classifier_logits:
+        out["avg_f1_improvement_pct_classifier_ci95"] = improvement_ci(results, "classifier")
+        out["avg_f1_improvement_pct_paper_tasks_classifier_ci95"] = (
+            improvement_ci(PAPER_TASKS, "classifier") if has_paper_tasks else None)
+    return out
 
 
 def comparable_baselines(model_inputs: str, baselines: dict[str, dict]) -> list[str]:
@@ -171,10 +186,13 @@ def probes_section(probes: dict[str, dict[str, dict[str, dict[str, float]]]]) ->
 
 def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTask],
                    logits: dict[str, dict[str, np.ndarray]] | None = None, seed: int = 0,
-                   n_resamples: int = N_RESAMPLES, probes: dict[str, dict] | None = None) -> dict[str, Any]:
+                   n_resamples: int = N_RESAMPLES, probes: dict[str, dict] | None = None,
+                   classifier_logits: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
     """`results[entry][init]` = test metrics (keys `test_*`) → the report (see the module docstring); with the test
-    `logits[entry][init]`, bootstrap 95% intervals too (`seed`, `n_resamples`); `probes`
-    (`probes[init][entry][probe]` = metrics of the frozen encoder) adds the `probes` section."""
+    `logits[entry][init]` of the answers, bootstrap 95% intervals too (`seed`, `n_resamples`), and with the
+    classifiers' test logits (`classifier_logits[entry][init]`, for entries an embedding form answers) those of the
+    classifier protocol; `probes` (`probes[init][entry][probe]` = metrics of the frozen encoder) adds the `probes`
+    section."""
     report_tasks = {}
     for entry, by_init in results.items():
         pre = {k.removeprefix("test_"): v for k, v in by_init["pretrained"].items()}
@@ -211,7 +229,7 @@ def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, Prepare
             avg_f1_improvement(report_tasks, PAPER_TASKS, "classifier")
             if all(e in report_tasks for e in PAPER_TASKS) else None)
     if logits is not None:
-        intervals = _bootstrap(results, tasks, logits, seed, n_resamples)
+        intervals = _bootstrap(results, tasks, logits, seed, n_resamples, classifier_logits)
         for entry, by_scorer in intervals.pop("ci95").items():
             report_tasks[entry]["ci95"] = by_scorer
         report.update(intervals)
@@ -269,8 +287,11 @@ def compare_markdown(report: dict[str, Any]) -> str:
                       f"{_fmt_interval(report.get('avg_f1_improvement_pct_paper_tasks_ci95'), '%')}."]
     if "avg_f1_improvement_pct_classifier" in report:
         paper_classifier = report.get("avg_f1_improvement_pct_paper_tasks_classifier")
-        parts = [f"{_fmt_pct(report['avg_f1_improvement_pct_classifier'])} over all entries",
-                 f"{_fmt_pct(paper_classifier)} over the paper's three tasks"]
+        parts = [f"{_fmt_pct(report['avg_f1_improvement_pct_classifier'])}"
+                 f"{_fmt_interval(report.get('avg_f1_improvement_pct_classifier_ci95'), '%')} over all entries",
+                 f"{_fmt_pct(paper_classifier)}"
+                 f"{_fmt_interval(report.get('avg_f1_improvement_pct_paper_tasks_classifier_ci95'), '%')} over the "
+                 "paper's three tasks"]
         lines += ["", "With the classifiers alone (the paper's protocol; entries answered by an embedding form use "
                       f"their `classifier_*` F1): {', '.join(parts)}."]
     if "bootstrap" in report:
