@@ -118,7 +118,11 @@ class MTMModelArguments:
         metadata={"help": "Sub-hash vocabulary size of a new tokenizer. Choose it relative to the number of distinct "
                   "cells (logged): at or above it every cell is its own token and sub-hashing does nothing."},
     )
-    spelling: str = field(default="hex", metadata={"help": f"Sub-hash spelling of a new tokenizer: {SPELLINGS}."})
+    spelling: str = field(
+        default="hierarchy",
+        metadata={"help": f"Sub-hash spelling of a new tokenizer: {SPELLINGS} (hierarchy: chosen by the NYC "
+                  "ablation, README)."},
+    )
     hidden_size: int = field(default=128, metadata={"help": "Encoder width."})
     num_hidden_layers: int = field(default=2, metadata={"help": "Encoder layers."})
     num_attention_heads: int = field(default=4, metadata={"help": "Attention heads (must divide hidden_size)."})
@@ -169,11 +173,12 @@ class MTMArguments:
     mask_replace_prob: float = field(default=0.8, metadata={"help": "Masked hexagons replaced by [MASK]."})
     random_replace_prob: float = field(default=0.1, metadata={"help": "Masked hexagons replaced by random tokens."})
     contrastive_weight: float = field(
-        default=0.0,
+        default=0.5,
         metadata={"help": "Weight of a trajectory-level contrastive term beside MTM: each training trajectory is "
                   "masked twice, the two views' mean-pooled embeddings are positives and the batch's other "
-                  "trajectories negatives (InfoNCE). MTM alone blurs which trajectory is which; this keeps it. "
-                  "0: MTM only (the paper). Doubles the rows of a batch; not with packing."},
+                  "trajectories negatives (InfoNCE). MTM alone blurs which trajectory is which; this keeps it "
+                  "(0.5: chosen by the NYC ablation, README). 0: MTM only (the paper). Doubles the rows of a batch; "
+                  "not with packing."},
     )
     contrastive_temperature: float = field(default=0.1, metadata={"help": "Temperature of the contrastive term."})
     pack_sequences: str = field(
@@ -208,7 +213,8 @@ class MTMArguments:
             raise ValueError(f"--contrastive_weight must be >= 0 and --contrastive_temperature > 0, got "
                              f"{self.contrastive_weight} and {self.contrastive_temperature}.")
         if self.contrastive_weight > 0 and self.pack_sequences == "true":
-            raise ValueError("--contrastive_weight needs one trajectory per row: drop --pack_sequences true.")
+            raise ValueError("--contrastive_weight needs one trajectory per row: drop --pack_sequences true, or "
+                             "pass --contrastive_weight 0 (MTM only) to pack.")
 
 
 @dataclass

@@ -32,7 +32,7 @@ from modeling_trajfm.finetuning import load_encoder, load_task_data  # noqa: E40
 
 BASE_ARGS = [*TINY_CORPUS_ARGS, "--heldout_fraction", "0.5", "--split_seed", "0", "--hidden_size", "32",
              "--num_hidden_layers", "1", "--num_attention_heads", "2", "--intermediate_size", "64", "--vocab_size",
-             "100", "--max_seq_length", "64", "--per_device_train_batch_size", "8", "--max_steps", "4",
+             "150", "--max_seq_length", "64", "--per_device_train_batch_size", "8", "--max_steps", "4",
              "--eval_steps", "2", "--save_strategy", "no", "--disable_tqdm", "true", "--use_cpu",
              "--dataloader_num_workers", "0", "--report_to", "none"]
 ROWS = {"unknown argument": "--no_such_argument 1", "default": ""}
@@ -224,4 +224,4 @@ def test_nyc_config_parses():
     base = shlex.split(args.base_args)
     assert args.seeds == [7] and base[base.index("--split_seed") + 1] == "42" and "--save_strategy" in base
     rows = load_rows(args.rows)
-    assert len(rows) == 9 and rows[0].args == [] and rows[-1].args == ["--contrastive_weight", "0.5"]
+    assert len(rows) == 11 and rows[0].args == [] and rows[8].args == ["--contrastive_weight", "0.5"]

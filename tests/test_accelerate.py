@@ -20,7 +20,7 @@ ACCELERATE = str(BIN / "accelerate") if (BIN / "accelerate").exists() else shuti
 TORCHRUN = str(BIN / "torchrun") if (BIN / "torchrun").exists() else shutil.which("torchrun")
 CPU_CONFIG = REPO / "configs" / "accelerate_cpu_2proc.yaml"
 TINY = ["--synthetic_users", "40", "--synthetic_days", "14", "--hidden_size", "32", "--num_hidden_layers", "1",
-        "--num_attention_heads", "2", "--intermediate_size", "64", "--vocab_size", "100", "--max_seq_length", "64",
+        "--num_attention_heads", "2", "--intermediate_size", "64", "--vocab_size", "150", "--max_seq_length", "64",
         "--per_device_train_batch_size", "8", "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no",
         "--disable_tqdm", "true", "--use_cpu", "--dataloader_num_workers", "0", "--ddp_find_unused_parameters",
         "false"]

@@ -123,7 +123,7 @@ def test_corpus_config_errors_say_what_to_change(tmp_path):
 def test_pretrain_then_finetune_from_python(tmp_path):
     """The README's Python example at tiny sizes: plain config objects in, result objects out."""
     corpus = CorpusConfig(**TINY_CORPUS)
-    model_args = MTMModelArguments(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    model_args = MTMModelArguments(vocab_size=150, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                    intermediate_size=64)
     args = MTMTrainingArguments(output_dir=str(tmp_path / "base"), max_steps=4, per_device_train_batch_size=8,
                                 eval_strategy="no", save_strategy="no", use_cpu=True, disable_tqdm=True)

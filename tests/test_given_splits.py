@@ -111,7 +111,7 @@ def dataset_folder(tiny_checkpoint, tmp_path_factory):
 
 def test_pretrain_and_finetune_from_a_local_dataset(dataset_folder, tmp_path):
     base = tmp_path / "base"
-    run_mtm.main(["--dataset_name", str(dataset_folder), "--output_dir", str(base), "--vocab_size", "100",
+    run_mtm.main(["--dataset_name", str(dataset_folder), "--output_dir", str(base), "--vocab_size", "150",
                   "--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2",
                   "--intermediate_size", "64", "--max_seq_length", "64", *TRAINING])
     description = CorpusDescription.load(base)

@@ -18,7 +18,7 @@ SCRIPT = ROOT / "run_mtm.py"
 TINY = [
     "--synthetic_users", "60", "--synthetic_days", "14",
     "--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--intermediate_size", "64",
-    "--vocab_size", "100", "--max_seq_length", "64", "--per_device_train_batch_size", "8",
+    "--vocab_size", "150", "--max_seq_length", "64", "--per_device_train_batch_size", "8",
     "--max_steps", "4", "--eval_steps", "2", "--save_steps", "2", "--disable_tqdm", "true", "--use_cpu",
 ]
 RELOAD = """

@@ -82,7 +82,7 @@ def test_vocabulary_and_sequences_equal_in_memory_training_and_tokenization(mess
     folder, description = _prepare(messy_csv, tmp_path / "corpus", num_partitions=3)
     trajectories = read_shards(folder, "trajectories")
     train = trajectories.filter(pc.equal(trajectories["split"], "train"))
-    expected = TrajTokenizer.train(train, vocab_size=300)
+    expected = TrajTokenizer.train(train, vocab_size=300, spelling=PrepareArguments().spelling)
     tokenizer = TrajTokenizer.from_pretrained(folder / "tokenizer")
     assert tokenizer.get_vocab() == expected.get_vocab()
     sequences = read_shards(folder, "sequences")

@@ -194,7 +194,8 @@ def test_two_ranks_train_on_their_own_parts(corpus_dir, tmp_path):
     cmd = [TORCHRUN, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", _port(),
            str(REPO / "tests" / "rank_batches_driver.py"), str(tmp_path),
            *_args(corpus_dir, tmp_path / "ddp", *STREAM, "--max_steps", str(steps), "--eval_strategy", "no",
-                  "--do_eval", "false", "--save_strategy", "no", "--ddp_find_unused_parameters", "false")]
+                  "--do_eval", "false", "--save_strategy", "no", "--ddp_find_unused_parameters", "false",
+                  "--contrastive_weight", "0")]  # one row per trajectory, as the stream yields them
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     stream = corpus_sequences(corpus_dir, "train", streaming=True)

@@ -41,7 +41,7 @@ TINY = [
     "--intermediate_size",
     "64",
     "--vocab_size",
-    "100",
+    "150",
     "--max_seq_length",
     "64",
     "--per_device_train_batch_size",
@@ -99,6 +99,10 @@ def test_metrics_and_outputs(basic_run):
     ):
         assert (out / name).is_file(), name
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The defaults are the NYC ablation's choice (README): the contrastive term at 0.5 and the hierarchy spelling.
+    assert json.loads((out / "config.json").read_text())["contrastive_weight"] == 0.5
+    assert json.loads((out / "tokenizer_config.json").read_text())["spelling"] == "hierarchy"
+    assert any("contrastive_loss" in entry for entry in state["log_history"])
     card = (out / "README.md").read_text()
     assert "model-index" in card and "perplexity" in card and f"{metrics['eval_perplexity']:.4g}" in card
     auto_map = json.loads((out / "config.json").read_text())["auto_map"]
@@ -220,7 +224,7 @@ def test_resume_with_changed_arguments_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"training.learning_rate: 0.003 -> 0.005") as error:
         run_mtm.main(_args(out, "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no", "--learning_rate",
                            "5e-3", "--vocab_size", "300"))
-    assert "model.vocab_size: 100 -> 300" in str(error.value)
+    assert "model.vocab_size: 150 -> 300" in str(error.value)
     # --overwrite_output_dir starts again from scratch and drops the old checkpoints.
     run_mtm.main(_args(out, "--max_steps", "2", "--save_steps", "2", "--eval_strategy", "no",
                        "--overwrite_output_dir"))
@@ -276,7 +280,8 @@ def test_torchrun_two_processes_same_format(basic_run, tmp_path):
         (["--mlm_probability", "1.5"], "--mlm_probability must be in (0, 1)"),
         (["--mlm_probability", "0"], "--mlm_probability must be in (0, 1)"),
         (["--mask_replace_prob", "0.8", "--random_replace_prob", "0.3"], "must be <= 1"),
-        (["--max_seq_length", "8"], "--max_seq_length >= 12"),
+        (["--max_seq_length", "8"], "9 'hierarchy' sub-tokens plus 2 special tokens; use --max_seq_length >= 11"),
+        (["--max_seq_length", "8", "--spelling", "hex"], "--max_seq_length >= 12"),
         (["--streaming"], "--max_steps"),
         (["--contrastive_weight", "0.5", "--pack_sequences", "true"], "drop --pack_sequences true"),
         (["--contrastive_weight", "-1"], "--contrastive_weight must be >= 0"),
@@ -370,10 +375,12 @@ class _BatchRows(TrainerCallback):
                                                            ("auto", "group_by_length", False),
                                                            ("auto", "random", True)])
 def test_packing_choice(tmp_path, capsys, choice, sampling, packs):
-    """`auto` packs only random batches that would be mostly padding (the synthetic city's are)."""
+    """`auto` packs only random batches that would be mostly padding (the synthetic city's are at 128 tokens: 47%);
+    packing is for MTM alone (the default contrastive term needs one trajectory per row)."""
     out = tmp_path / choice
     result = run_mtm.main(_args(out, "--max_steps", "2", "--eval_strategy", "no", "--pack_sequences", choice,
-                                "--train_sampling_strategy", sampling))
+                                "--train_sampling_strategy", sampling, "--contrastive_weight", "0",
+                                "--max_seq_length", "128"))
     log = capsys.readouterr().out
     assert ("Packing:" in log) == packs
     assert torch.isfinite(torch.tensor(result.metrics["train_loss"]))

@@ -82,7 +82,10 @@ class PrepareArguments:
     validation_fraction: float = field(default=0.1, metadata={"help": "Share of the other users for validation."})
     split_seed: int = field(default=42, metadata={"help": "Seed of the user split."})
     vocab_size: int = field(default=1000, metadata={"help": "Sub-hash vocabulary size."})
-    spelling: str = field(default="hex", metadata={"help": f"Sub-hash spelling: {', '.join(SPELLINGS)}."})
+    spelling: str = field(
+        default="hierarchy",
+        metadata={"help": f"Sub-hash spelling: {', '.join(SPELLINGS)} (hierarchy: chosen by the NYC ablation)."},
+    )
     max_seq_length: int = field(default=512, metadata={"help": "Longest sequence in tokens (pre-training's)."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an existing corpus folder."})
     spark_master: str | None = field(

@@ -147,6 +147,8 @@ def train_vocab(words: Iterable[str], counts: Iterable[int], spelling: str, voca
         raise TrajInputError(
             f"vocab_size={vocab_size} is too small for the {spelling!r} spelling: it needs at least {minimum} "
             "entries (special tokens plus every single character in both word positions)."
+            + "".join(f" Or choose the {other!r} spelling, which needs {minimum_vocab_size(other)}."
+                      for other in SPELLINGS if minimum_vocab_size(other) <= vocab_size)
         )
     initial, continuation = alphabet(spelling)
     names = initial + [CONTINUATION + ch for ch in continuation]
