@@ -137,6 +137,14 @@ def knn_scores(train_embeddings: np.ndarray, train_labels: Sequence[int], query_
     return scores
 
 
+def retrieval_scores(gallery_embeddings: np.ndarray, gallery_labels: Sequence[int], query_embeddings: np.ndarray,
+                     n_classes: int, k: int = 3) -> dict[str, np.ndarray]:
+    """User linking as retrieval: `{"retrieval_prototype": ..., "retrieval_knn": ...}` score matrices of the queries
+    against a gallery of trajectories whose users are known (`prototype_scores`, `knn_scores` with `k`)."""
+    return {"retrieval_prototype": prototype_scores(gallery_embeddings, gallery_labels, query_embeddings, n_classes),
+            "retrieval_knn": knn_scores(gallery_embeddings, gallery_labels, query_embeddings, n_classes, k)}
+
+
 def linear_probe_scores(train_embeddings: np.ndarray, train_labels: Sequence[int], query_embeddings: np.ndarray,
                         n_classes: int, steps: int = 300, learning_rate: float = 1e-2, weight_decay: float = 1e-3,
                         seed: int = 0) -> np.ndarray:
@@ -169,5 +177,6 @@ __all__ = [
     "knn_scores",
     "linear_probe_scores",
     "prototype_scores",
+    "retrieval_scores",
     "row_cosines",
 ]

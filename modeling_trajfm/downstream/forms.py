@@ -24,7 +24,7 @@ from tokenization_trajfm import TrajTokenizer
 
 from ..modeling_trajbert import TrajBertPreTrainedModel
 from .builders import PRIMARY_METRIC, PreparedTask, task_metrics
-from .embeddings import contrastive_finetune, embed_trajectories, knn_scores, prototype_scores, row_cosines
+from .embeddings import contrastive_finetune, embed_trajectories, retrieval_scores, row_cosines
 from .metrics import f1_threshold
 from .probes import LINKING, PROBE_SETTINGS
 
@@ -76,16 +76,10 @@ def _linking_forms(embed, task: PreparedTask) -> dict[str, FormScores]:
                                embed(task.test["cells"], task.test["timestamps"]))
     gallery = np.concatenate([train, validation])
     gallery_labels = [*task.train["label"], *task.validation.get("label", [])]
-    has_validation = len(validation) > 0
     k = PROBE_SETTINGS["knn_k"]
-    return {
-        "retrieval_prototype": FormScores(
-            prototype_scores(train, task.train["label"], validation, n) if has_validation else None,
-            prototype_scores(gallery, gallery_labels, test, n)),
-        "retrieval_knn": FormScores(
-            knn_scores(train, task.train["label"], validation, n, k) if has_validation else None,
-            knn_scores(gallery, gallery_labels, test, n, k)),
-    }
+    on_validation = retrieval_scores(train, task.train["label"], validation, n, k) if len(validation) else {}
+    on_test = retrieval_scores(gallery, gallery_labels, test, n, k)
+    return {name: FormScores(on_validation.get(name), scores) for name, scores in on_test.items()}
 
 
 def _pair_forms(embed, task: PreparedTask) -> dict[str, FormScores]:

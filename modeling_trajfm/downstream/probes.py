@@ -18,7 +18,7 @@ from tokenization_trajfm import TrajTokenizer
 
 from ..modeling_trajbert import TrajBertPreTrainedModel
 from .builders import PreparedTask, task_metrics
-from .embeddings import embed_trajectories, knn_scores, linear_probe_scores, prototype_scores
+from .embeddings import embed_trajectories, linear_probe_scores, retrieval_scores
 from .metrics import ranking_metrics
 
 #: Probe settings, fixed before any result is seen (never tuned on a test split).
@@ -38,12 +38,9 @@ def retrieval_metrics(model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, 
     """`{"retrieval_prototype": metrics, "retrieval_knn": metrics}` of a user-linking task, test queries against
     the training trajectories, with `ranking_metrics` (accuracy@1/@5, MRR, macro-F1)."""
     train, test = _embed(model, tokenizer, task.train, batch_size), _embed(model, tokenizer, task.test, batch_size)
-    labels, n = task.train["label"], len(task.label_names)
     truth = np.asarray(task.test["label"])
-    return {
-        "retrieval_prototype": ranking_metrics(prototype_scores(train, labels, test, n), truth),
-        "retrieval_knn": ranking_metrics(knn_scores(train, labels, test, n, PROBE_SETTINGS["knn_k"]), truth),
-    }
+    return {name: ranking_metrics(scores, truth) for name, scores in
+            retrieval_scores(train, task.train["label"], test, len(task.label_names), PROBE_SETTINGS["knn_k"]).items()}
 
 
 def linear_probe_metrics(model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, task: PreparedTask,
