@@ -209,6 +209,9 @@ def test_compare_report(checkpoint, tmp_path):
         assert _in_unit(probes["retrieval_knn"][init]["mrr"]) and _in_unit(probes["retrieval_prototype"][init]["mrr"])
     assert linking["inputs"] == "trajectory" and linking["baselines"]["cell_profile_knn"]["inputs"] == "trajectory"
     assert linking["same_inputs"]["baselines"] == ["majority", "cell_profile_knn"]
+    for init in ("pretrained", "random"):  # the margin to the best same-inputs baseline, with its paired interval
+        lo, hi = linking["same_inputs"][f"{init}_margin_ci95"]
+        assert lo <= linking["same_inputs"][f"{init}_margin"] <= hi
     assert set(report["probes"]["pretrained_better_nn_linking"]) == {"retrieval_prototype", "retrieval_knn"}
     assert "## Probes: frozen encoders" in (out / "compare_report.md").read_text()
     assert "Answered on test by the form best on validation: pretrained" in (out / "compare_report.md").read_text()

@@ -104,6 +104,7 @@ def test_report_intervals_for_every_scorer_and_the_paired_improvement():
         logits[entry] = {"pretrained": _noisy(rng, task.test["label"], k, 0.9),
                          "random": _noisy(rng, task.test["label"], k, 0.3)}
         task.set_baselines({"majority": np.tile(np.eye(k)[0], (len(task.test["label"]), 1))})
+        task.baselines["majority"]["inputs"] = "none"  # sees the training labels only: comparable with any model
         results[entry] = {init: {f"test_{m}": v for m, v in task_metrics(task, s).items()}
                           for init, s in logits[entry].items()}
     report = compare_report(results, tasks, logits, seed=0, n_resamples=300)
@@ -117,12 +118,22 @@ def test_report_intervals_for_every_scorer_and_the_paired_improvement():
             for metric, (lo, hi) in intervals.items():
                 assert lo <= values[metric] <= hi, (entry, scorer, metric)
                 assert hi - lo < 0.5
+    for entry, t in report["tasks"].items():  # paired margin to the best same-inputs baseline (majority here)
+        verdict = t["same_inputs"]
+        assert verdict["best_baseline"] == "majority"
+        for init in ("pretrained", "random"):
+            lo, hi = verdict[f"{init}_margin_ci95"]
+            assert lo <= verdict[f"{init}_margin"] <= hi, (entry, init)
+        assert verdict["pretrained_margin_ci95"][0] > 0  # 0.9 accuracy vs a constant: clearly above
     lo, hi = report["avg_f1_improvement_pct_ci95"]
     assert lo <= report["avg_f1_improvement_pct"] <= hi and lo > 0  # 0.9 vs 0.3 accuracy: clearly better
     assert report["avg_f1_improvement_pct_paper_tasks_ci95"] is not None
     assert report["bootstrap"]["resamples"] == 300
     markdown = compare_markdown(report)
     assert f"[{lo:+.1f}%, {hi:+.1f}%]" in markdown and "confidence intervals" in markdown
+    lo, hi = report["tasks"]["destination"]["same_inputs"]["pretrained_margin_ci95"]
+    assert f"it by {report['tasks']['destination']['same_inputs']['pretrained_margin']:+.4f} [{lo:+.3f}, {hi:+.3f}]" \
+        in markdown
 
 
 def test_classifier_protocol_intervals_come_from_the_classifiers_logits():

@@ -18,8 +18,9 @@ classifiers' test logits of entries an embedding form answers, `ci95[init]["clas
 `avg_f1_improvement_pct[_paper_tasks]_classifier_ci95` intervals come from the same resamples.
 
 Each entry says what its model sees (`inputs`) and compares it only with the baselines that see nothing more
-(`same_inputs`: "beats" means beats those). The optional `probes` section holds the frozen-encoder probes of
-`downstream.probes`, pre-trained vs random init.
+(`same_inputs`: "beats" means beats those); with logits, `same_inputs[f"{init}_margin_ci95"]` is the paired
+interval of init minus the best of those baselines on the primary metric (same resamples). The optional `probes`
+section holds the frozen-encoder probes of `downstream.probes`, pre-trained vs random init.
 """
 
 from __future__ import annotations
@@ -105,10 +106,13 @@ def resample_test_rows(task: PreparedTask, n_resamples: int, seed: int | list[in
 
 def _bootstrap(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTask],
                logits: dict[str, dict[str, np.ndarray]], seed: int, n_resamples: int,
-               classifier_logits: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
+               classifier_logits: dict[str, dict[str, np.ndarray]] | None = None,
+               best_baselines: dict[str, str | None] | None = None) -> dict[str, Any]:
     """ci95 per entry and scorer, and the paired intervals of the average-F1 improvements (module docstring); with
-    `classifier_logits`, the classifiers' intervals too (`ci95[init]["classifier_<metric>"]`)."""
+    `classifier_logits`, the classifiers' intervals too (`ci95[init]["classifier_<metric>"]`); with the entries'
+    best same-inputs baselines, the paired interval of each init's margin to it (`margin_ci95[entry][init]`)."""
     ci, f1 = {}, {}  # f1[entry][scorer] = primary F1 per resample; scorer (init, "classifier") for the classifiers
+    margins = {}  # margins[entry][init]: interval of init - best same-inputs baseline on the primary metric
     classifier_logits = classifier_logits or {}
     for index, entry in enumerate(results):
         task = tasks[entry]
@@ -116,16 +120,20 @@ def _bootstrap(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTas
         scorers = {init: logits[entry][init] for init in INITS} | task.baseline_scores
         scorers |= {(init, "classifier"): scores for init, scores in classifier_logits.get(entry, {}).items()}
         metrics = sorted({PRIMARY_METRIC[entry], PRIMARY_F1[entry]})
-        ci[entry], f1[entry] = {}, {}
+        ci[entry], f1[entry], primary = {}, {}, {}
         for name, scores in scorers.items():
             statistic = resampled_metrics(task, scores)
             values = [statistic(rows) for rows in resamples]
+            primary[name] = np.array([v[PRIMARY_METRIC[entry]] for v in values])
             intervals = {m: percentile_interval([v[m] for v in values]) for m in metrics}
             if isinstance(name, tuple):
                 ci[entry][name[0]] |= {f"classifier_{m}": interval for m, interval in intervals.items()}
             else:
                 ci[entry][name] = intervals
             f1[entry][name] = np.array([v[PRIMARY_F1[entry]] for v in values])
+        best = (best_baselines or {}).get(entry)
+        if best in primary:
+            margins[entry] = {init: percentile_interval(primary[init] - primary[best]) for init in INITS}
 
     def improvement_ci(entries: Iterable[str], form: str | None = None) -> list[float] | None:
         entries = [e for e in entries if e in f1]
@@ -138,6 +146,7 @@ def _bootstrap(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTas
     has_paper_tasks = all(e in results for e in PAPER_TASKS)
     out = {
         "ci95": ci,
+        "margin_ci95": margins,
         "avg_f1_improvement_pct_ci95": improvement_ci(results),
         "avg_f1_improvement_pct_paper_tasks_ci95": improvement_ci(PAPER_TASKS) if has_paper_tasks else None,
     }
@@ -229,9 +238,12 @@ def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, Prepare
             avg_f1_improvement(report_tasks, PAPER_TASKS, "classifier")
             if all(e in report_tasks for e in PAPER_TASKS) else None)
     if logits is not None:
-        intervals = _bootstrap(results, tasks, logits, seed, n_resamples, classifier_logits)
+        best = {entry: t["same_inputs"]["best_baseline"] for entry, t in report_tasks.items()}
+        intervals = _bootstrap(results, tasks, logits, seed, n_resamples, classifier_logits, best)
         for entry, by_scorer in intervals.pop("ci95").items():
             report_tasks[entry]["ci95"] = by_scorer
+        for entry, by_init in intervals.pop("margin_ci95").items():
+            report_tasks[entry]["same_inputs"] |= {f"{init}_margin_ci95": ci for init, ci in by_init.items()}
         report.update(intervals)
         report["bootstrap"] = {"resamples": n_resamples, "seed": seed, "confidence": 0.95,
                                "method": BOOTSTRAP_METHOD}
@@ -312,6 +324,8 @@ def _fmt_interval(interval: list[float] | None, unit: str = "") -> str:
         return ""
     if unit == "%":
         return f" [{interval[0]:+.1f}%, {interval[1]:+.1f}%]"
+    if unit == "signed":
+        return f" [{interval[0]:+.3f}, {interval[1]:+.3f}]"
     return f" [{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
@@ -325,6 +339,7 @@ def _same_inputs_line(t: dict[str, Any]) -> str:
         return "No baseline sees the same inputs as the model."
     metric, best = verdict["metric"], verdict["best_baseline"]
     parts = [f"{init} {'beats' if verdict[f'{init}_beats'] else 'is below'} it by {verdict[f'{init}_margin']:+.4f}"
+             + _fmt_interval(verdict.get(f"{init}_margin_ci95"), "signed")
              for init in INITS if verdict.get(f"{init}_beats") is not None]
     return (f"Same inputs ({t['inputs']}): best baseline on {metric} is {best} "
             f"({verdict['best_baseline_value']:.4f}); " + ", ".join(parts) + ".")
