@@ -11,7 +11,7 @@ python3 -m venv "$WORK/venv"
 "$WORK/venv/bin/python" -m pip install --quiet -r requirements-cpu.txt
 "$WORK/venv/bin/python" -m pip install --quiet --no-deps "$REPO"
 cd "$WORK"  # away from the source tree: only the installed package can be imported
-HF_HUB_OFFLINE=1 "$WORK/venv/bin/python" -m run_mtm --synthetic_users 40 --synthetic_days 14 --vocab_size 100 \
+HF_HUB_OFFLINE=1 "$WORK/venv/bin/python" -m run_mtm --synthetic_users 40 --synthetic_days 14 --vocab_size 150 \
     --hidden_size 32 --num_hidden_layers 1 --num_attention_heads 2 --intermediate_size 64 --max_seq_length 64 \
     --max_steps 4 --eval_steps 2 --save_steps 4 --use_cpu --disable_tqdm true --output_dir "$WORK/tiny" > "$WORK/log" 2>&1 \
     || { tail -40 "$WORK/log"; exit 1; }
