@@ -44,7 +44,7 @@ from transformers import AutoTokenizer, TrainerCallback, TrainingArguments, set_
 from tokenization_trajfm import FEATURE_KEYS, CorpusConfig, CorpusDescription, PipelineReport, TrajTokenizer, UserSplit
 from tokenization_trajfm.corpus import SOURCE_FIELDS, select_users
 from tokenization_trajfm.prepare import CORPUS_LAYOUT, sequence_files, vocab_regime
-from tokenization_trajfm.subhash import SPELLINGS, max_cell_tokens, shortest_sequence
+from tokenization_trajfm.subhash import PRETRAINING_SPELLING, SPELLINGS, max_cell_tokens, shortest_sequence
 
 from .arguments import NoPinMemoryWithoutAccelerator, parse_arguments, setup_logging
 from .cards import PLOT_FILE, build_mtm_card
@@ -119,9 +119,9 @@ class MTMModelArguments:
                   "cells (logged): at or above it every cell is its own token and sub-hashing does nothing."},
     )
     spelling: str = field(
-        default="hierarchy",
-        metadata={"help": f"Sub-hash spelling of a new tokenizer: {SPELLINGS} (hierarchy: chosen by the NYC "
-                  "ablation, README)."},
+        default=PRETRAINING_SPELLING,
+        metadata={"help": f"Sub-hash spelling of a new tokenizer: {SPELLINGS} ({PRETRAINING_SPELLING}: chosen by the "
+                  "NYC ablation, README)."},
     )
     hidden_size: int = field(default=128, metadata={"help": "Encoder width."})
     num_hidden_layers: int = field(default=2, metadata={"help": "Encoder layers."})

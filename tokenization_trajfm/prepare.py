@@ -45,7 +45,7 @@ from .errors import TrajInputError
 from .pipeline import TRAJECTORY_SCHEMA, build_trajectories
 from .report import PipelineReport
 from .schema import CHECKIN_COLUMNS, CHECKIN_TYPES, USER_ID
-from .subhash import SPELLINGS, max_cell_tokens, shortest_sequence
+from .subhash import PRETRAINING_SPELLING, SPELLINGS, max_cell_tokens, shortest_sequence
 from .tokenization_trajfm import TrajTokenizer
 from .validation import invalid_rows
 
@@ -83,8 +83,9 @@ class PrepareArguments:
     split_seed: int = field(default=42, metadata={"help": "Seed of the user split."})
     vocab_size: int = field(default=1000, metadata={"help": "Sub-hash vocabulary size."})
     spelling: str = field(
-        default="hierarchy",
-        metadata={"help": f"Sub-hash spelling: {', '.join(SPELLINGS)} (hierarchy: chosen by the NYC ablation)."},
+        default=PRETRAINING_SPELLING,
+        metadata={"help": f"Sub-hash spelling: {', '.join(SPELLINGS)} ({PRETRAINING_SPELLING}: chosen by the NYC "
+                  "ablation)."},
     )
     max_seq_length: int = field(default=512, metadata={"help": "Longest sequence in tokens (pre-training's)."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an existing corpus folder."})

@@ -24,6 +24,8 @@ from .errors import TrajInputError
 from .h3cells import h3
 
 SPELLINGS = ("hex", "hierarchy")
+#: The spelling run_mtm.py and corpus preparation default to: chosen by the NYC ablation (README).
+PRETRAINING_SPELLING = "hierarchy"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CONTINUATION = "##"
 HEX_DIGITS = "0123456789abcdef"
