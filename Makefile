@@ -3,6 +3,11 @@
 #   make test   run the test suite
 # Both create (or reuse) the project-local virtual environment .venv with the pinned CPU dependencies.
 
+# torch's OpenMP threads spin at each barrier by default; beside another job on the same cores that spinning slows
+# both several-fold; sleeping waits cost little alone (bench/bench_shared_cpu.py). Override: make nyc OMP_WAIT_POLICY=ACTIVE
+OMP_WAIT_POLICY ?= PASSIVE
+export OMP_WAIT_POLICY
+
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -35,3 +40,4 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/bench_tokenizer.py
 	$(PY) bench/bench_model.py
+	$(PY) bench/bench_shared_cpu.py
