@@ -44,7 +44,13 @@ from transformers import AutoTokenizer, TrainerCallback, TrainingArguments, set_
 from tokenization_trajfm import FEATURE_KEYS, CorpusConfig, CorpusDescription, PipelineReport, TrajTokenizer, UserSplit
 from tokenization_trajfm.corpus import SOURCE_FIELDS, select_users
 from tokenization_trajfm.prepare import CORPUS_LAYOUT, sequence_files, vocab_regime
-from tokenization_trajfm.subhash import PRETRAINING_SPELLING, SPELLINGS, max_cell_tokens, shortest_sequence
+from tokenization_trajfm.subhash import (
+    PRETRAINING_SPELLING,
+    SPELLINGS,
+    check_spelling,
+    max_cell_tokens,
+    shortest_sequence,
+)
 
 from .arguments import NoPinMemoryWithoutAccelerator, parse_arguments, setup_logging
 from .cards import PLOT_FILE, build_mtm_card
@@ -146,8 +152,7 @@ class MTMModelArguments:
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
 
     def __post_init__(self):
-        if self.spelling not in SPELLINGS:
-            raise ValueError(f"Unknown --spelling {self.spelling!r}: choose one of {', '.join(SPELLINGS)}.")
+        check_spelling(self.spelling, "--spelling")
 
 
 @dataclass

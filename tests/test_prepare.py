@@ -199,6 +199,8 @@ def test_output_folder_is_protected_and_arguments_checked(tmp_path):
     assert not (out / "keep.txt").exists() and not (out / "_partitions").exists()
     with pytest.raises(ValueError, match="--engine"):
         PrepareArguments(engine="dask")
+    with pytest.raises(ValueError, match="Unknown --spelling 'base32'"):
+        PrepareArguments(spelling="base32")
     with pytest.raises(ValueError, match="max_seq_length"):
         prepare_corpus(CorpusConfig(), PrepareArguments(output_dir=str(tmp_path / "x"), max_seq_length=8))
 

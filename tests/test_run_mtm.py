@@ -285,6 +285,7 @@ def test_torchrun_two_processes_same_format(basic_run, tmp_path):
         (["--streaming"], "--max_steps"),
         (["--contrastive_weight", "0.5", "--pack_sequences", "true"], "drop --pack_sequences true"),
         (["--contrastive_weight", "-1"], "--contrastive_weight must be >= 0"),
+        (["--spelling", "base32"], "Unknown --spelling 'base32': choose one of hex, hierarchy"),
         (["--push_to_hub", "--hub_model_id", "user/x"], "offline mode"),
     ],
 )

@@ -45,7 +45,7 @@ from .errors import TrajInputError
 from .pipeline import TRAJECTORY_SCHEMA, build_trajectories
 from .report import PipelineReport
 from .schema import CHECKIN_COLUMNS, CHECKIN_TYPES, USER_ID
-from .subhash import PRETRAINING_SPELLING, SPELLINGS, max_cell_tokens, shortest_sequence
+from .subhash import PRETRAINING_SPELLING, SPELLINGS, check_spelling, max_cell_tokens, shortest_sequence
 from .tokenization_trajfm import TrajTokenizer
 from .validation import invalid_rows
 
@@ -104,8 +104,7 @@ class PrepareArguments:
         if not 0 < self.heldout_fraction < 1 or not 0 <= self.validation_fraction < 1:
             raise ValueError(f"--heldout_fraction must be in (0, 1) and --validation_fraction in [0, 1), got "
                              f"{self.heldout_fraction} and {self.validation_fraction}.")
-        if self.spelling not in SPELLINGS:
-            raise ValueError(f"Unknown --spelling {self.spelling!r}: choose one of {', '.join(SPELLINGS)}.")
+        check_spelling(self.spelling, "--spelling")
 
     def split(self) -> UserSplit:
         """The user split rule as the corpus description records it (no user lists: the rule is the split)."""

@@ -37,9 +37,10 @@ _STRING_HEADER_BITS = (
 _H3_CELL_MODE = 1
 
 
-def check_spelling(spelling: str) -> str:
+def check_spelling(spelling: str, name: str = "sub-hash spelling") -> str:
+    """`spelling` if it is one of `SPELLINGS`; the error calls it `name` (a script passes its flag)."""
     if spelling not in SPELLINGS:
-        raise TrajInputError(f"Unknown sub-hash spelling {spelling!r}: choose one of {', '.join(SPELLINGS)}.")
+        raise TrajInputError(f"Unknown {name} {spelling!r}: choose one of {', '.join(SPELLINGS)}.")
     return spelling
 
 
