@@ -12,7 +12,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench nyc
+.PHONY: demo test lint bench nyc nyc-seeds
 
 $(VENV)/.installed: requirements-cpu.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ demo: $(VENV)/.installed
 nyc: $(VENV)/.installed
 	$(PY) run_mtm.py configs/nyc_pretrain.yaml
 	$(PY) run_finetune.py configs/nyc_compare.yaml
+
+# After `make nyc`: the compare on two more splits of the held-out users (--data_seed), summarised with make nyc's
+# split in nyc-seeds/seeds_report.{json,md}.
+NYC_SEEDS ?= 43 44
+nyc-seeds: $(VENV)/.installed
+	for seed in $(NYC_SEEDS); do \
+		$(PY) run_finetune.py configs/nyc_compare.yaml --data_seed $$seed --output_dir nyc-compare-seed$$seed || exit 1; \
+	done
+	$(PY) -m modeling_trajfm.downstream.seeds nyc-compare $(addprefix nyc-compare-seed,$(NYC_SEEDS)) --output_dir nyc-seeds
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

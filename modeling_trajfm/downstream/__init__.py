@@ -1,7 +1,7 @@
 """Downstream tasks in one place: example builders (`examples`), the task config and prepared tasks (`builders`),
 simple baselines (`baselines`), task metrics (`metrics`), bootstrap intervals (`stats`), the pre-trained-vs-random
-report (`compare`), trajectory embeddings with the heads that use them (`embeddings`) and the frozen-encoder probes
-(`probes`)."""
+report (`compare`) and its summary across split seeds (`seeds`), trajectory embeddings with the heads that use them
+(`embeddings`) and the frozen-encoder probes (`probes`)."""
 
 from .builders import (
     BUILDERS,
