@@ -359,7 +359,8 @@ def answer_with_forms(task: PreparedTask, model: TrajBertPreTrainedModel, tokeni
     form's test metrics (`test_classifier_*`, `test_retrieval_knn_*`, ...); the choice is returned with the
     validation figures it was made on."""
     metrics, logits = classifier
-    forms = embedding_forms(model, tokenizer, task, batch_size, task_config.contrastive_steps, seed)
+    steps = task_config.contrastive_steps_for(task.name)
+    forms = embedding_forms(model, tokenizer, task, batch_size, steps, seed)
     if not forms:
         return metrics, logits, {}
     form, validation = choose_form(task, classifier_validation, forms)
@@ -373,7 +374,7 @@ def answer_with_forms(task: PreparedTask, model: TrajBertPreTrainedModel, tokeni
         out |= {f"test_{key}": value for key, value in scored[form].items()}
     else:
         out |= metrics
-    return out, logits, {"answer_form": form, "validation_by_form": validation}
+    return out, logits, {"answer_form": form, "validation_by_form": validation, "contrastive_steps": steps}
 
 
 def _transfer_mtm_transform(model: TrajBertForHexagonPrediction, model_path: str) -> None:

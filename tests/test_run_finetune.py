@@ -120,6 +120,8 @@ def test_answer_form_classifier_keeps_the_classifier(checkpoint, tmp_path):
     assert results["answer_form"] == "classifier" and results["test_f1"] == results["test_classifier_f1"]
     with pytest.raises(ValueError, match="Unknown --answer_form 'best'"):
         _run(checkpoint, tmp_path / "bad", "--answer_form", "best")
+    with pytest.raises(ValueError, match="--linking_contrastive_steps must be >= 0"):
+        _run(checkpoint, tmp_path / "bad", "--linking_contrastive_steps", "-1")
 
 
 def test_destination(checkpoint, tmp_path):
@@ -156,9 +158,12 @@ def test_destination_with_user_context(checkpoint, tmp_path):
 
 def test_compare_report(checkpoint, tmp_path):
     out = tmp_path / "cmp"
-    _run(checkpoint, out, "--compare", "--tasks", "user_association", "--contrastive_steps", "2")
+    _run(checkpoint, out, "--compare", "--tasks", "user_association", "--contrastive_steps", "2",
+         "--linking_contrastive_steps", "0")
     report = _read(out / "compare_report.json")
     assert set(report["tasks"]) == {"user_association_linking", "user_association_binary"}
+    for entry, steps in (("user_association_linking", 0), ("user_association_binary", 2)):
+        assert _read(out / entry / "random" / "task_report.json")["contrastive_steps"] == steps
     for entry, t in report["tasks"].items():
         assert {"pretrained", "random", "baselines"} <= set(t)
         assert "majority" in t["baselines"]

@@ -85,6 +85,11 @@ class TaskConfig:
                           "on a copy of the fine-tuned encoder before they are scored (linking: same user = positive; "
                           "pairs: the two segments of a positive training pair); 0: off."},
     )
+    linking_contrastive_steps: int | None = field(
+        default=None,
+        metadata={"help": "User linking's steps of that tuning, when they should differ from the pair entries' "
+                          "(None: --contrastive_steps)."},
+    )
     answer_form: str = field(
         default="auto",
         metadata={"help": "What answers an entry on test: auto (the classifier or one of the entry's embedding forms, "
@@ -118,14 +123,22 @@ class TaskConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be at least 1, got {value}.")
-        if self.contrastive_steps < 0:
-            raise ValueError(f"--contrastive_steps must be >= 0 (0: off), got {self.contrastive_steps}.")
+        for name in ("contrastive_steps", "linking_contrastive_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"--{name} must be >= 0 (0: off), got {value}.")
         if self.answer_form not in ANSWER_FORMS:
             raise ValueError(f"Unknown --answer_form {self.answer_form!r}: choose one of {', '.join(ANSWER_FORMS)}.")
 
     def entry(self) -> str:
         """The report entry of `task` (user association with its form)."""
         return f"user_association_{self.association_form}" if self.task == "user_association" else self.task
+
+    def contrastive_steps_for(self, entry: str) -> int:
+        """Contrastive-tuning steps of the entry's embedding forms."""
+        if entry == "user_association_linking" and self.linking_contrastive_steps is not None:
+            return self.linking_contrastive_steps
+        return self.contrastive_steps
 
     def check_entries(self, entries: Sequence[str]) -> None:
         """Checks that depend on which entries run: pair tasks keep whole (positive, negative) pairs."""
