@@ -13,6 +13,7 @@ validation / test split of the held-out users' trajectories, so each report test
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -29,9 +30,11 @@ IMPROVEMENTS = ("avg_f1_improvement_pct", "avg_f1_improvement_pct_paper_tasks", 
 REPORT_FILE = "compare_report.json"
 
 
+@functools.cache
 def student_t_quantile(probability: float, dof: int) -> float:
     """The `probability` quantile (0.5 < p < 1) of Student's t with `dof` degrees of freedom (numpy only: the density
-    integrated on a fine grid, inverted by bisection; within 1e-4 of tabled values)."""
+    integrated on a fine grid, inverted by bisection; within 1e-4 of tabled values). Cached: a summary asks for the
+    same few quantiles once per figure."""
     if not 0.5 < probability < 1 or dof < 1:
         raise ValueError(f"need 0.5 < probability < 1 and dof >= 1, got {probability} and {dof}.")
     log_scale = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
