@@ -77,6 +77,10 @@ def test_seeds_summary_refuses_one_report_and_different_entries():
     other["tasks"] = {"destination": other["tasks"].pop(LINKING)}
     with pytest.raises(ValueError, match="same --tasks"):
         seeds_summary({"a": _report(0.9, 0.9, 1.0, 0.0), "b": other})
+    dated = _report(0.9, 0.9, 1.0, 0.0)
+    del dated["tasks"][LINKING]["same_inputs"]
+    with pytest.raises(ValueError, match=rf"b: entries \['{LINKING}'\] have no `same_inputs`.*older trajfm"):
+        seeds_summary({"a": _report(0.9, 0.9, 1.0, 0.0), "b": dated})
 
 
 def test_main_writes_json_and_markdown(tmp_path):

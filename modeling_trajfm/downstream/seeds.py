@@ -106,6 +106,10 @@ def seeds_summary(reports: Mapping[str, Mapping[str, Any]], confidence: float = 
         if list(report["tasks"]) != entries:
             raise ValueError(f"{label} holds entries {list(report['tasks'])}, {labels[0]} holds {entries}: "
                              "compare every split on the same --tasks.")
+        dated = [entry for entry, task in report["tasks"].items() if "same_inputs" not in task]
+        if dated:
+            raise ValueError(f"{label}: entries {dated} have no `same_inputs` verdict; the report was written by an "
+                             "older trajfm. Run that compare again (run_finetune.py --compare ...).")
     return {
         "reports": labels,
         "confidence": confidence,
