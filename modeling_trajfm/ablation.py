@@ -178,10 +178,22 @@ def _run_args(study: dict[str, Any], name: str, seed: int) -> list[str]:
     return [*study["base_args"], *study["rows"][name], "--seed", str(seed)]
 
 
+#: `TaskConfig` fields that only fine-tuning reads: a recorded run stays current when they change or were added later.
+FINETUNING_ONLY_FIELDS = ("contrastive_steps", "linking_contrastive_steps", "answer_form")
+
+
+def _probing_key(probing: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the frozen-encoder probes depend on: the probing record without `FINETUNING_ONLY_FIELDS`."""
+    if probing is None:
+        return None
+    tasks = {k: v for k, v in probing.get("task_config", {}).items() if k not in FINETUNING_ONLY_FIELDS}
+    return {**probing, "task_config": tasks}
+
+
 def _is_current(study: dict[str, Any], record: dict[str, Any]) -> bool:
     """Whether a recorded run is this study's run of its (row, seed): same run_mtm.py arguments, same probing."""
     return (record.get("run_args") == _run_args(study, record["row"], record["seed"])
-            and record.get("probing") == study["probing"])
+            and _probing_key(record.get("probing")) == _probing_key(study["probing"]))
 
 
 def _row_command(row: AblationRow, seeds: Sequence[int], base_args: Sequence[str], output_dir: Path) -> str:

@@ -196,6 +196,10 @@ def test_resume_skips_finished_runs(study, tmp_path, monkeypatch, capsys):
     assert _runs(again, "default") == _runs(result, "default")
     assert capsys.readouterr().out.count("done before, skipped") == 2
     calls.clear()
+    ablation.run_ablation(load_rows(ROWS), SEEDS, BASE_ARGS, moved, task_config=TaskConfig(contrastive_steps=7,
+                                                                                           answer_form="classifier"))
+    assert len(calls) == 2  # fields that only fine-tuning reads leave the probes' runs current
+    calls.clear()
     ablation.run_ablation(load_rows(ROWS), SEEDS, BASE_ARGS, moved, task_config=TaskConfig(validation_fraction=0.3))
     assert len(calls) == 4  # other probing: nothing done before
 
@@ -224,4 +228,5 @@ def test_nyc_config_parses():
     base = shlex.split(args.base_args)
     assert args.seeds == [7] and base[base.index("--split_seed") + 1] == "42" and "--save_strategy" in base
     rows = load_rows(args.rows)
-    assert len(rows) == 11 and rows[0].args == [] and rows[8].args == ["--contrastive_weight", "0.5"]
+    assert len(rows) == 12 and rows[0].args == [] and rows[8].args == ["--contrastive_weight", "0.5"]
+    assert rows[11].args[-2:] == ["--contrastive_positives", "user"]
