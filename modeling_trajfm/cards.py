@@ -114,7 +114,8 @@ def build_mtm_card(model: Any, tokenizer: TrajTokenizer, description: CorpusDesc
         random_replace_prob=mtm_args.random_replace_prob,
         keep_prob=round(1 - mtm_args.mask_replace_prob - mtm_args.random_replace_prob, 4),
         contrastive=(f"weight {mtm_args.contrastive_weight}, temperature {mtm_args.contrastive_temperature} (two "
-                     "masked views of each trajectory are positives)" if mtm_args.contrastive_weight > 0
+                     f"masked views of each trajectory are positives{_USER_POSITIVES[mtm_args.contrastive_positives]})"
+                     if mtm_args.contrastive_weight > 0
                      else "none (MTM only)"),
         training_summary=(f"{_epochs(metrics.get('epoch'))} epochs, {_steps(training_args)} "
                           f"steps, batch {training_args.per_device_train_batch_size}"
@@ -124,6 +125,10 @@ def build_mtm_card(model: Any, tokenizer: TrajTokenizer, description: CorpusDesc
         train_tokens=f"{train_counts.get('tokens'):,}" if train_counts.get("tokens") is not None else "n/a",
         train_sequences=f"{train_counts.get('sequences'):,}" if train_counts.get("sequences") is not None else "n/a",
     )
+
+
+#: What `--contrastive_positives` adds to the card's description of the contrastive term.
+_USER_POSITIVES = {"views": "", "user": ", and so are the trajectories of the same user"}
 
 
 def build_finetune_card(task: Any, init: str, base_checkpoint: str, data_source: str, dataset_name: str,

@@ -14,6 +14,9 @@ import torch
 
 from tokenization_trajfm.tokenization_trajfm import FEATURE_KEYS
 
+#: What the contrastive term's positives are (`DataCollatorForWholeHexagonMasking.positives`).
+CONTRASTIVE_POSITIVES = ("views", "user")
+
 #: Per-token keys of the TrajTokenizer output (see docs/design.md) plus `sequence_ids` of packed rows
 #: (`modeling_trajfm.packing`); all are padded, `input_ids` with the PAD id, the others with 0.
 TOKEN_FEATURE_KEYS: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids", *FEATURE_KEYS, "sequence_ids")
@@ -110,6 +113,10 @@ class DataCollatorForWholeHexagonMasking:
         views: rows per trajectory, each masked independently (adjacent rows); with 2 or more the batch also carries
             `view_ids` (which trajectory a row shows), what the MTM model's contrastive term needs
             (`config.contrastive_weight`). Not for packed rows.
+        positives: which rows the contrastive term treats as positives of each other, through `view_ids`: `"views"`
+            (the views of one trajectory) or `"user"` (every row of the same user: features need `user_id`; with
+            batches of same-user pairs, `BucketedLengthSampler(users=...)`, a trajectory's positives are its other
+            view and its partner's views).
     """
 
     tokenizer: Any
@@ -122,6 +129,7 @@ class DataCollatorForWholeHexagonMasking:
     reseed_per_batch: bool = False
     epoch: int = 0
     views: int = 1
+    positives: str = "views"
 
     def __post_init__(self) -> None:
         if not 0 < self.mlm_probability < 1:
@@ -139,6 +147,10 @@ class DataCollatorForWholeHexagonMasking:
             raise ValueError("The tokenizer needs a mask token and a pad token for whole-hexagon masking.")
         if self.views < 1:
             raise ValueError(f"`views` must be at least 1, got {self.views}.")
+        if self.positives not in CONTRASTIVE_POSITIVES:
+            raise ValueError(f"`positives` must be one of {', '.join(CONTRASTIVE_POSITIVES)}, got {self.positives!r}.")
+        if self.positives == "user" and self.views < 2:
+            raise ValueError("`positives='user'` labels the views of the contrastive term: it needs `views` >= 2.")
         if self.reseed_per_batch and self.seed is None:
             raise ValueError("`reseed_per_batch` needs a `seed`.")
         if self.generator is None and self.seed is not None:
@@ -160,7 +172,7 @@ class DataCollatorForWholeHexagonMasking:
             features = [f for f in features for _ in range(self.views)]
         batch = pad_trajectory_features(features, self.tokenizer.pad_token_id, self.pad_to_multiple_of)
         if self.views > 1:
-            batch["view_ids"] = torch.arange(len(features) // self.views).repeat_interleave(self.views)
+            batch["view_ids"] = self._view_ids(features)
         if "hexagon_ids" not in batch:
             raise ValueError("Whole-hexagon masking needs `hexagon_ids` in every feature (see docs/design.md).")
         if self.reseed_per_batch:
@@ -171,6 +183,15 @@ class DataCollatorForWholeHexagonMasking:
             batch["input_ids"], batch["hexagon_ids"], batch.get("sequence_ids")
         )
         return batch
+
+    def _view_ids(self, features: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+        if self.positives == "views":
+            return torch.arange(len(features) // self.views).repeat_interleave(self.views)
+        if "user_id" not in features[0]:
+            raise ValueError("Same-user positives need a `user_id` in every feature: keep the column (the Trainer "
+                             "drops columns the model does not read unless `MTMTrainer` is given this collator).")
+        users: dict[str, int] = {}
+        return torch.tensor([users.setdefault(str(f["user_id"]), len(users)) for f in features], dtype=torch.long)
 
     def mask_hexagons(
         self, input_ids: torch.Tensor, hexagon_ids: torch.Tensor, sequence_ids: torch.Tensor | None = None

@@ -55,7 +55,7 @@ from tokenization_trajfm.subhash import (
 from .arguments import NoPinMemoryWithoutAccelerator, parse_arguments, setup_logging
 from .cards import PLOT_FILE, build_mtm_card
 from .configuration_trajbert import TrajBertConfig
-from .data_collator import DataCollatorForWholeHexagonMasking
+from .data_collator import CONTRASTIVE_POSITIVES, DataCollatorForWholeHexagonMasking
 from .hub import check_push_possible, push_checkpoint
 from .metrics import compute_mtm_metrics, preprocess_logits_for_mtm_metrics
 from .modeling_trajbert import TrajBertForMaskedTrajectoryModeling
@@ -186,6 +186,13 @@ class MTMArguments:
                   "not with packing."},
     )
     contrastive_temperature: float = field(default=0.1, metadata={"help": "Temperature of the contrastive term."})
+    contrastive_positives: str = field(
+        default="views",
+        metadata={"help": "What the contrastive term treats as positives: views (the two masked views of each "
+                  "trajectory) | user (also the other trajectories of the same user: training batches are made of "
+                  "pairs of one user's trajectories, so the term learns what tells users apart; reads the "
+                  "pre-training users' ids, not with --streaming)."},
+    )
     pack_sequences: str = field(
         default="auto",
         metadata={"help": "Pack several training trajectories into each row of --max_seq_length tokens (attention, "
@@ -217,6 +224,15 @@ class MTMArguments:
         if self.contrastive_weight < 0 or self.contrastive_temperature <= 0:
             raise ValueError(f"--contrastive_weight must be >= 0 and --contrastive_temperature > 0, got "
                              f"{self.contrastive_weight} and {self.contrastive_temperature}.")
+        if self.contrastive_positives not in CONTRASTIVE_POSITIVES:
+            raise ValueError(f"--contrastive_positives must be one of {', '.join(CONTRASTIVE_POSITIVES)}, got "
+                             f"{self.contrastive_positives!r}.")
+        if self.contrastive_positives == "user" and self.contrastive_weight == 0:
+            raise ValueError("--contrastive_positives user has no effect without the contrastive term: give "
+                             "--contrastive_weight > 0 (e.g. 0.5).")
+        if self.contrastive_positives == "user" and self.streaming:
+            raise ValueError("--contrastive_positives user pairs each user's trajectories, which needs the whole "
+                             "training split: drop --streaming, or use --contrastive_positives views.")
         if self.contrastive_weight > 0 and self.pack_sequences == "true":
             raise ValueError("--contrastive_weight needs one trajectory per row: drop --pack_sequences true, or "
                              "pass --contrastive_weight 0 (MTM only) to pack.")
@@ -240,6 +256,9 @@ def check_pretraining_arguments(corpus: CorpusConfig, model_args: MTMModelArgume
     check_push_possible(training_args.push_to_hub, training_args.hub_model_id)
     if mtm_args.streaming and training_args.do_train and training_args.max_steps <= 0:
         raise ValueError("--streaming has no length: give --max_steps N (total optimizer steps).")
+    if mtm_args.contrastive_positives == "user" and training_args.per_device_train_batch_size % 2:
+        raise ValueError(f"--contrastive_positives user fills batches with pairs of one user's trajectories: give an "
+                         f"even --per_device_train_batch_size, not {training_args.per_device_train_batch_size}.")
     if corpus.corpus_dir is not None:
         length = corpus.prepared().recipe["max_seq_length"]
         if mtm_args.max_seq_length != length:
@@ -722,6 +741,7 @@ def pretrain(
     # With the contrastive term each trajectory is masked twice (two views); evaluation stays one view, MTM only.
     train_collator = DataCollatorForWholeHexagonMasking(tokenizer, seed=training_args.seed, reseed_per_batch=True,
                                                         views=2 if mtm_args.contrastive_weight > 0 else 1,
+                                                        positives=mtm_args.contrastive_positives,
                                                         **collator_kwargs)
     eval_collator = DataCollatorForWholeHexagonMasking(tokenizer, seed=training_args.seed, **collator_kwargs)
     resuming = last_checkpoint is not None

@@ -35,31 +35,69 @@ class BucketedLengthSampler(torch.utils.data.Sampler):
     batches would almost all be padded to the longest. Unlike transformers' `LengthGroupedSampler` the order does not
     come from the global RNG, so a resumed run replays exactly the batches of an uninterrupted one (accelerate forwards
     `set_epoch` to the sampler), and buckets are large enough that the few long sequences share batches.
+
+    With `users` (one id per sequence) the order is made of pairs of one user's sequences, adjacent and in the same
+    batch, what the contrastive term's same-user positives need (`--contrastive_positives user`): each epoch every
+    user's sequences are shuffled and paired; an odd one out is paired with another of the user's sequences, a user's
+    only sequence with itself. `group_lengths=False` keeps the pairs' shuffled order (no length sorting).
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, bucket_batches: int = 50):
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, bucket_batches: int = 50,
+                 users: list | None = None, group_lengths: bool = True):
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.seed = seed
         self.bucket = batch_size * bucket_batches
         self.epoch = 0
+        self.group_lengths = group_lengths
+        self.user_codes = None
+        if users is not None:
+            if len(users) != len(self.lengths):
+                raise ValueError(f"`users` needs one id per sequence: {len(users)} ids for {len(self.lengths)}.")
+            self.user_codes = np.unique(np.asarray(users, dtype=str), return_inverse=True)[1]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        if self.user_codes is None:
+            return len(self.lengths)
+        return 2 * int(np.sum((np.bincount(self.user_codes) + 1) // 2))
+
+    def _units(self, rng: np.random.Generator) -> np.ndarray:
+        """(units, size) sequence indices, in random order: single sequences, or with `users` same-user pairs."""
+        order = rng.permutation(len(self.lengths))
+        if self.user_codes is None:
+            return order[:, None]
+        order = order[np.argsort(self.user_codes[order], kind="stable")]
+        codes = self.user_codes[order]
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        pairs = []
+        for members in np.split(order, starts[1:]):
+            if members.size % 2:
+                partner = members[0] if members.size == 1 else rng.choice(members[:-1])
+                members = np.append(members, partner)
+            pairs.append(members.reshape(-1, 2))
+        units = np.concatenate(pairs)
+        return units[rng.permutation(len(units))]
 
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(len(self.lengths))
+        units = self._units(rng)
+        if not self.group_lengths:
+            yield from units.ravel().tolist()
+            return
+        size = units.shape[1]
+        per_batch = max(1, self.batch_size // size)
+        per_bucket = max(1, self.bucket // size)
+        unit_lengths = self.lengths[units].max(axis=1)
         batches = []
-        for start in range(0, order.size, self.bucket):
-            bucket = order[start : start + self.bucket]
-            bucket = bucket[np.argsort(-self.lengths[bucket], kind="stable")]
-            batches += [bucket[i : i + self.batch_size] for i in range(0, bucket.size, self.batch_size)]
+        for start in range(0, len(units), per_bucket):
+            bucket = units[start : start + per_bucket]
+            bucket = bucket[np.argsort(-unit_lengths[start : start + per_bucket], kind="stable")]
+            batches += [bucket[i : i + per_batch] for i in range(0, len(bucket), per_batch)]
         for index in rng.permutation(len(batches)):
-            yield from batches[index].tolist()
+            yield from batches[index].ravel().tolist()
 
 
 class TrainingStream(torch.utils.data.IterableDataset):
@@ -116,6 +154,8 @@ class MTMTrainer(Trainer):
     - a `TrainingStream` is loaded as it is, already this rank's part: accelerate would read an iterable dataset on
       rank 0 and send each rank its batches (`dispatch_batches`, its default for iterable data) or, told not to,
       shard it once more;
+    - with a collator of same-user positives (`positives="user"`), training batches are same-user pairs
+      (`BucketedLengthSampler(users=...)`) and the `user_id` column reaches the collator;
     - with the model's contrastive term on, each training log also holds `contrastive_loss`: the term before
       weighting, averaged over this process's batches since the previous log.
     """
@@ -128,6 +168,7 @@ class MTMTrainer(Trainer):
         self._contrastive_terms: list[torch.Tensor] = []
         if getattr(self.data_collator, "reseed_per_batch", False):
             self.add_callback(_MaskingEpoch(self.data_collator))
+        self.user_positives = getattr(self.data_collator, "positives", None) == "user"
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
@@ -135,13 +176,24 @@ class MTMTrainer(Trainer):
             folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             mark_complete(f"{self._get_output_dir(trial=trial)}/{folder}")
 
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if self.user_positives and "user_id" not in self._signature_columns:  # the collator reads it
+            self._signature_columns.append("user_id")
+
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = self.train_dataset if train_dataset is None else train_dataset
-        if self.args.train_sampling_strategy != "group_by_length" or not isinstance(train_dataset, datasets.Dataset):
+        grouped = self.args.train_sampling_strategy == "group_by_length"
+        if not isinstance(train_dataset, datasets.Dataset) or not (grouped or self.user_positives):
             return super()._get_train_sampler(train_dataset)
+        users = None
+        if self.user_positives:
+            if "user_id" not in train_dataset.column_names:
+                raise ValueError("Same-user positives need the training sequences' `user_id` column.")
+            users = train_dataset.select_columns(["user_id"]).with_format("arrow")[:]["user_id"].to_pylist()
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
         return BucketedLengthSampler(sequence_lengths(train_dataset).tolist(), batch,
-                                     seed=self.args.data_seed or self.args.seed)
+                                     seed=self.args.data_seed or self.args.seed, users=users, group_lengths=grouped)
 
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
         if not isinstance(self.train_dataset, TrainingStream):

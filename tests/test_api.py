@@ -72,6 +72,28 @@ def test_sampler_is_a_permutation_grouped_by_length_and_seeded():
     assert padding(order) < 0.2 * padding(np.random.default_rng(2).permutation(1000).tolist())
 
 
+def test_sampler_with_users_yields_same_user_pairs():
+    """Every sequence once per epoch, in adjacent same-user pairs that never straddle a batch; an odd one out is
+    paired with another of its user's sequences, a user's only sequence with itself."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 500, size=301).tolist()
+    users = [f"u{u}" for u in rng.integers(0, 40, size=300)] + ["alone"]
+    for grouped in (True, False):
+        sampler = BucketedLengthSampler(lengths, batch_size=8, seed=1, users=users, group_lengths=grouped)
+        order = list(sampler)
+        counts = np.bincount(np.unique(users, return_inverse=True)[1])
+        assert len(order) == len(sampler) == 2 * int(((counts + 1) // 2).sum())
+        assert set(order) == set(range(301))
+        assert all(users[a] == users[b] for a, b in zip(order[0::2], order[1::2], strict=True))
+        extra = len(order) - 301  # one repeat per user with an odd number of sequences
+        assert extra == int((counts % 2).sum())
+        assert order == list(BucketedLengthSampler(lengths, batch_size=8, seed=1, users=users, group_lengths=grouped))
+    alone = order.index(300)
+    assert order[alone ^ 1] == 300
+    with pytest.raises(ValueError, match="one id per sequence"):
+        BucketedLengthSampler(lengths, batch_size=8, users=users[:-1])
+
+
 # ------------------------------------------------------------------------------------------------------ compare
 def _task(entry: str) -> PreparedTask:
     return PreparedTask(entry, "pair", {}, {}, [], info={"n": 1}, baselines={"majority": {"f1": 0.1}})

@@ -731,6 +731,20 @@ def test_collator_views_mask_each_copy_independently():
         DataCollatorForWholeHexagonMasking(FakeTokenizer(), seed=0, views=2)(packed)
 
 
+def test_collator_user_positives_label_rows_by_user():
+    feats = [dict(f, user_id=user) for f, user in zip(_collator_features(4, seed=3, n_hex=6), ["a", "a", 7, "b"],
+                                                       strict=True)]
+    batch = DataCollatorForWholeHexagonMasking(FakeTokenizer(), seed=0, views=2, positives="user")(feats)
+    assert batch["view_ids"].tolist() == [0, 0, 0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError, match="user_id"):
+        DataCollatorForWholeHexagonMasking(FakeTokenizer(), seed=0, views=2, positives="user")(
+            _collator_features(2, seed=3, n_hex=6))
+    with pytest.raises(ValueError, match="needs `views` >= 2"):
+        DataCollatorForWholeHexagonMasking(FakeTokenizer(), positives="user")
+    with pytest.raises(ValueError, match="one of views, user"):
+        DataCollatorForWholeHexagonMasking(FakeTokenizer(), views=2, positives="trajectory")
+
+
 def test_padding_collator_labels():
     feats = _collator_features(3, seed=2, n_hex=4)
     collator = DataCollatorWithTrajectoryPadding(FakeTokenizer())

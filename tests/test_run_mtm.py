@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -285,6 +286,10 @@ def test_torchrun_two_processes_same_format(basic_run, tmp_path):
         (["--streaming"], "--max_steps"),
         (["--contrastive_weight", "0.5", "--pack_sequences", "true"], "drop --pack_sequences true"),
         (["--contrastive_weight", "-1"], "--contrastive_weight must be >= 0"),
+        (["--contrastive_positives", "trip"], "--contrastive_positives must be one of views, user"),
+        (["--contrastive_positives", "user", "--contrastive_weight", "0"], "give --contrastive_weight > 0"),
+        (["--contrastive_positives", "user", "--streaming", "--max_steps", "2"], "drop --streaming"),
+        (["--contrastive_positives", "user", "--per_device_train_batch_size", "3"], "even --per_device_train"),
         (["--spelling", "base32"], "Unknown --spelling 'base32': choose one of hex, hierarchy"),
         (["--push_to_hub", "--hub_model_id", "user/x"], "offline mode"),
     ],
@@ -356,6 +361,34 @@ def test_contrastive_pretraining(tmp_path, capsys):
     terms = [entry["contrastive_loss"] for entry in logs if "loss" in entry]
     assert len(terms) == 2 and all(0 < term < 10 for term in terms)  # logged with every training loss
     assert not any("contrastive_loss" in entry for entry in logs if "eval_loss" in entry)
+
+
+def test_contrastive_pretraining_with_same_user_positives(tmp_path):
+    """Batches of same-user pairs: every user in a batch has 2 trajectories x 2 views (or a multiple), and the
+    contrastive term's labels are the users."""
+    out = tmp_path / "user-positives"
+    seen: list[list[int]] = []
+    run_mtm.main(_args(out, "--max_steps", "3", "--eval_strategy", "no", "--contrastive_weight", "0.5",
+                       "--contrastive_positives", "user", "--per_device_train_batch_size", "6"),
+                 callbacks=[_ViewIds(seen)])
+    assert len(seen) == 3
+    for views in seen:
+        assert len(views) == 12 and all(count % 4 == 0 for count in np.bincount(views))
+    card = (out / "README.md").read_text()
+    assert "and so are the trajectories of the same user" in card
+
+
+class _ViewIds(TrainerCallback):
+    """Records the contrastive labels (`view_ids`) of every training batch."""
+
+    def __init__(self, seen: list[list[int]]):
+        self.seen = seen
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        seen = self.seen
+        model.register_forward_pre_hook(
+            lambda module, inputs, kw: seen.append(kw["view_ids"].tolist()) if module.training else None,
+            with_kwargs=True)
 
 
 class _BatchRows(TrainerCallback):
