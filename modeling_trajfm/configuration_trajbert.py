@@ -25,6 +25,8 @@ from transformers import PreTrainedConfig
 
 #: How a sequence is summarised for a head: the pooled [CLS] state, or the mean over hexagon tokens.
 CLASSIFIER_POOLINGS = ("cls", "mean")
+#: How [`TrajBertForSequenceClassification`] reads a trajectory pair (`config.pair_encoding`).
+PAIR_ENCODINGS = ("cross", "siamese")
 
 
 @strict
@@ -51,6 +53,11 @@ class TrajBertConfig(PreTrainedConfig):
         classifier_pooling (`str`, defaults to `"cls"`): the sequence summary the classification and hexagon heads
             read: `"cls"` (the pooled [CLS] for classification, the [CLS] state for hexagon prediction) or `"mean"`
             (the mean hidden state over hexagon tokens, `hexagon_ids > 0`: special tokens and padding excluded).
+        pair_encoding (`str`, defaults to `"cross"`): how [`TrajBertForSequenceClassification`] reads a pair
+            `[CLS] A [SEP] B [SEP]`: `"cross"` (one sequence, A and B attend to each other) or `"siamese"` (A and B
+            encoded apart in the same forward, attention kept inside each segment and positions restarted as if each
+            followed a [CLS]; the head reads their mean-pooled states u, v as [u, v, |u - v|, u * v]): the form
+            that compares two trajectories' summaries, what trajectory-level pre-training trains.
         use_hexagon_embeddings (`bool`): add an embedding of `hexagon_ids` (which visit a token belongs to).
         use_level_embeddings (`bool`): add an embedding of `level_ids` (sub-token position inside its hexagon).
         use_time_embeddings (`bool`): add embeddings of `hour_ids` (hour of week) and `gap_ids` (log time gap bucket).
@@ -99,6 +106,7 @@ class TrajBertConfig(PreTrainedConfig):
     pad_token_id: int | None = 0
     classifier_dropout: float | int | None = None
     classifier_pooling: str = "cls"
+    pair_encoding: str = "cross"
     use_hexagon_embeddings: bool = False
     use_level_embeddings: bool = False
     use_time_embeddings: bool = False
@@ -168,6 +176,10 @@ class TrajBertConfig(PreTrainedConfig):
     def validate_classifier_pooling(self) -> None:
         if self.classifier_pooling not in CLASSIFIER_POOLINGS:
             raise ValueError(f"`classifier_pooling` must be 'cls' or 'mean', got {self.classifier_pooling!r}.")
+
+    def validate_pair_encoding(self) -> None:
+        if self.pair_encoding not in PAIR_ENCODINGS:
+            raise ValueError(f"`pair_encoding` must be one of {', '.join(PAIR_ENCODINGS)}, got {self.pair_encoding!r}.")
 
     def validate_hexagon_candidates(self) -> None:
         """The candidate matrix is built from this list at model init: check it fits the vocabulary and labels."""

@@ -38,7 +38,7 @@ from tokenization_trajfm.prepare import read_trajectories
 
 from .arguments import NoPinMemoryWithoutAccelerator
 from .cards import PLOT_FILE, build_finetune_card
-from .configuration_trajbert import CLASSIFIER_POOLINGS, TrajBertConfig
+from .configuration_trajbert import CLASSIFIER_POOLINGS, PAIR_ENCODINGS, TrajBertConfig
 from .data_collator import DataCollatorWithTrajectoryPadding
 from .downstream import examples as T
 from .downstream.builders import (
@@ -115,6 +115,11 @@ class FinetuneTrainingArguments(NoPinMemoryWithoutAccelerator, TrainingArguments
     classifier_pooling: str = field(
         default="mean", metadata={"help": "Sequence summary for the head: mean (over hexagon tokens) | cls ([CLS])."}
     )
+    pair_encoding: str = field(
+        default="cross",
+        metadata={"help": "Pair tasks' classifier: cross (A and B in one sequence, attending to each other) | siamese "
+                  "(A and B encoded apart, the head reads [u, v, |u - v|, u * v] of their mean-pooled states)."},
+    )
     classifier_dropout: float | None = field(
         default=None, metadata={"help": "Dropout before the head (None: hidden dropout for classification, none "
                                           "for destination)."}
@@ -144,6 +149,8 @@ class FinetuneTrainingArguments(NoPinMemoryWithoutAccelerator, TrainingArguments
         super().__post_init__()
         if self.classifier_pooling not in CLASSIFIER_POOLINGS:
             raise ValueError(f"--classifier_pooling must be cls or mean, got {self.classifier_pooling!r}.")
+        if self.pair_encoding not in PAIR_ENCODINGS:
+            raise ValueError(f"--pair_encoding must be one of {', '.join(PAIR_ENCODINGS)}, got {self.pair_encoding!r}.")
         if self.early_stopping_patience < 0:
             raise ValueError(f"--early_stopping_patience must be >= 0, got {self.early_stopping_patience}.")
         if self.head_learning_rate is not None and self.head_learning_rate <= 0:
@@ -316,10 +323,12 @@ def tokenize_examples(task: PreparedTask, columns: dict[str, list], tokenizer: T
 
 def build_model(task: PreparedTask, init: str, model_path: str, base_config: TrajBertConfig,
                 tokenizer: TrajTokenizer, seed: int, classifier_pooling: str = "cls",
-                classifier_dropout: float | None = None):
-    """A fine-tuning model for `task`: pre-trained weights, or the same config with fresh weights (seeded)."""
+                classifier_dropout: float | None = None, pair_encoding: str = "cross"):
+    """A fine-tuning model for `task`: pre-trained weights, or the same config with fresh weights (seeded).
+    `pair_encoding` applies to pair tasks; every other task reads one sequence (`"cross"`)."""
     config = copy.deepcopy(base_config)
     config.classifier_pooling = classifier_pooling
+    config.pair_encoding = pair_encoding if task.kind == "pair" else "cross"
     config.classifier_dropout = classifier_dropout
     id2label = dict(enumerate(task.label_names))
     config.id2label = id2label
@@ -549,7 +558,7 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Finetune
     args.output_dir = str(output_dir)
     push, args.push_to_hub = args.push_to_hub, False  # pushed by modeling_trajfm.hub, curated card last
     model = build_model(task, init, prepared.model_path, prepared.base_config, prepared.tokenizer, args.seed,
-                        args.classifier_pooling, args.classifier_dropout)
+                        args.classifier_pooling, args.classifier_dropout, args.pair_encoding)
     trainer = finetune_trainer(model, args, train_dataset, validation_dataset, prepared.tokenizer,
                                lambda prediction: task_metrics(task, _logits(prediction), "validation"))
     started = time.perf_counter()

@@ -340,6 +340,24 @@ def supervised_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, 
     return -per_anchor.mean()
 
 
+def siamese_inputs(token_type_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                   hexagon_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(sequence_ids, position_ids, token_type_ids)` that make one forward over `[CLS] A [SEP] B [SEP]` encode A and
+    B apart: each segment its own packed sequence (attention stays inside it), B's positions restarting at 1 as if
+    it followed a [CLS], and every token of segment type 0, so that both are encoded by the same function."""
+    if token_type_ids is None or hexagon_ids is None:
+        raise ValueError("`pair_encoding='siamese'` needs `token_type_ids` and `hexagon_ids` of pairs (TrajTokenizer "
+                         "called with `pair_cells` returns them).")
+    has_pair = ((token_type_ids == 1) & (hexagon_ids > 0)).any(dim=1)
+    if not bool(has_pair.all()):
+        raise ValueError("`pair_encoding='siamese'` reads trajectory pairs: every row needs hexagons in segment B "
+                         "(`token_type_ids` 1); encode single trajectories with `pair_encoding='cross'`.")
+    present = torch.ones_like(token_type_ids) if attention_mask is None else (attention_mask > 0).long()
+    sequence_ids = (token_type_ids + 1) * present
+    positions = packed_position_ids(sequence_ids) + token_type_ids
+    return sequence_ids, positions, torch.zeros_like(token_type_ids)
+
+
 class TrajBertPredictionHeadTransform(nn.Module):
     """dense + activation + LayerNorm, mapping hidden states into the space of the (tied) word embeddings."""
 
@@ -663,7 +681,9 @@ class TrajBertForSequenceClassification(TrajBertPreTrainedModel):
     """Pooled [CLS] (or, with `config.classifier_pooling="mean"`, the mean over hexagon tokens) → dropout → linear,
     with BERT's regression / single-label / multi-label losses.
 
-    Trajectory pairs are encoded as `[CLS] A [SEP] B [SEP]` with `token_type_ids`.
+    Trajectory pairs are encoded as `[CLS] A [SEP] B [SEP]` with `token_type_ids`; with `config.pair_encoding=
+    "siamese"` A and B are encoded apart (see `siamese_inputs`) and the head reads [u, v, |u - v|, u * v] of their
+    mean-pooled states.
     """
 
     # The loss is a plain mean: Trainer must not rescale it by num_items_in_batch / world size.
@@ -672,13 +692,14 @@ class TrajBertForSequenceClassification(TrajBertPreTrainedModel):
     def __init__(self, config: TrajBertConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
+        self.siamese = config.pair_encoding == "siamese"
         # Mean pooling reads the hidden states directly: no pooler, so no parameter without a gradient (DDP).
-        self.trajbert = TrajBertModel(config, add_pooling_layer=config.classifier_pooling == "cls")
+        self.trajbert = TrajBertModel(config, add_pooling_layer=config.classifier_pooling == "cls" and not self.siamese)
         classifier_dropout = (
             config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         )
         self.dropout = nn.Dropout(classifier_dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = nn.Linear(config.hidden_size * (4 if self.siamese else 1), config.num_labels)
         self.post_init()
 
     @can_return_tuple
@@ -701,6 +722,10 @@ class TrajBertForSequenceClassification(TrajBertPreTrainedModel):
             Class ids (single label), floats (regression) or multi-hot floats (multi-label); see `config.problem_type`.
         """
         kwargs.pop("num_items_in_batch", None)
+        segments = token_type_ids
+        if self.siamese:
+            kwargs["sequence_ids"], position_ids, token_type_ids = siamese_inputs(token_type_ids, attention_mask,
+                                                                                hexagon_ids)
         outputs = self.trajbert(
             input_ids,
             attention_mask=attention_mask,
@@ -714,7 +739,12 @@ class TrajBertForSequenceClassification(TrajBertPreTrainedModel):
             return_dict=True,
             **kwargs,
         )
-        if self.config.classifier_pooling == "mean":
+        if self.siamese:
+            hidden = outputs.last_hidden_state
+            u = hexagon_mean_pool(hidden, torch.where(segments == 0, hexagon_ids, 0))
+            v = hexagon_mean_pool(hidden, torch.where(segments == 1, hexagon_ids, 0))
+            pooled = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
+        elif self.config.classifier_pooling == "mean":
             pooled = hexagon_mean_pool(outputs.last_hidden_state, hexagon_ids)
         else:
             pooled = outputs.pooler_output

@@ -420,6 +420,44 @@ def test_sequence_classification_problem_types():
         assert not torch.allclose(single(**batch).logits, single(**pair).logits)
 
 
+def _pair(gen: torch.Generator, n_a: int, n_b: int) -> tuple[dict, dict, dict]:
+    """Trajectories A and B and their pair `[CLS] A [SEP] B [SEP]` (B in segment 1)."""
+    a, b = make_trajectory(gen, n_a), make_trajectory(gen, n_b)
+    pair = {key: a[key] + b[key][1:] for key in a}
+    pair["token_type_ids"] = [0] * len(a["input_ids"]) + [1] * (len(b["input_ids"]) - 1)
+    return a, b, pair
+
+
+def test_siamese_pair_encoding_encodes_a_and_b_apart(tmp_path):
+    """The siamese head's logits are those of A encoded alone and of B encoded alone (positions from 1, as after a
+    [CLS]), whatever the padding; save → load keeps them; single trajectories are refused."""
+    gen = torch.Generator().manual_seed(4)
+    triples = [_pair(gen, 4, 6), _pair(gen, 7, 2)]
+    batch = DataCollatorWithTrajectoryPadding(FakeTokenizer())([pair for _, _, pair in triples])
+    model = TrajBertForSequenceClassification(tiny_config(num_labels=2, pair_encoding="siamese")).eval()
+    assert model.classifier.in_features == 4 * model.config.hidden_size
+    with torch.no_grad():
+        logits = model(**batch).logits
+        for row, (a, b, _) in enumerate(triples):
+            alone_a = {key: torch.tensor([values]) for key, values in a.items()}
+            u = hexagon_mean_pool(model.trajbert(**alone_a).last_hidden_state, alone_a["hexagon_ids"])
+            alone_b = {key: torch.tensor([values[1:]]) for key, values in b.items()}
+            alone_b["position_ids"] = torch.arange(1, len(b["input_ids"]))[None]
+            v = hexagon_mean_pool(model.trajbert(**alone_b).last_hidden_state, alone_b["hexagon_ids"])
+            expected = model.classifier(torch.cat([u, v, (u - v).abs(), u * v], dim=-1))
+            torch.testing.assert_close(logits[row : row + 1], expected, atol=1e-5, rtol=1e-4)
+        cross = TrajBertForSequenceClassification(tiny_config(num_labels=2)).eval()
+        assert cross.classifier.in_features == cross.config.hidden_size
+        model.save_pretrained(tmp_path)
+        loaded = TrajBertForSequenceClassification.from_pretrained(tmp_path).eval()
+        assert loaded.config.pair_encoding == "siamese"
+        torch.testing.assert_close(loaded(**batch).logits, logits)
+        with pytest.raises(ValueError, match="every row needs hexagons in segment B"):
+            model(**make_batch())
+    with pytest.raises(CONFIG_ERRORS, match="pair_encoding"):
+        tiny_config(pair_encoding="late")
+
+
 def test_hexagon_prediction():
     candidates = [[5, 6, 7], [5, 6, 8], [9], [10, 11]]
     config = tiny_config(hexagon_candidates=candidates, id2label={i: f"cell{i}" for i in range(4)})

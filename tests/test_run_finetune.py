@@ -124,6 +124,27 @@ def test_answer_form_classifier_keeps_the_classifier(checkpoint, tmp_path):
         _run(checkpoint, tmp_path / "bad", "--linking_contrastive_steps", "-1")
 
 
+def test_siamese_pair_encoding(checkpoint, tmp_path):
+    """--pair_encoding siamese: pair tasks' classifier encodes A and B apart (saved in the config, usable after
+    loading with a pair); tasks of one trajectory keep the cross encoding."""
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "siamese"
+    _run(checkpoint, out, "--task", "next_subtrajectory", "--pair_encoding", "siamese", "--answer_form", "classifier")
+    assert _in_unit(_read(out / "all_results.json")["test_f1"])
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert model.config.pair_encoding == "siamese" and model.classifier.in_features == 4 * model.config.hidden_size
+    cells = _some_cells(checkpoint)
+    batch = TrajTokenizer.from_pretrained(out)(cells=[cells[:5]], pair_cells=[cells[5:]], return_tensors="pt")
+    with torch.no_grad():
+        assert model(**batch).logits.shape == (1, 2)
+    linking = tmp_path / "linking"
+    _run(checkpoint, linking, "--task", "user_association", "--pair_encoding", "siamese", "--answer_form", "classifier")
+    assert _read(linking / "config.json")["pair_encoding"] == "cross"
+    with pytest.raises(ValueError, match="--pair_encoding must be one of cross, siamese"):
+        _run(checkpoint, tmp_path / "bad", "--pair_encoding", "late")
+
+
 def test_destination(checkpoint, tmp_path):
     out = tmp_path / "dest"
     _run(checkpoint, out, "--task", "destination", "--prefix_fraction", "0.25")
