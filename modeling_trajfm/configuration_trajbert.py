@@ -55,9 +55,10 @@ class TrajBertConfig(PreTrainedConfig):
             (the mean hidden state over hexagon tokens, `hexagon_ids > 0`: special tokens and padding excluded).
         pair_encoding (`str`, defaults to `"cross"`): how [`TrajBertForSequenceClassification`] reads a pair
             `[CLS] A [SEP] B [SEP]`: `"cross"` (one sequence, A and B attend to each other) or `"siamese"` (A and B
-            encoded apart in the same forward, attention kept inside each segment and positions restarted as if each
-            followed a [CLS]; the head reads their mean-pooled states u, v as [u, v, |u - v|, u * v]): the form
-            that compares two trajectories' summaries, what trajectory-level pre-training trains.
+            encoded apart by the same function in one forward, see `modeling_trajbert.siamese_inputs`; the head
+            reads their mean-pooled states u, v as [u, v, |u - v|, u * v], whatever `classifier_pooling` says): the
+            form that compares two trajectories' summaries, what trajectory-level pre-training trains. Not with
+            flash attention (it cannot keep attention inside a segment).
         use_hexagon_embeddings (`bool`): add an embedding of `hexagon_ids` (which visit a token belongs to).
         use_level_embeddings (`bool`): add an embedding of `level_ids` (sub-token position inside its hexagon).
         use_time_embeddings (`bool`): add embeddings of `hour_ids` (hour of week) and `gap_ids` (log time gap bucket).

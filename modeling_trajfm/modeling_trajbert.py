@@ -341,21 +341,26 @@ def supervised_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, 
 
 
 def siamese_inputs(token_type_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
-                   hexagon_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`(sequence_ids, position_ids, token_type_ids)` that make one forward over `[CLS] A [SEP] B [SEP]` encode A and
-    B apart: each segment its own packed sequence (attention stays inside it), B's positions restarting at 1 as if
-    it followed a [CLS], and every token of segment type 0, so that both are encoded by the same function."""
+                   hexagon_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(sequence_ids, position_ids, token_type_ids, hexagon_ids)` that make one forward over `[CLS] A [SEP] B [SEP]`
+    encode `A [SEP]` and `B [SEP]` by the same function: each segment its own packed sequence (attention stays inside
+    it; [CLS] alone in a third, so A does not see a token B lacks), both numbered from position 1 as after a [CLS],
+    every token of segment type 0, and B's visits numbered from 1 (the tokenizer numbers them on from A's)."""
     if token_type_ids is None or hexagon_ids is None:
         raise ValueError("`pair_encoding='siamese'` needs `token_type_ids` and `hexagon_ids` of pairs (TrajTokenizer "
                          "called with `pair_cells` returns them).")
-    has_pair = ((token_type_ids == 1) & (hexagon_ids > 0)).any(dim=1)
-    if not bool(has_pair.all()):
+    segment_b = token_type_ids == 1
+    if not torch.compiler.is_compiling() and not bool(((segment_b & (hexagon_ids > 0)).any(dim=1)).all()):
         raise ValueError("`pair_encoding='siamese'` reads trajectory pairs: every row needs hexagons in segment B "
                          "(`token_type_ids` 1); encode single trajectories with `pair_encoding='cross'`.")
     present = torch.ones_like(token_type_ids) if attention_mask is None else (attention_mask > 0).long()
-    sequence_ids = (token_type_ids + 1) * present
-    positions = packed_position_ids(sequence_ids) + token_type_ids
-    return sequence_ids, positions, torch.zeros_like(token_type_ids)
+    segments = (token_type_ids + 1) * present
+    positions = packed_position_ids(segments) + token_type_ids
+    cls = (positions == 0) & (segments == 1)
+    sequence_ids = torch.where(cls, 3, segments)
+    last_of_a = torch.where(segment_b, 0, hexagon_ids).amax(dim=1, keepdim=True)
+    hexagons = torch.where(segment_b & (hexagon_ids > 0), hexagon_ids - last_of_a, hexagon_ids)
+    return sequence_ids, positions, torch.zeros_like(token_type_ids), hexagons
 
 
 class TrajBertPredictionHeadTransform(nn.Module):
@@ -722,16 +727,22 @@ class TrajBertForSequenceClassification(TrajBertPreTrainedModel):
             Class ids (single label), floats (regression) or multi-hot floats (multi-label); see `config.problem_type`.
         """
         kwargs.pop("num_items_in_batch", None)
-        segments = token_type_ids
+        segments, encoder_hexagon_ids = token_type_ids, hexagon_ids
         if self.siamese:
-            kwargs["sequence_ids"], position_ids, token_type_ids = siamese_inputs(token_type_ids, attention_mask,
-                                                                                hexagon_ids)
+            if position_ids is not None:
+                raise ValueError("`pair_encoding='siamese'` numbers each segment's positions itself: do not pass "
+                                 "`position_ids`.")
+            if self.config._attn_implementation.startswith("flash"):
+                raise ValueError("`pair_encoding='siamese'` keeps attention inside each segment, which flash "
+                                 "attention cannot mask: load the model with attn_implementation='sdpa' or 'eager'.")
+            kwargs["sequence_ids"], position_ids, token_type_ids, encoder_hexagon_ids = siamese_inputs(
+                token_type_ids, attention_mask, hexagon_ids)
         outputs = self.trajbert(
             input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             position_ids=position_ids,
-            hexagon_ids=hexagon_ids,
+            hexagon_ids=encoder_hexagon_ids,
             level_ids=level_ids,
             hour_ids=hour_ids,
             gap_ids=gap_ids,

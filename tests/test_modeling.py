@@ -421,31 +421,47 @@ def test_sequence_classification_problem_types():
 
 
 def _pair(gen: torch.Generator, n_a: int, n_b: int) -> tuple[dict, dict, dict]:
-    """Trajectories A and B and their pair `[CLS] A [SEP] B [SEP]` (B in segment 1)."""
+    """Trajectories A and B and their pair `[CLS] A [SEP] B [SEP]` (B in segment 1, its visits numbered on from A's,
+    as TrajTokenizer numbers them)."""
     a, b = make_trajectory(gen, n_a), make_trajectory(gen, n_b)
     pair = {key: a[key] + b[key][1:] for key in a}
+    pair["hexagon_ids"] = a["hexagon_ids"] + [h + n_a if h else 0 for h in b["hexagon_ids"][1:]]
     pair["token_type_ids"] = [0] * len(a["input_ids"]) + [1] * (len(b["input_ids"]) - 1)
     return a, b, pair
 
 
+def _alone(trajectory: dict, model: TrajBertForSequenceClassification) -> torch.Tensor:
+    """Mean-pooled encoding of `trajectory` without its [CLS], numbered from position 1."""
+    inputs = {key: torch.tensor([values[1:]]) for key, values in trajectory.items()}
+    inputs["position_ids"] = torch.arange(1, len(trajectory["input_ids"]))[None]
+    return hexagon_mean_pool(model.trajbert(**inputs).last_hidden_state, inputs["hexagon_ids"])
+
+
 def test_siamese_pair_encoding_encodes_a_and_b_apart(tmp_path):
-    """The siamese head's logits are those of A encoded alone and of B encoded alone (positions from 1, as after a
-    [CLS]), whatever the padding; save → load keeps them; single trajectories are refused."""
+    """The siamese head's logits are those of `A [SEP]` and of `B [SEP]` each encoded alone by the same function
+    (position 1 on, visits numbered from 1), whatever the padding; swapping A and B swaps u and v; save → load keeps
+    them; single trajectories and given positions are refused."""
     gen = torch.Generator().manual_seed(4)
     triples = [_pair(gen, 4, 6), _pair(gen, 7, 2)]
     batch = DataCollatorWithTrajectoryPadding(FakeTokenizer())([pair for _, _, pair in triples])
-    model = TrajBertForSequenceClassification(tiny_config(num_labels=2, pair_encoding="siamese")).eval()
+    config = tiny_config(num_labels=2, pair_encoding="siamese", use_hexagon_embeddings=True,
+                         use_level_embeddings=True, use_time_embeddings=True)
+    model = TrajBertForSequenceClassification(config).eval()
     assert model.classifier.in_features == 4 * model.config.hidden_size
     with torch.no_grad():
         logits = model(**batch).logits
         for row, (a, b, _) in enumerate(triples):
-            alone_a = {key: torch.tensor([values]) for key, values in a.items()}
-            u = hexagon_mean_pool(model.trajbert(**alone_a).last_hidden_state, alone_a["hexagon_ids"])
-            alone_b = {key: torch.tensor([values[1:]]) for key, values in b.items()}
-            alone_b["position_ids"] = torch.arange(1, len(b["input_ids"]))[None]
-            v = hexagon_mean_pool(model.trajbert(**alone_b).last_hidden_state, alone_b["hexagon_ids"])
+            u, v = _alone(a, model), _alone(b, model)
             expected = model.classifier(torch.cat([u, v, (u - v).abs(), u * v], dim=-1))
             torch.testing.assert_close(logits[row : row + 1], expected, atol=1e-5, rtol=1e-4)
+        a, b, _ = triples[0]
+        swapped = {key: a[key][:1] + b[key][1:] + a[key][1:] for key in a}
+        swapped["hexagon_ids"] = [0] + b["hexagon_ids"][1:] + [h + 6 if h else 0 for h in a["hexagon_ids"][1:]]
+        swapped["token_type_ids"] = [0] * len(b["input_ids"]) + [1] * (len(a["input_ids"]) - 1)
+        u, v = _alone(a, model), _alone(b, model)
+        expected = model.classifier(torch.cat([v, u, (v - u).abs(), v * u], dim=-1))
+        swapped_batch = DataCollatorWithTrajectoryPadding(FakeTokenizer())([swapped])
+        torch.testing.assert_close(model(**swapped_batch).logits, expected, atol=1e-5, rtol=1e-4)
         cross = TrajBertForSequenceClassification(tiny_config(num_labels=2)).eval()
         assert cross.classifier.in_features == cross.config.hidden_size
         model.save_pretrained(tmp_path)
@@ -454,6 +470,8 @@ def test_siamese_pair_encoding_encodes_a_and_b_apart(tmp_path):
         torch.testing.assert_close(loaded(**batch).logits, logits)
         with pytest.raises(ValueError, match="every row needs hexagons in segment B"):
             model(**make_batch())
+        with pytest.raises(ValueError, match="do not pass `position_ids`"):
+            model(**batch, position_ids=torch.zeros_like(batch["input_ids"]))
     with pytest.raises(CONFIG_ERRORS, match="pair_encoding"):
         tiny_config(pair_encoding="late")
 
