@@ -114,9 +114,9 @@ class DataCollatorForWholeHexagonMasking:
             `view_ids` (which trajectory a row shows), what the MTM model's contrastive term needs
             (`config.contrastive_weight`). Not for packed rows.
         positives: which rows the contrastive term treats as positives of each other, through `view_ids`: `"views"`
-            (the views of one trajectory) or `"user"` (every row of the same user: features need `user_id`; with
-            batches of same-user pairs, `BucketedLengthSampler(users=...)`, a trajectory's positives are its other
-            view and its partner's views).
+            (the views of one trajectory) or `"user"` (every row of the same user in the batch: features need
+            `user_id`; batches of same-user pairs, `BucketedLengthSampler(users=...)`, give every trajectory at
+            least its other view and its partner's views).
     """
 
     tokenizer: Any

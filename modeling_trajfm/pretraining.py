@@ -63,6 +63,7 @@ from .packing import pack_trajectories, padding_share
 from .plotting import plot_training_curves
 from .run_guard import (
     RunRecord,
+    argument_defaults,
     check_output_dir,
     check_resume,
     is_complete,
@@ -541,7 +542,9 @@ def _guard_output(corpus: CorpusConfig, model_args: MTMModelArguments, mtm_args:
     record = RunRecord.from_arguments({"corpus": asdict(corpus), "model": model_values, "mtm": mtm_values},
                                       training_args)
     if last_checkpoint is not None:
-        check_resume(output_dir, last_checkpoint, record)
+        defaults = {"corpus": argument_defaults(CorpusConfig), "model": argument_defaults(MTMModelArguments),
+                    "mtm": argument_defaults(MTMArguments)}
+        check_resume(output_dir, last_checkpoint, record, defaults)
     elif wants_overwrite(training_args) and training_args.process_index == 0:
         remove_checkpoints(output_dir)
     return last_checkpoint, record

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -130,19 +131,32 @@ class RunRecord:
         path = Path(output_dir) / RUN_FILE
         return RunRecord(**json.loads(path.read_text())) if path.is_file() else None
 
-    def differences(self, other: RunRecord) -> list[str]:
-        """`group.name: recorded -> new` for every argument that differs."""
+    def differences(self, other: RunRecord, defaults: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+        """`group.name: recorded -> new` for every argument that differs. An argument this record lacks (added to
+        trajfm after the run) does not differ when the new value is its default in `defaults[group]`: defaults of
+        new arguments keep the old behaviour."""
         out = []
+        defaults = defaults or {}
         for group in sorted(set(self.arguments) | set(other.arguments)):
             old, new = self.arguments.get(group, {}), other.arguments.get(group, {})
             for name in sorted(set(old) | set(new)):
+                added = name not in old and name in defaults.get(group, {})
+                if added and new.get(name) == defaults[group][name]:
+                    continue
                 if old.get(name) != new.get(name):
                     out.append(f"{group}.{name}: {old.get(name)!r} -> {new.get(name)!r}")
         return out
 
 
-def check_resume(output_dir: str | Path, checkpoint: str, new: RunRecord) -> None:
-    """Refuse to continue `checkpoint` with arguments that change the run, or to re-run a finished run."""
+def argument_defaults(argument_class: type) -> dict[str, Any]:
+    """The plain defaults of a dataclass of arguments (fields with a default factory left out)."""
+    return {f.name: f.default for f in fields(argument_class) if f.default is not MISSING}
+
+
+def check_resume(output_dir: str | Path, checkpoint: str, new: RunRecord,
+                 defaults: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Refuse to continue `checkpoint` with arguments that change the run, or to re-run a finished run. `defaults`:
+    group → {argument: default}, see `RunRecord.differences`."""
     recorded = RunRecord.load(output_dir)
     if recorded is None:
         return
@@ -151,7 +165,7 @@ def check_resume(output_dir: str | Path, checkpoint: str, new: RunRecord) -> Non
             f"--output_dir {output_dir} holds a finished run (its results are kept). Pass --overwrite_output_dir to "
             "train again from scratch, or another --output_dir."
         )
-    changed = recorded.differences(new)
+    changed = recorded.differences(new, defaults)
     if changed:
         raise OutputDirError(
             f"Resuming {checkpoint} with arguments that change the run:\n  " + "\n  ".join(changed)

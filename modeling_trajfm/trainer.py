@@ -52,6 +52,9 @@ class BucketedLengthSampler(torch.utils.data.Sampler):
         self.group_lengths = group_lengths
         self.user_codes = None
         if users is not None:
+            if batch_size % 2:
+                raise ValueError(f"Same-user pairs need an even batch size (per device x accumulation), got "
+                                 f"{batch_size}: a pair would straddle two batches.")
             if len(users) != len(self.lengths):
                 raise ValueError(f"`users` needs one id per sequence: {len(users)} ids for {len(self.lengths)}.")
             self.user_codes = np.unique(np.asarray(users, dtype=str), return_inverse=True)[1]

@@ -92,6 +92,8 @@ def test_sampler_with_users_yields_same_user_pairs():
     assert order[alone ^ 1] == 300
     with pytest.raises(ValueError, match="one id per sequence"):
         BucketedLengthSampler(lengths, batch_size=8, users=users[:-1])
+    with pytest.raises(ValueError, match="even batch size .* got 7"):
+        BucketedLengthSampler(lengths, batch_size=7, users=users)
 
 
 # ------------------------------------------------------------------------------------------------------ compare

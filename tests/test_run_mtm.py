@@ -226,6 +226,15 @@ def test_resume_with_changed_arguments_is_refused(tmp_path):
         run_mtm.main(_args(out, "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no", "--learning_rate",
                            "5e-3", "--vocab_size", "300"))
     assert "model.vocab_size: 150 -> 300" in str(error.value)
+    # A run recorded before an argument existed resumes at that argument's default (it keeps the old behaviour).
+    record = json.loads((out / "trajfm_run.json").read_text())
+    del record["arguments"]["mtm"]["contrastive_positives"]
+    (out / "trajfm_run.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"mtm.contrastive_positives: None -> 'user'"):
+        run_mtm.main(_args(out, "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no",
+                           "--contrastive_positives", "user"))
+    run_mtm.main(_args(out, "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no"))
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
     # --overwrite_output_dir starts again from scratch and drops the old checkpoints.
     run_mtm.main(_args(out, "--max_steps", "2", "--save_steps", "2", "--eval_strategy", "no",
                        "--overwrite_output_dir"))
