@@ -179,7 +179,7 @@ def _run_args(study: dict[str, Any], name: str, seed: int) -> list[str]:
 
 
 #: `TaskConfig` fields that only fine-tuning reads: a recorded run stays current when they change or were added later.
-FINETUNING_ONLY_FIELDS = ("contrastive_steps", "linking_contrastive_steps", "answer_form")
+FINETUNING_ONLY_FIELDS = ("contrastive_steps", "linking_contrastive_steps", "answer_form", "profile_fusion")
 
 
 def _probing_key(probing: dict[str, Any] | None) -> dict[str, Any] | None:

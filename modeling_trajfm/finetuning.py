@@ -369,7 +369,7 @@ def answer_with_forms(task: PreparedTask, model: TrajBertPreTrainedModel, tokeni
     validation figures it was made on."""
     metrics, logits = classifier
     steps = task_config.contrastive_steps_for(task.name)
-    forms = embedding_forms(model, tokenizer, task, batch_size, steps, seed)
+    forms = embedding_forms(model, tokenizer, task, batch_size, steps, seed, task_config.profile_fusion)
     if not forms:
         return metrics, logits, {}
     form, validation = choose_form(task, classifier_validation, forms)
@@ -383,7 +383,10 @@ def answer_with_forms(task: PreparedTask, model: TrajBertPreTrainedModel, tokeni
         out |= {f"test_{key}": value for key, value in scored[form].items()}
     else:
         out |= metrics
-    return out, logits, {"answer_form": form, "validation_by_form": validation, "contrastive_steps": steps}
+    choice = {"answer_form": form, "validation_by_form": validation, "contrastive_steps": steps}
+    if form in forms and forms[form].encoder_weight is not None:
+        choice["encoder_weight"] = forms[form].encoder_weight
+    return out, logits, choice
 
 
 def _transfer_mtm_transform(model: TrajBertForHexagonPrediction, model_path: str) -> None:

@@ -10,6 +10,8 @@ import torch
 from modeling_trajfm import TrajBertForMaskedTrajectoryModeling
 from modeling_trajfm.downstream import PreparedTask, TaskConfig, build_task
 from modeling_trajfm.downstream import examples as T
+from modeling_trajfm.downstream.baselines import CellProfileKNN, TfidfCells
+from modeling_trajfm.downstream.builders import task_metrics
 from modeling_trajfm.downstream.compare import comparable_baselines, compare_markdown, compare_report
 from modeling_trajfm.downstream.embeddings import (
     contrastive_finetune,
@@ -18,7 +20,14 @@ from modeling_trajfm.downstream.embeddings import (
     linear_probe_scores,
     prototype_scores,
 )
-from modeling_trajfm.downstream.forms import FormScores, choose_form, embedding_forms, threshold_scores
+from modeling_trajfm.downstream.forms import (
+    ENCODER_WEIGHTS,
+    FormScores,
+    _fused,
+    choose_form,
+    embedding_forms,
+    threshold_scores,
+)
 from modeling_trajfm.downstream.metrics import f1_threshold, ranking_metrics
 from modeling_trajfm.downstream.probes import frozen_probes
 from modeling_trajfm.finetuning import (
@@ -281,3 +290,51 @@ def test_embedding_forms_on_real_tasks(encoder_and_records):
     assert pair.validation.shape == (len(binary.validation["label"]), 2)
     assert pair.test.shape == (len(binary.test["label"]), 2)
     assert embedding_forms(encoder, tokenizer, build_task("destination", records, TaskConfig(), 0)) == {}
+
+
+def test_profile_fusion_forms_fit_each_side_on_what_it_may_see(encoder_and_records):
+    """`<form>+profile` = w × the encoder's score + (1 − w) × the TF-IDF cell profile's, w chosen on validation: the
+    validation scores use profiles of the training trajectories only, test scores those of train + validation."""
+    path, tokenizer, config, records = encoder_and_records
+    encoder = load_encoder(path, config, "pretrained", 0)
+    linking = build_task("user_association_linking", records, TaskConfig(max_input_visits=16), 0)
+    forms = embedding_forms(encoder, tokenizer, linking, profile_fusion=True)
+    assert list(forms) == ["retrieval_prototype", "retrieval_knn", "retrieval_prototype+profile",
+                           "retrieval_knn+profile"]  # encoder forms first: they win ties in `choose_form`
+    train, validation = linking.train, linking.validation
+    on_validation = CellProfileKNN(linking.label_names).fit(train["user_id"], train["cells"]).scores(
+        validation["cells"])
+    both = CellProfileKNN(linking.label_names).fit(train["user_id"] + validation["user_id"],
+                                                   train["cells"] + validation["cells"])
+    on_test = both.scores(linking.test["cells"])
+    pure, fused = forms["retrieval_knn"], forms["retrieval_knn+profile"]
+    w = fused.encoder_weight
+    np.testing.assert_allclose(fused.validation, w * pure.validation + (1 - w) * on_validation)
+    np.testing.assert_allclose(fused.test, w * pure.test + (1 - w) * on_test)
+    by_weight = {v: task_metrics(linking, v * pure.validation + (1 - v) * on_validation, "validation")["accuracy@1"]
+                 for v in ENCODER_WEIGHTS}
+    assert by_weight[w] == max(by_weight.values()) and w == max(v for v in by_weight if by_weight[v] == by_weight[w])
+
+    binary = build_task("user_association_binary", records, TaskConfig(max_input_visits=16), 0)
+    pair = embedding_forms(encoder, tokenizer, binary, profile_fusion=True)
+    assert set(pair) == {"similarity", "similarity+profile"} and pair["similarity+profile"].encoder_weight in (
+        ENCODER_WEIGHTS)
+    assert pair["similarity+profile"].test.shape == (len(binary.test["label"]), 2)
+    assert set(embedding_forms(encoder, tokenizer, binary)) == {"similarity"}  # the library default: encoder only
+
+
+def test_fused_weight_on_validation_ties_to_the_encoder():
+    task = _pair_task(True)  # validation labels [1, 0]
+    right, wrong = threshold_scores(np.array([0.9, 0.1]), 0.5), threshold_scores(np.array([0.1, 0.9]), 0.5)
+    candidates = {0.25: FormScores(right, np.zeros(1), 0.25), 0.5: FormScores(wrong, np.ones(1), 0.5),
+                  0.75: FormScores(right, np.full(1, 2.0), 0.75)}
+    assert _fused(task, candidates).encoder_weight == 0.75  # 0.25 and 0.75 tie on validation: the larger weight
+    no_validation = {w: FormScores(None, np.full(1, w), w) for w in ENCODER_WEIGHTS}
+    assert _fused(task, no_validation).encoder_weight == 0.5  # nothing to choose on: the middle weight
+
+
+def test_tfidf_pair_cosines():
+    tfidf = TfidfCells().fit([[1, 2], [2, 3], [4]])
+    cosines = tfidf.pair_cosines([[1, 2], [4], [1]], [[2, 1], [1], [1, 1, 2]])
+    assert cosines[0] == pytest.approx(1.0) and cosines[1] == 0.0 and 0.0 < cosines[2] < 1.0
+    assert tfidf.pair_cosines([], []).shape == (0,)

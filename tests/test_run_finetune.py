@@ -81,9 +81,11 @@ def test_classification_tasks(checkpoint, tmp_path, task, form, keys):
     assert (out / "task_report.json").is_file() and (out / "task_data.json").is_file()
 
     report = _read(out / "task_report.json")
-    form_names = {"next_subtrajectory": ["similarity"], "linking": ["retrieval_prototype", "retrieval_knn"],
-                  "binary": ["similarity"]}[form if task == "user_association" else task]
+    encoder_forms = {"next_subtrajectory": ["similarity"], "linking": ["retrieval_prototype", "retrieval_knn"],
+                     "binary": ["similarity"]}[form if task == "user_association" else task]
+    form_names = [*encoder_forms, *(f"{name}+profile" for name in encoder_forms)]  # each also fused with the profile
     assert report["answer_form"] in ["classifier", *form_names] and results["answer_form"] == report["answer_form"]
+    assert ("encoder_weight" in report) == report["answer_form"].endswith("+profile")
     assert set(report["validation_by_form"]) == {"classifier", *form_names}
     chosen = max(report["validation_by_form"].values())
     assert report["validation_by_form"][report["answer_form"]] == chosen  # the best on validation answers
@@ -115,9 +117,11 @@ def _some_cells(checkpoint):
 
 def test_answer_form_classifier_keeps_the_classifier(checkpoint, tmp_path):
     out = tmp_path / "classifier"
-    _run(checkpoint, out, "--task", "user_association", "--association_form", "binary", "--answer_form", "classifier")
+    _run(checkpoint, out, "--task", "user_association", "--association_form", "binary", "--answer_form", "classifier",
+         "--profile_fusion", "false")
     results = _read(out / "all_results.json")
     assert results["answer_form"] == "classifier" and results["test_f1"] == results["test_classifier_f1"]
+    assert "test_similarity_f1" in results and not any("+profile" in key for key in results)  # encoder forms only
     with pytest.raises(ValueError, match="Unknown --answer_form 'best'"):
         _run(checkpoint, tmp_path / "bad", "--answer_form", "best")
     with pytest.raises(ValueError, match="--linking_contrastive_steps must be >= 0"):
@@ -230,7 +234,8 @@ def test_compare_report(checkpoint, tmp_path):
         form = linking[init]["answer_form"]  # the answer is the form that was best on validation
         assert linking[init]["accuracy@1"] == linking[init][f"{form}_accuracy@1"]
         binary = report["tasks"]["user_association_binary"][init]
-        assert binary["answer_form"] in ("classifier", "similarity") and _in_unit(binary["similarity_f1"])
+        assert binary["answer_form"] in ("classifier", "similarity", "similarity+profile")
+        assert _in_unit(binary["similarity_f1"]) and _in_unit(binary["similarity+profile_f1"])
         probes = report["probes"]["tasks"]["user_association_linking"]
         assert _in_unit(probes["retrieval_knn"][init]["mrr"]) and _in_unit(probes["retrieval_prototype"][init]["mrr"])
     assert linking["inputs"] == "trajectory" and linking["baselines"]["cell_profile_knn"]["inputs"] == "trajectory"

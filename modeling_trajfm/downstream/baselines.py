@@ -136,6 +136,10 @@ class TfidfCells:
             a, b = b, a
         return float(sum(w * b.get(c, 0.0) for c, w in a.items()))
 
+    def pair_cosines(self, cells_a: Sequence[Sequence[int]], cells_b: Sequence[Sequence[int]]) -> np.ndarray:
+        """The cosine of each pair's two vectors."""
+        return np.array([self.cosine(self.vector(a), self.vector(b)) for a, b in zip(cells_a, cells_b)])
+
 
 class CellProfileKNN:
     """Trajectory-user linking by TF-IDF cell profiles (nearest user profile by cosine similarity)."""
@@ -171,8 +175,7 @@ class PairSimilarityThreshold:
         self.threshold = 0.0
 
     def similarities(self, cells_a: Sequence[Sequence[int]], cells_b: Sequence[Sequence[int]]) -> np.ndarray:
-        vector, cosine = self.tfidf.vector, self.tfidf.cosine
-        return np.array([cosine(vector(a), vector(b)) for a, b in zip(cells_a, cells_b)])
+        return self.tfidf.pair_cosines(cells_a, cells_b)
 
     def fit(
         self,

@@ -96,6 +96,12 @@ class TaskConfig:
                           "whichever is best on validation: retrieval for user linking, embedding similarity for "
                           "pair tasks) | classifier."},
     )
+    profile_fusion: bool = field(
+        default=True,
+        metadata={"help": "Embedding forms also come fused with the TF-IDF cell-profile cosine (`<form>+profile`, the "
+                          "encoder's weight chosen on validation among 0.25/0.5/0.75), for --answer_form auto to "
+                          "choose on validation; false: the encoder's forms only."},
+    )
     destination_user_context: bool = field(
         default=False,
         metadata={"help": "destination: give the model the user's most recent earlier training-side trajectory as "

@@ -11,6 +11,12 @@ validation and test, so that `finetuning` can choose per init, on validation onl
 With `contrastive_steps > 0` a copy of the encoder is first fine-tuned by `embeddings.contrastive_finetune` on the
 training split only: trajectories of the same user are positives for linking, the two segments of a positive pair
 for pair entries. Score matrices have one column per class, so `task_metrics` and the bootstrap apply unchanged.
+
+With `profile_fusion`, each form also comes fused with the TF-IDF cell-profile cosine (`<form>+profile`): the
+encoder's cosine weighted by `w` plus the profile's by `1 - w`, the dense + sparse hybrid of retrieval. Mean-pooled
+states blur which exact cells a trajectory visits; the profile keeps them, so the two carry different evidence.
+`w` is chosen per form on validation among `ENCODER_WEIGHTS` (ties: the larger), the profile is fitted on the side
+the form is scored from (validation: training examples; test: training + validation), like the baselines.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import numpy as np
 from tokenization_trajfm import TrajTokenizer
 
 from ..modeling_trajbert import TrajBertPreTrainedModel
+from . import baselines as bl
 from .builders import PRIMARY_METRIC, PreparedTask, task_metrics
 from .embeddings import contrastive_finetune, embed_trajectories, retrieval_scores, row_cosines
 from .metrics import f1_threshold
@@ -31,14 +38,19 @@ from .probes import LINKING, PROBE_SETTINGS
 #: The embedding forms of each entry that has any.
 FORMS = {LINKING: ("retrieval_prototype", "retrieval_knn"),
          "next_subtrajectory": ("similarity",), "user_association_binary": ("similarity",)}
+#: Weights of the encoder's cosine in a `+profile` form, tried on validation (the profile's cosine gets the rest).
+ENCODER_WEIGHTS = (0.25, 0.5, 0.75)
+PROFILE_SUFFIX = "+profile"
 
 
 @dataclass
 class FormScores:
-    """A form's `(n, n_classes)` scores of the validation (None without validation examples) and test examples."""
+    """A form's `(n, n_classes)` scores of the validation (None without validation examples) and test examples;
+    `encoder_weight`: the encoder's share in a `+profile` form."""
 
     validation: np.ndarray | None
     test: np.ndarray
+    encoder_weight: float | None = None
 
 
 def threshold_scores(similarities: np.ndarray, threshold: float) -> np.ndarray:
@@ -69,7 +81,28 @@ def _tuned(model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, task: Prepa
                                 trajectories_per_user=per_group, seed=seed)
 
 
-def _linking_forms(embed, task: PreparedTask) -> dict[str, FormScores]:
+def _fused(task: PreparedTask, candidates: dict[float, FormScores]) -> FormScores:
+    """The candidate (one per encoder weight) best on validation, ties to the larger weight; without validation
+    examples the middle weight."""
+    if any(form.validation is None for form in candidates.values()):
+        return candidates[ENCODER_WEIGHTS[len(ENCODER_WEIGHTS) // 2]]
+    metric = PRIMARY_METRIC[task.name]
+    return candidates[max(candidates, key=lambda w: (
+        task_metrics(task, candidates[w].validation, "validation")[metric], w))]
+
+
+def _linking_profile(task: PreparedTask) -> FormScores:
+    """`baselines.CellProfileKNN` scores: validation against training profiles, test against train + validation."""
+    users, train, validation = task.label_names, task.train, task.validation
+    on_validation = None
+    if validation.get("label"):
+        on_validation = bl.CellProfileKNN(users).fit(train["user_id"], train["cells"]).scores(validation["cells"])
+    both = bl.CellProfileKNN(users).fit(train["user_id"] + validation.get("user_id", []),
+                                        train["cells"] + validation.get("cells", []))
+    return FormScores(on_validation, both.scores(task.test["cells"]))
+
+
+def _linking_forms(embed, task: PreparedTask, profile_fusion: bool) -> dict[str, FormScores]:
     n = len(task.label_names)
     train, validation, test = (embed(task.train["cells"], task.train["timestamps"]),
                                embed(task.validation.get("cells", []), task.validation.get("timestamps", [])),
@@ -79,10 +112,60 @@ def _linking_forms(embed, task: PreparedTask) -> dict[str, FormScores]:
     k = PROBE_SETTINGS["knn_k"]
     on_validation = retrieval_scores(train, task.train["label"], validation, n, k) if len(validation) else {}
     on_test = retrieval_scores(gallery, gallery_labels, test, n, k)
-    return {name: FormScores(on_validation.get(name), scores) for name, scores in on_test.items()}
+    forms = {name: FormScores(on_validation.get(name), scores) for name, scores in on_test.items()}
+    if profile_fusion:
+        profile = _linking_profile(task)
+        for name, form in list(forms.items()):
+            forms[name + PROFILE_SUFFIX] = _fused(task, {w: FormScores(
+                None if form.validation is None else w * form.validation + (1 - w) * profile.validation,
+                w * form.test + (1 - w) * profile.test, w) for w in ENCODER_WEIGHTS})
+    return forms
 
 
-def _pair_forms(embed, task: PreparedTask) -> dict[str, FormScores]:
+@dataclass
+class _PairSimilarities:
+    """One pair similarity as each side may see it: `validation_side` = (train, validation) pairs, fitted on
+    training examples only; `test_side` = (train, validation, test) pairs, fitted on train + validation."""
+
+    validation_side: tuple[np.ndarray, np.ndarray]
+    test_side: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+    def mixed(self, other: _PairSimilarities, weight: float) -> _PairSimilarities:
+        """`weight` × this similarity + (1 − `weight`) × `other`, pair by pair."""
+        def mix(a, b):
+            return tuple(weight * x + (1 - weight) * y for x, y in zip(a, b))
+        return _PairSimilarities(mix(self.validation_side, other.validation_side),
+                                 mix(self.test_side, other.test_side))
+
+    def thresholded(self, task: PreparedTask, encoder_weight: float | None = None) -> FormScores:
+        """Thresholded where F1 is best on the pairs each side may fit: validation at the training pairs'
+        threshold, test at that of training + validation pairs."""
+        train_labels = np.asarray(task.train["label"])
+        labels = np.concatenate([train_labels, np.asarray(task.validation.get("label", []))])
+        (train, validation), (fit_train, fit_validation, test) = self.validation_side, self.test_side
+        return FormScores(
+            threshold_scores(validation, f1_threshold(train, train_labels)) if validation.size else None,
+            threshold_scores(test, f1_threshold(np.concatenate([fit_train, fit_validation]), labels)),
+            encoder_weight)
+
+
+def _pair_segments(*splits: dict[str, list]) -> list:
+    return [cells for columns in splits for side in ("a", "b") for cells in columns.get(f"cells_{side}", [])]
+
+
+def _pair_profile(task: PreparedTask) -> _PairSimilarities:
+    """TF-IDF cell-profile cosines of the pairs, the pairs' segments as IDF documents."""
+    seen_train = bl.TfidfCells().fit(_pair_segments(task.train))
+    seen_both = bl.TfidfCells().fit(_pair_segments(task.train, task.validation))
+
+    def cosines(tfidf: bl.TfidfCells, columns: dict[str, list]) -> np.ndarray:
+        return tfidf.pair_cosines(columns.get("cells_a", []), columns.get("cells_b", []))
+
+    return _PairSimilarities((cosines(seen_train, task.train), cosines(seen_train, task.validation)),
+                             tuple(cosines(seen_both, columns) for columns in (task.train, task.validation, task.test)))
+
+
+def _pair_forms(embed, task: PreparedTask, profile_fusion: bool) -> dict[str, FormScores]:
     def cosines(columns: dict[str, list]) -> np.ndarray:
         if not columns.get("label"):
             return np.zeros(0)
@@ -90,17 +173,20 @@ def _pair_forms(embed, task: PreparedTask) -> dict[str, FormScores]:
                            embed(columns["cells_b"], columns["timestamps_b"]))
 
     train, validation, test = cosines(task.train), cosines(task.validation), cosines(task.test)
-    train_labels = np.asarray(task.train["label"])
-    validation_labels = np.asarray(task.validation.get("label", []))
-    fit_all = f1_threshold(np.concatenate([train, validation]), np.concatenate([train_labels, validation_labels]))
-    return {"similarity": FormScores(
-        threshold_scores(validation, f1_threshold(train, train_labels)) if validation.size else None,
-        threshold_scores(test, fit_all))}
+    encoder = _PairSimilarities((train, validation), (train, validation, test))
+    forms = {"similarity": encoder.thresholded(task)}
+    if profile_fusion:
+        profile = _pair_profile(task)
+        forms["similarity" + PROFILE_SUFFIX] = _fused(
+            task, {w: encoder.mixed(profile, w).thresholded(task, w) for w in ENCODER_WEIGHTS})
+    return forms
 
 
 def embedding_forms(model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, task: PreparedTask,
-                    batch_size: int = 64, contrastive_steps: int = 0, seed: int = 0) -> dict[str, FormScores]:
-    """The entry's embedding forms (`FORMS`) scored on validation and test; `{}` for entries without any."""
+                    batch_size: int = 64, contrastive_steps: int = 0, seed: int = 0,
+                    profile_fusion: bool = False) -> dict[str, FormScores]:
+    """The entry's embedding forms (`FORMS`, and with `profile_fusion` each fused with the cell profile) scored on
+    validation and test; `{}` for entries without any."""
     if task.name not in FORMS:
         return {}
     encoder = _tuned(model, tokenizer, task, contrastive_steps, seed)
@@ -110,7 +196,8 @@ def embedding_forms(model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, ta
             return np.zeros((0, encoder.config.hidden_size), dtype=np.float32)
         return embed_trajectories(encoder, tokenizer, cells, timestamps, batch_size, PROBE_SETTINGS["pooling"])
 
-    return _linking_forms(embed, task) if task.name == LINKING else _pair_forms(embed, task)
+    forms = _linking_forms if task.name == LINKING else _pair_forms
+    return forms(embed, task, profile_fusion)
 
 
 def choose_form(task: PreparedTask, classifier_validation: float | None, forms: dict[str, FormScores]
@@ -127,4 +214,5 @@ def choose_form(task: PreparedTask, classifier_validation: float | None, forms: 
     return best, known
 
 
-__all__ = ["FORMS", "FormScores", "choose_form", "embedding_forms", "threshold_scores"]
+__all__ = ["ENCODER_WEIGHTS", "FORMS", "PROFILE_SUFFIX", "FormScores", "choose_form", "embedding_forms",
+           "threshold_scores"]
