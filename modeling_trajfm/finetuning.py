@@ -384,8 +384,11 @@ def answer_with_forms(task: PreparedTask, model: TrajBertPreTrainedModel, tokeni
     else:
         out |= metrics
     choice = {"answer_form": form, "validation_by_form": validation, "contrastive_steps": steps}
-    if form in forms and forms[form].encoder_weight is not None:
-        choice["encoder_weight"] = forms[form].encoder_weight
+    weights = {name: scores.encoder_weight for name, scores in forms.items() if scores.encoder_weight is not None}
+    if weights:
+        choice["encoder_weights"] = weights  # of every fused form, each chosen on validation
+    if form in weights:
+        choice["encoder_weight"] = weights[form]
     return out, logits, choice
 
 

@@ -19,6 +19,7 @@ from modeling_trajfm.downstream.embeddings import (
     knn_scores,
     linear_probe_scores,
     prototype_scores,
+    row_cosines,
 )
 from modeling_trajfm.downstream.forms import (
     ENCODER_WEIGHTS,
@@ -271,7 +272,7 @@ def test_embedding_forms_on_real_tasks(encoder_and_records):
     path, tokenizer, config, records = encoder_and_records
     encoder = load_encoder(path, config, "pretrained", 0)
     linking = build_task("user_association_linking", records, TaskConfig(max_input_visits=16), 0)
-    forms = embedding_forms(encoder, tokenizer, linking)
+    forms = embedding_forms(encoder, tokenizer, linking, profile_fusion=False)
     assert set(forms) == {"retrieval_prototype", "retrieval_knn"}
     train = embed_trajectories(encoder, tokenizer, linking.train["cells"], linking.train["timestamps"])
     validation = embed_trajectories(encoder, tokenizer, linking.validation["cells"], linking.validation["timestamps"])
@@ -285,7 +286,7 @@ def test_embedding_forms_on_real_tasks(encoder_and_records):
 
     binary = build_task("user_association_binary", records, TaskConfig(max_input_visits=16), 0)
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    pair = embedding_forms(encoder, tokenizer, binary, contrastive_steps=3)["similarity"]
+    pair = embedding_forms(encoder, tokenizer, binary, contrastive_steps=3, profile_fusion=False)["similarity"]
     assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in before.items())  # the encoder itself is untouched
     assert pair.validation.shape == (len(binary.validation["label"]), 2)
     assert pair.test.shape == (len(binary.test["label"]), 2)
@@ -316,14 +317,26 @@ def test_profile_fusion_forms_fit_each_side_on_what_it_may_see(encoder_and_recor
     assert by_weight[w] == max(by_weight.values()) and w == max(v for v in by_weight if by_weight[v] == by_weight[w])
 
     binary = build_task("user_association_binary", records, TaskConfig(max_input_visits=16), 0)
-    pair = embedding_forms(encoder, tokenizer, binary, profile_fusion=True)
-    assert set(pair) == {"similarity", "similarity+profile"} and pair["similarity+profile"].encoder_weight in (
-        ENCODER_WEIGHTS)
+    pair = embedding_forms(encoder, tokenizer, binary)  # fusion is the default
+    assert set(pair) == {"similarity", "similarity+profile"}
+    w = pair["similarity+profile"].encoder_weight
+    train, validation = binary.train, binary.validation
+
+    def cosines(columns):  # the encoder's
+        return row_cosines(embed_trajectories(encoder, tokenizer, columns["cells_a"], columns["timestamps_a"]),
+                           embed_trajectories(encoder, tokenizer, columns["cells_b"], columns["timestamps_b"]))
+
+    idf = TfidfCells().fit(train["cells_a"] + train["cells_b"])  # validation side: training pairs only
+    mixed_train = w * cosines(train) + (1 - w) * idf.pair_cosines(train["cells_a"], train["cells_b"])
+    mixed_validation = w * cosines(validation) + (1 - w) * idf.pair_cosines(validation["cells_a"],
+                                                                            validation["cells_b"])
+    expected = threshold_scores(mixed_validation, f1_threshold(mixed_train, np.asarray(train["label"])))
+    np.testing.assert_allclose(pair["similarity+profile"].validation, expected, atol=1e-9)
     assert pair["similarity+profile"].test.shape == (len(binary.test["label"]), 2)
-    assert set(embedding_forms(encoder, tokenizer, binary)) == {"similarity"}  # the library default: encoder only
+    assert set(embedding_forms(encoder, tokenizer, binary, profile_fusion=False)) == {"similarity"}
 
 
-def test_fused_weight_on_validation_ties_to_the_encoder():
+def test_fused_weight_on_validation_ties_to_the_larger_weight():
     task = _pair_task(True)  # validation labels [1, 0]
     right, wrong = threshold_scores(np.array([0.9, 0.1]), 0.5), threshold_scores(np.array([0.1, 0.9]), 0.5)
     candidates = {0.25: FormScores(right, np.zeros(1), 0.25), 0.5: FormScores(wrong, np.ones(1), 0.5),

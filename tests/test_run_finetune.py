@@ -86,6 +86,7 @@ def test_classification_tasks(checkpoint, tmp_path, task, form, keys):
     form_names = [*encoder_forms, *(f"{name}+profile" for name in encoder_forms)]  # each also fused with the profile
     assert report["answer_form"] in ["classifier", *form_names] and results["answer_form"] == report["answer_form"]
     assert ("encoder_weight" in report) == report["answer_form"].endswith("+profile")
+    assert set(report["encoder_weights"]) == {f"{name}+profile" for name in encoder_forms}  # each fused form's
     assert set(report["validation_by_form"]) == {"classifier", *form_names}
     chosen = max(report["validation_by_form"].values())
     assert report["validation_by_form"][report["answer_form"]] == chosen  # the best on validation answers

@@ -15,13 +15,15 @@ for pair entries. Score matrices have one column per class, so `task_metrics` an
 With `profile_fusion`, each form also comes fused with the TF-IDF cell-profile cosine (`<form>+profile`): the
 encoder's cosine weighted by `w` plus the profile's by `1 - w`, the dense + sparse hybrid of retrieval. Mean-pooled
 states blur which exact cells a trajectory visits; the profile keeps them, so the two carry different evidence.
-`w` is chosen per form on validation among `ENCODER_WEIGHTS` (ties: the larger), the profile is fitted on the side
-the form is scored from (validation: training examples; test: training + validation), like the baselines.
+`w` is chosen per form on validation among `ENCODER_WEIGHTS` (ties: the larger). Each side is fitted on what it may
+see, as the baselines are: validation on training examples, test on training + validation. Linking's profile is
+`baselines.CellProfileKNN`; pairs compare the two segments' TF-IDF vectors, with the pairs' segments as IDF documents.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +41,7 @@ from .probes import LINKING, PROBE_SETTINGS
 FORMS = {LINKING: ("retrieval_prototype", "retrieval_knn"),
          "next_subtrajectory": ("similarity",), "user_association_binary": ("similarity",)}
 #: Weights of the encoder's cosine in a `+profile` form, tried on validation (the profile's cosine gets the rest).
+#: All in (0, 1]: a class the encoder scores -inf (no gallery trajectory) must stay -inf after fusion.
 ENCODER_WEIGHTS = (0.25, 0.5, 0.75)
 PROFILE_SUFFIX = "+profile"
 
@@ -81,6 +84,10 @@ def _tuned(model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, task: Prepa
                                 trajectories_per_user=per_group, seed=seed)
 
 
+def _mix(encoder: np.ndarray, profile: np.ndarray, weight: float) -> np.ndarray:
+    return weight * encoder + (1 - weight) * profile
+
+
 def _fused(task: PreparedTask, candidates: dict[float, FormScores]) -> FormScores:
     """The candidate (one per encoder weight) best on validation, ties to the larger weight; without validation
     examples the middle weight."""
@@ -117,8 +124,8 @@ def _linking_forms(embed, task: PreparedTask, profile_fusion: bool) -> dict[str,
         profile = _linking_profile(task)
         for name, form in list(forms.items()):
             forms[name + PROFILE_SUFFIX] = _fused(task, {w: FormScores(
-                None if form.validation is None else w * form.validation + (1 - w) * profile.validation,
-                w * form.test + (1 - w) * profile.test, w) for w in ENCODER_WEIGHTS})
+                None if form.validation is None else _mix(form.validation, profile.validation, w),
+                _mix(form.test, profile.test, w), w) for w in ENCODER_WEIGHTS})
     return forms
 
 
@@ -132,12 +139,12 @@ class _PairSimilarities:
 
     def mixed(self, other: _PairSimilarities, weight: float) -> _PairSimilarities:
         """`weight` × this similarity + (1 − `weight`) × `other`, pair by pair."""
-        def mix(a, b):
-            return tuple(weight * x + (1 - weight) * y for x, y in zip(a, b))
-        return _PairSimilarities(mix(self.validation_side, other.validation_side),
-                                 mix(self.test_side, other.test_side))
+        def mix(mine: tuple, theirs: tuple) -> tuple:
+            return tuple(_mix(a, b, weight) for a, b in zip(mine, theirs))
 
-    def thresholded(self, task: PreparedTask, encoder_weight: float | None = None) -> FormScores:
+        return _PairSimilarities(mix(self.validation_side, other.validation_side), mix(self.test_side, other.test_side))
+
+    def thresholded(self, task: PreparedTask) -> FormScores:
         """Thresholded where F1 is best on the pairs each side may fit: validation at the training pairs'
         threshold, test at that of training + validation pairs."""
         train_labels = np.asarray(task.train["label"])
@@ -145,11 +152,11 @@ class _PairSimilarities:
         (train, validation), (fit_train, fit_validation, test) = self.validation_side, self.test_side
         return FormScores(
             threshold_scores(validation, f1_threshold(train, train_labels)) if validation.size else None,
-            threshold_scores(test, f1_threshold(np.concatenate([fit_train, fit_validation]), labels)),
-            encoder_weight)
+            threshold_scores(test, f1_threshold(np.concatenate([fit_train, fit_validation]), labels)))
 
 
-def _pair_segments(*splits: dict[str, list]) -> list:
+def _pair_segments(*splits: dict[str, list]) -> list[list[int]]:
+    """Both segments of every pair of `splits`: the documents of the pairs' IDF."""
     return [cells for columns in splits for side in ("a", "b") for cells in columns.get(f"cells_{side}", [])]
 
 
@@ -178,13 +185,14 @@ def _pair_forms(embed, task: PreparedTask, profile_fusion: bool) -> dict[str, Fo
     if profile_fusion:
         profile = _pair_profile(task)
         forms["similarity" + PROFILE_SUFFIX] = _fused(
-            task, {w: encoder.mixed(profile, w).thresholded(task, w) for w in ENCODER_WEIGHTS})
+            task, {w: dataclasses.replace(encoder.mixed(profile, w).thresholded(task), encoder_weight=w)
+                   for w in ENCODER_WEIGHTS})
     return forms
 
 
 def embedding_forms(model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, task: PreparedTask,
                     batch_size: int = 64, contrastive_steps: int = 0, seed: int = 0,
-                    profile_fusion: bool = False) -> dict[str, FormScores]:
+                    profile_fusion: bool = True) -> dict[str, FormScores]:
     """The entry's embedding forms (`FORMS`, and with `profile_fusion` each fused with the cell profile) scored on
     validation and test; `{}` for entries without any."""
     if task.name not in FORMS:
