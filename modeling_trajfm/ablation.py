@@ -32,6 +32,7 @@ from .downstream.compare import INITS
 from .downstream.probes import DESTINATION, LINKING, PROBE_SETTINGS, frozen_probes
 from .finetuning import load_encoder, load_task_data
 from .pretraining import pretrain_from_argv
+from .run_guard import argument_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -183,10 +184,12 @@ FINETUNING_ONLY_FIELDS = ("contrastive_steps", "linking_contrastive_steps", "ans
 
 
 def _probing_key(probing: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What the frozen-encoder probes depend on: the probing record without `FINETUNING_ONLY_FIELDS`."""
+    """What the frozen-encoder probes depend on: the probing record without `FINETUNING_ONLY_FIELDS`, a `TaskConfig`
+    field recorded before it existed taken at its default (what the run computed)."""
     if probing is None:
         return None
-    tasks = {k: v for k, v in probing.get("task_config", {}).items() if k not in FINETUNING_ONLY_FIELDS}
+    recorded = {**argument_defaults(TaskConfig), **probing.get("task_config", {})}
+    tasks = {k: v for k, v in recorded.items() if k not in FINETUNING_ONLY_FIELDS}
     return {**probing, "task_config": tasks}
 
 

@@ -200,6 +200,17 @@ def test_resume_skips_finished_runs(study, tmp_path, monkeypatch, capsys):
                                                                                            answer_form="classifier"))
     assert len(calls) == 2  # fields that only fine-tuning reads leave the probes' runs current
     calls.clear()
+    recorded = json.loads((moved / ablation.RESULTS_FILE).read_text())
+    for record in recorded["runs"]:  # runs recorded before a probe-relevant field existed
+        del record["probing"]["task_config"]["destination_user_context"]
+    (moved / ablation.RESULTS_FILE).write_text(json.dumps(recorded))
+    ablation.run_ablation(load_rows(ROWS), SEEDS, BASE_ARGS, moved)
+    assert len(calls) == 2  # ... stay current at its default
+    calls.clear()
+    ablation.run_ablation(load_rows(ROWS), SEEDS, BASE_ARGS, moved, task_config=TaskConfig(
+        destination_user_context=True))
+    assert len(calls) == 4  # ... and are re-run when the study asks for another value
+    calls.clear()
     ablation.run_ablation(load_rows(ROWS), SEEDS, BASE_ARGS, moved, task_config=TaskConfig(validation_fraction=0.3))
     assert len(calls) == 4  # other probing: nothing done before
 
