@@ -159,6 +159,8 @@ def build_finetune_card(task: Any, init: str, base_checkpoint: str, data_source:
         split=json.dumps(task.info, indent=1, default=str),
         data_source=data_source,
         pipeline_report=str(pipeline_report), epochs=_epochs(args.num_train_epochs),
+        epochs_trained=_epochs(train_metrics.get("epochs_trained", train_metrics.get("epoch"))),
+        head_learning_rate=getattr(args, "head_learning_rate", None) or args.learning_rate,
         batch_size=args.per_device_train_batch_size,
         learning_rate=args.learning_rate, seed=args.seed, train_samples=train_metrics.get("train_samples"),
         model_class="TrajBertForHexagonPrediction" if task.kind == "hexagon" else "TrajBertForSequenceClassification",

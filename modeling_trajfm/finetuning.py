@@ -100,17 +100,20 @@ PRIMARY = "primary"
 class FinetuneTrainingArguments(NoPinMemoryWithoutAccelerator, TrainingArguments):
     """TrainingArguments with the fine-tuning recipe chosen on validation data (README, "Fine-tuning recipe"): evaluate
     on validation every epoch, keep the best checkpoint by the task's primary metric, stop early; mean pooling over
-    hexagon tokens. `head_learning_rate` gives the fresh head its own learning rate (tried, not better so far)."""
+    hexagon tokens, up to 30 epochs (patience 5), the fresh head at its own learning rate 3e-3 (the encoder at 2e-4):
+    on NYC validation a 10-epoch budget left user linking's classifier at 0.58 accuracy@1, where this recipe reaches
+    0.90."""
 
     output_dir: str | None = field(default="outputs/finetune", metadata={"help": "Where results are written."})
     num_train_epochs: float = field(
-        default=10.0, metadata={"help": "Most epochs per fine-tuning run (early stopping usually ends it sooner)."}
+        default=30.0, metadata={"help": "Most epochs per fine-tuning run (early stopping usually ends it sooner)."}
     )
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Batch size per device (training)."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device (evaluation)."})
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of the encoder (AdamW)."})
     head_learning_rate: float | None = field(
-        default=None, metadata={"help": "Peak learning rate of the task head (None: --learning_rate)."}
+        default=3e-3,
+        metadata={"help": "Peak learning rate of the task head (None, from Python: the encoder's --learning_rate)."},
     )
     classifier_pooling: str = field(
         default="mean", metadata={"help": "Sequence summary for the head: mean (over hexagon tokens) | cls ([CLS])."}
@@ -125,7 +128,7 @@ class FinetuneTrainingArguments(NoPinMemoryWithoutAccelerator, TrainingArguments
                                           "for destination)."}
     )
     early_stopping_patience: int = field(
-        default=3, metadata={"help": "Stop after this many evaluations without a better validation metric (0: never)."}
+        default=5, metadata={"help": "Stop after this many evaluations without a better validation metric (0: never)."}
     )
     warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up steps (< 1: share of all steps)."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})

@@ -77,7 +77,9 @@ def test_classification_tasks(checkpoint, tmp_path, task, form, keys):
     for key in keys:
         assert _in_unit(results[key]), (key, results)
     assert results["test_samples"] > 0 and "train_loss" in results
-    assert (out / "README.md").read_text().count("model-index") == 1
+    card = (out / "README.md").read_text()
+    assert card.count("model-index") == 1
+    assert "learning rate 0.0002 (task head 0.003)" in card and "of at most 1 (early stopping" in card  # recipe
     assert (out / "task_report.json").is_file() and (out / "task_data.json").is_file()
 
     report = _read(out / "task_report.json")
