@@ -160,6 +160,8 @@ def build_finetune_card(task: Any, init: str, base_checkpoint: str, data_source:
         data_source=data_source,
         pipeline_report=str(pipeline_report), epochs=_epochs(args.num_train_epochs),
         epochs_trained=_epochs(train_metrics.get("epochs_trained", train_metrics.get("epoch"))),
+        selection=("early stopping on the validation split, the best checkpoint kept"
+                   if train_metrics.get("validation_samples") else "no validation split: the whole budget"),
         head_learning_rate=getattr(args, "head_learning_rate", None) or args.learning_rate,
         batch_size=args.per_device_train_batch_size,
         learning_rate=args.learning_rate, seed=args.seed, train_samples=train_metrics.get("train_samples"),

@@ -389,6 +389,11 @@ def test_card_dataset_name_from_the_resolved_source(tmp_path):
                                args, {"test_f1": 0.5}, {}, None, False)
     results = card.data.to_dict()["model-index"][0]["results"]
     assert results and all(r["dataset"]["name"] == "nyc_checkins.csv" for r in results)
+    # The recipe line says whether validation selected the checkpoint (no train metrics here: no validation split).
+    assert "(no validation split: the whole budget)" in card.text and "of at most 30 (" in card.text
+    selected = build_finetune_card(task, "pretrained", "ckpt", "raw file", "x", args, {"test_f1": 0.5},
+                                   {"validation_samples": 12, "epochs_trained": 7.0}, None, False)
+    assert "7 epochs trained of at most 30 (early stopping on the validation split" in selected.text
 
 
 def test_missing_heldout_users_file(checkpoint, tmp_path):
