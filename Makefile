@@ -12,7 +12,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench nyc nyc-seeds
+.PHONY: demo test lint bench nyc nyc-seeds nyc-seen
 
 $(VENV)/.installed: requirements-cpu.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,19 @@ nyc-seeds: $(VENV)/.installed
 		$(PY) run_finetune.py configs/nyc_compare.yaml --data_seed $$seed --output_dir nyc-compare-seed$$seed || exit 1; \
 	done
 	$(PY) -m modeling_trajfm.downstream.seeds nyc-compare $(addprefix nyc-compare-seed,$(NYC_SEEDS)) --output_dir nyc-seeds
+
+# The paper's protocol (fine-tuning users seen in pre-training; their validation and test trajectories unseen):
+# split files, pre-training on them, the compare. SEEN_SEED picks the users and trajectories (42: make nyc's users).
+SEEN_SEED ?= 42
+SEEN := nyc-seen-splits-$(SEEN_SEED)
+nyc-seen: $(VENV)/.installed
+	$(PY) -m modeling_trajfm.downstream.seen_users --data ../shared/data/foursquare_nyc_stan/nyc_stan_checkins.csv.gz \
+		--reader stan_nyc --max_gap_minutes 4320 --seed $(SEEN_SEED) --output_dir $(SEEN) --overwrite_output_dir
+	$(PY) run_mtm.py configs/nyc_seen_pretrain.yaml --train_file $(SEEN)/pretrain_train.parquet \
+		--validation_file $(SEEN)/pretrain_validation.parquet --output_dir nyc-seen-base-$(SEEN_SEED)
+	$(PY) run_finetune.py configs/nyc_compare.yaml --model_name_or_path nyc-seen-base-$(SEEN_SEED) \
+		--train_file $(SEEN)/train.parquet --validation_file $(SEEN)/validation.parquet --test_file $(SEEN)/test.parquet \
+		--output_dir nyc-seen-compare-$(SEEN_SEED)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
