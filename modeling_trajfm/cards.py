@@ -131,6 +131,16 @@ def build_mtm_card(model: Any, tokenizer: TrajTokenizer, description: CorpusDesc
 _USER_POSITIVES = {"views": "", "user": ", and so are the trajectories of the same user"}
 
 
+def _selection(train_metrics: dict[str, Any], patience: int) -> str:
+    """How the card's checkpoint was chosen: by validation with early stopping, by validation over the whole
+    budget (patience 0), or not at all (no validation split)."""
+    if not train_metrics.get("validation_samples"):
+        return "no validation split: the whole budget"
+    if patience > 0:
+        return f"early stopping on the validation split after {patience} epochs without gain, the best checkpoint kept"
+    return "the whole budget, the best checkpoint on the validation split kept"
+
+
 def build_finetune_card(task: Any, init: str, base_checkpoint: str, data_source: str, dataset_name: str,
                         args: TrainingArguments, metrics: dict[str, float], train_metrics: dict[str, float],
                         pipeline_report: PipelineReport | None, push: bool) -> ModelCard:
@@ -160,8 +170,7 @@ def build_finetune_card(task: Any, init: str, base_checkpoint: str, data_source:
         data_source=data_source,
         pipeline_report=str(pipeline_report), epochs=_epochs(args.num_train_epochs),
         epochs_trained=_epochs(train_metrics.get("epochs_trained", train_metrics.get("epoch"))),
-        selection=("early stopping on the validation split, the best checkpoint kept"
-                   if train_metrics.get("validation_samples") else "no validation split: the whole budget"),
+        selection=_selection(train_metrics, getattr(args, "early_stopping_patience", 0)),
         head_learning_rate=getattr(args, "head_learning_rate", None) or args.learning_rate,
         batch_size=args.per_device_train_batch_size,
         learning_rate=args.learning_rate, seed=args.seed, train_samples=train_metrics.get("train_samples"),

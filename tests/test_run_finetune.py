@@ -393,7 +393,11 @@ def test_card_dataset_name_from_the_resolved_source(tmp_path):
     assert "(no validation split: the whole budget)" in card.text and "of at most 30 (" in card.text
     selected = build_finetune_card(task, "pretrained", "ckpt", "raw file", "x", args, {"test_f1": 0.5},
                                    {"validation_samples": 12, "epochs_trained": 7.0}, None, False)
-    assert "7 epochs trained of at most 30 (early stopping on the validation split" in selected.text
+    assert "7 epochs trained of at most 30 (early stopping on the validation split after 5 epochs" in selected.text
+    args.early_stopping_patience = 0  # validation still picks the checkpoint, but nothing stops early
+    whole = build_finetune_card(task, "pretrained", "ckpt", "raw file", "x", args, {"test_f1": 0.5},
+                                {"validation_samples": 12, "epochs_trained": 30.0}, None, False)
+    assert "of at most 30 (the whole budget, the best checkpoint on the validation split kept)" in whole.text
 
 
 def test_missing_heldout_users_file(checkpoint, tmp_path):
