@@ -12,7 +12,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench nyc nyc-seeds nyc-seen
+.PHONY: demo test lint bench nyc nyc-seeds nyc-seen nyc-seen-seeds
 
 $(VENV)/.installed: requirements-cpu.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ nyc-seen: $(VENV)/.installed
 	$(PY) run_finetune.py configs/nyc_compare.yaml --model_name_or_path nyc-seen-base-$(SEEN_SEED) \
 		--train_file $(SEEN)/train.parquet --validation_file $(SEEN)/validation.parquet --test_file $(SEEN)/test.parquet \
 		--output_dir nyc-seen-compare-$(SEEN_SEED)
+
+# make nyc-seen for each of SEEN_SEEDS, summarised in nyc-seen-seeds/seeds_report.{json,md}.
+SEEN_SEEDS ?= 42 43 44
+nyc-seen-seeds: $(VENV)/.installed
+	for seed in $(SEEN_SEEDS); do $(MAKE) nyc-seen SEEN_SEED=$$seed || exit 1; done
+	$(PY) -m modeling_trajfm.downstream.seeds $(addprefix nyc-seen-compare-,$(SEEN_SEEDS)) --output_dir nyc-seen-seeds
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -8,6 +8,9 @@ validation / test split of the held-out users' trajectories, so each report test
 
     python run_finetune.py configs/nyc_compare.yaml --data_seed 43 --output_dir nyc-compare-seed43
     python -m modeling_trajfm.downstream.seeds nyc-compare nyc-compare-seed43 ... --output_dir nyc-seeds
+
+The paper's seen-user protocol (`seen_users`, `make nyc-seen-seeds`) pre-trains once per split, since each split
+moves trajectories in or out of pre-training; its reports are summarised the same way.
 """
 
 from __future__ import annotations
