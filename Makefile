@@ -40,7 +40,7 @@ nyc-seeds: $(VENV)/.installed
 	done
 	$(PY) -m modeling_trajfm.downstream.seeds nyc-compare $(addprefix nyc-compare-seed,$(NYC_SEEDS)) --output_dir nyc-seeds
 
-# The paper's protocol (fine-tuning users seen in pre-training; their validation and test trajectories unseen):
+# Seen users, the paper's split (fine-tuning users seen in pre-training; their validation and test trajectories unseen):
 # split files, pre-training on them, the compare. SEEN_SEED picks the users and trajectories (42: make nyc's users).
 SEEN_SEED ?= 42
 SEEN := nyc-seen-splits-$(SEEN_SEED)

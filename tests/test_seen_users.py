@@ -1,4 +1,4 @@
-"""The paper's protocol as split files (`modeling_trajfm.downstream.seen_users`): fine-tuning users are run_mtm.py's
+"""Seen users, the paper's split, as files (`modeling_trajfm.downstream.seen_users`): fine-tuning users are run_mtm.py's
 held-out users, their training trajectories join pre-training, their validation and test trajectories never do."""
 
 from __future__ import annotations

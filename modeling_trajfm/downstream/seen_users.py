@@ -1,4 +1,4 @@
-"""The paper's protocol as split files: fine-tuning users whose other trajectories pre-training has seen.
+"""Seen users, the paper's split, as files: fine-tuning users whose other trajectories pre-training has seen.
 
 `make nyc` holds users out: pre-training never sees a trajectory of a fine-tuning user, so it can help them only
 through what transfers to new people. The paper (arXiv 2312.00076) pre-trains on the users it then fine-tunes on and
