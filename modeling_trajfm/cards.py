@@ -131,13 +131,17 @@ def build_mtm_card(model: Any, tokenizer: TrajTokenizer, description: CorpusDesc
 _USER_POSITIVES = {"views": "", "user": ", and so are the trajectories of the same user"}
 
 
-def _selection(train_metrics: dict[str, Any], patience: int) -> str:
+def _selection(train_metrics: dict[str, Any], args: Any) -> str:
     """How the card's checkpoint was chosen: by validation with early stopping, by validation over the whole
-    budget (patience 0), or not at all (no validation split)."""
+    budget (patience 0), or not at all (no validation split, or the last checkpoint kept)."""
     if not train_metrics.get("validation_samples"):
         return "no validation split: the whole budget"
+    if not getattr(args, "load_best_model_at_end", False):
+        return "the whole budget, the last checkpoint kept; validation scored, not used to choose"
+    patience = getattr(args, "early_stopping_patience", 0)
     if patience > 0:
-        return f"early stopping on the validation split after {patience} epochs without gain, the best checkpoint kept"
+        return (f"early stopping on the validation split after {patience} evaluations without gain, the best "
+                "checkpoint kept")
     return "the whole budget, the best checkpoint on the validation split kept"
 
 
@@ -170,7 +174,7 @@ def build_finetune_card(task: Any, init: str, base_checkpoint: str, data_source:
         data_source=data_source,
         pipeline_report=str(pipeline_report), epochs=_epochs(args.num_train_epochs),
         epochs_trained=_epochs(train_metrics.get("epochs_trained", train_metrics.get("epoch"))),
-        selection=_selection(train_metrics, getattr(args, "early_stopping_patience", 0)),
+        selection=_selection(train_metrics, args),
         head_learning_rate=getattr(args, "head_learning_rate", None) or args.learning_rate,
         batch_size=args.per_device_train_batch_size,
         learning_rate=args.learning_rate, seed=args.seed, train_samples=train_metrics.get("train_samples"),

@@ -393,11 +393,16 @@ def test_card_dataset_name_from_the_resolved_source(tmp_path):
     assert "(no validation split: the whole budget)" in card.text and "of at most 30 (" in card.text
     selected = build_finetune_card(task, "pretrained", "ckpt", "raw file", "x", args, {"test_f1": 0.5},
                                    {"validation_samples": 12, "epochs_trained": 7.0}, None, False)
-    assert "7 epochs trained of at most 30 (early stopping on the validation split after 5 epochs" in selected.text
+    assert "7 epochs trained of at most 30 (early stopping on the validation split after 5 evaluations" in selected.text
+    trained = {"validation_samples": 12, "epochs_trained": 30.0}
     args.early_stopping_patience = 0  # validation still picks the checkpoint, but nothing stops early
-    whole = build_finetune_card(task, "pretrained", "ckpt", "raw file", "x", args, {"test_f1": 0.5},
-                                {"validation_samples": 12, "epochs_trained": 30.0}, None, False)
+    whole = build_finetune_card(task, "pretrained", "ckpt", "raw file", "x", args, {"test_f1": 0.5}, trained, None,
+                                False)
     assert "of at most 30 (the whole budget, the best checkpoint on the validation split kept)" in whole.text
+    args.load_best_model_at_end = False  # nothing chosen: the last checkpoint is the model
+    last = build_finetune_card(task, "pretrained", "ckpt", "raw file", "x", args, {"test_f1": 0.5}, trained, None,
+                               False)
+    assert "(the whole budget, the last checkpoint kept; validation scored, not used to choose)" in last.text
 
 
 def test_missing_heldout_users_file(checkpoint, tmp_path):

@@ -29,13 +29,18 @@ def corpus_table():
     return table
 
 
-def test_fine_tuning_users_are_run_mtm_held_out_users(corpus_table):
-    parts, users, split, _, _ = _stage_data(CorpusConfig(**TINY_CORPUS), MTMArguments(), split_seed=7)
-    tables = seen_user_splits(corpus_table, SeenUsersArguments(output_dir="unused", seed=7))
+@pytest.mark.parametrize("heldout, validation", [(0.2, 0.1), (0.4, 0.25)])
+def test_fine_tuning_users_are_run_mtm_held_out_users(corpus_table, heldout, validation):
+    mtm_args = MTMArguments(heldout_fraction=heldout, validation_fraction=validation)
+    parts, users, split, _, _ = _stage_data(CorpusConfig(**TINY_CORPUS), mtm_args, split_seed=7)
+    tables = seen_user_splits(corpus_table, SeenUsersArguments(output_dir="unused", heldout_fraction=heldout,
+                                                               validation_fraction=validation, seed=7))
     finetune_users = set().union(*(tables[name]["user_id"].to_pylist() for name in ("train", "validation", "test")))
     assert finetune_users == set(split.heldout_users)
     assert set(tables["pretrain_validation"]["user_id"].to_pylist()) == set(split.validation_users)
     assert _keys(tables["pretrain_validation"]) == _keys(parts["validation"].with_format("arrow")[:])
+    # pre-training: run_mtm's training users, plus the fine-tuning users' training trajectories
+    assert _keys(tables["pretrain_train"]) == _keys(parts["train"].with_format("arrow")[:]) + _keys(tables["train"])
 
 
 def test_scored_trajectories_never_enter_pre_training(corpus_table):
@@ -63,6 +68,11 @@ def test_main_writes_files_both_scripts_read(tiny_checkpoint, tmp_path):
         assert pq.read_metadata(out / f"{name}.parquet").num_rows == count["trajectories"]
     with pytest.raises(ValueError, match="--overwrite_output_dir"):
         seen_users.main([*TINY_CORPUS_ARGS, "--output_dir", str(out)])
+    pretrain = CorpusConfig(train_file=str(out / "pretrain_train.parquet"),
+                            validation_file=str(out / "pretrain_validation.parquet"))
+    parts, *_ = _stage_data(pretrain, MTMArguments(), split_seed=0)  # what run_mtm.py pre-trains and validates on
+    assert {name: part.num_rows for name, part in parts.items()} == {
+        "train": counts["pretrain_train"]["trajectories"], "validation": counts["pretrain_validation"]["trajectories"]}
     finetuned = tmp_path / "dest"
     run_finetune.main(["--model_name_or_path", str(tiny_checkpoint["path"]), "--task", "destination",
                        "--train_file", str(out / "train.parquet"), "--validation_file", str(out / "validation.parquet"),
@@ -70,6 +80,21 @@ def test_main_writes_files_both_scripts_read(tiny_checkpoint, tmp_path):
                        "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--use_cpu"])
     split = json.loads((finetuned / "task_report.json").read_text())["split"]
     assert split["test_trajectories"] == counts["test"]["trajectories"]
+
+
+def test_overwrite_removes_files_the_new_split_has_not(tmp_path):
+    seen_users.main([*TINY_CORPUS_ARGS, "--output_dir", str(tmp_path), "--heldout_fraction", "0.5"])
+    assert (tmp_path / "pretrain_validation.parquet").exists()
+    counts = seen_users.main([*TINY_CORPUS_ARGS, "--output_dir", str(tmp_path), "--heldout_fraction", "0.5",
+                              "--validation_fraction", "0", "--overwrite_output_dir"])
+    assert "pretrain_validation" not in counts and not (tmp_path / "pretrain_validation.parquet").exists()
+
+
+def test_given_split_files_are_refused(tmp_path):
+    given = tmp_path / "train.parquet"
+    given.write_bytes(b"")
+    with pytest.raises(ValueError, match="given split files are already a split"):
+        seen_users.main(["--train_file", str(given), "--output_dir", str(tmp_path / "out")])
 
 
 def test_too_few_fine_tuning_trajectories_is_an_error(corpus_table):

@@ -1,4 +1,4 @@
-"""Several compare reports of the same checkpoint on different splits, summarised: mean, sample std and a 95%
+"""Several compare reports on different splits, summarised: mean, sample std and a 95%
 Student-t interval across splits of each entry's primary figure, of its margin to the best same-inputs baseline, of
 the average-F1 improvement and of the frozen probes' pre-trained-minus-random difference.
 

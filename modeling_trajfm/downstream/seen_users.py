@@ -14,7 +14,15 @@ Files (built trajectories: user_id, cells, timestamps), read by the scripts' giv
     train.parquet, validation.parquet, test.parquet       run_finetune.py --train_file / --validation_file / --test_file
     seen_users_split.json                                 the arguments, the source and the counts per file
 
-    python -m modeling_trajfm.downstream.seen_users --data checkins.csv --output_dir seen-splits   # then: make nyc-seen
+(`pretrain_validation.parquet` is not written with `--validation_fraction 0`.) The source is raw data (`--data`, the
+synthetic city) or a `--dataset_dir`; a corpus folder splits users by a hash of their id, not as here, and given
+split files are already a split, so both are refused. `make nyc-seen` runs the three steps on NYC:
+
+    python -m modeling_trajfm.downstream.seen_users --data checkins.csv --output_dir seen
+    python run_mtm.py --train_file seen/pretrain_train.parquet --validation_file seen/pretrain_validation.parquet \
+        --output_dir seen-base
+    python run_finetune.py --compare --model_name_or_path seen-base --train_file seen/train.parquet \
+        --validation_file seen/validation.parquet --test_file seen/test.parquet --output_dir seen-compare
 """
 
 from __future__ import annotations
@@ -90,6 +98,10 @@ def seen_user_splits(trajectories: pa.Table, args: SeenUsersArguments) -> dict[s
 def write_seen_user_splits(corpus: CorpusConfig, args: SeenUsersArguments) -> dict[str, dict[str, int]]:
     """Build the trajectories of `corpus`, write the protocol's split files to `args.output_dir`; returns the
     users and trajectories of each file."""
+    if corpus.has_split_source() or corpus.corpus_dir is not None:
+        raise ValueError("seen_users splits raw data (--data, or the synthetic city) or a --dataset_dir: given split "
+                         "files are already a split, and a --corpus_dir splits users by a hash of their id; pass the "
+                         "raw data the corpus was prepared from instead.")
     output_dir = Path(args.output_dir)
     written = [output_dir / f"{name}.parquet" for name in SPLIT_FILES] + [output_dir / SPLIT_RECORD]
     if any(path.exists() for path in written) and not args.overwrite_output_dir:
@@ -97,8 +109,12 @@ def write_seen_user_splits(corpus: CorpusConfig, args: SeenUsersArguments) -> di
     trajectories, report, source = corpus.load()
     if not isinstance(trajectories, pa.Table):  # a prepared `datasets.Dataset`
         trajectories = trajectories.with_format("arrow")[:]
+    if "traj_id" not in trajectories.column_names:  # trajectories saved without ids: number them in row order
+        trajectories = trajectories.append_column("traj_id", pa.array(range(trajectories.num_rows), pa.int64()))
     logger.info(f"Read {source}" + (f":\n{report}" if report is not None else ""))
     tables = seen_user_splits(trajectories, args)
+    if "pretrain_validation" not in tables:
+        logger.info("No pretrain_validation.parquet (--validation_fraction 0): pre-train without --validation_file.")
     output_dir.mkdir(parents=True, exist_ok=True)
     for path in written:
         path.unlink(missing_ok=True)
