@@ -136,7 +136,7 @@ def _selection(train_metrics: dict[str, Any], args: Any) -> str:
     budget (patience 0), or not at all (no validation split, or the last checkpoint kept)."""
     if not train_metrics.get("validation_samples"):
         return "no validation split: the whole budget"
-    if not getattr(args, "load_best_model_at_end", False):
+    if not args.load_best_model_at_end:
         return "the whole budget, the last checkpoint kept; validation scored, not used to choose"
     patience = getattr(args, "early_stopping_patience", 0)
     if patience > 0:
