@@ -127,6 +127,13 @@ class FinetuneTrainingArguments(NoPinMemoryWithoutAccelerator, TrainingArguments
         default=None, metadata={"help": "Dropout before the head (None: hidden dropout for classification, none "
                                           "for destination)."}
     )
+    use_time_embeddings: bool | None = field(
+        default=None,
+        metadata={"help": "Give the fine-tuned model (both inits) the visits' hour-of-week and gap embeddings, learnt "
+                          "from scratch when the checkpoint was pre-trained without them (None: the checkpoint's "
+                          "setting). A pair's B starts with its gap from A's last visit, which decides next "
+                          "sub-trajectory."},
+    )
     early_stopping_patience: int = field(
         default=5, metadata={"help": "Stop after this many evaluations without a better validation metric (0: never)."}
     )
@@ -326,10 +333,14 @@ def tokenize_examples(task: PreparedTask, columns: dict[str, list], tokenizer: T
 
 def build_model(task: PreparedTask, init: str, model_path: str, base_config: TrajBertConfig,
                 tokenizer: TrajTokenizer, seed: int, classifier_pooling: str = "cls",
-                classifier_dropout: float | None = None, pair_encoding: str = "cross"):
+                classifier_dropout: float | None = None, pair_encoding: str = "cross",
+                use_time_embeddings: bool | None = None):
     """A fine-tuning model for `task`: pre-trained weights, or the same config with fresh weights (seeded).
-    `pair_encoding` applies to pair tasks; every other task reads one sequence (`"cross"`)."""
+    `pair_encoding` applies to pair tasks; every other task reads one sequence (`"cross"`). `use_time_embeddings`
+    (None: the checkpoint's) adds time embeddings that pre-training did not train, fresh for both inits."""
     config = copy.deepcopy(base_config)
+    if use_time_embeddings is not None:
+        config.use_time_embeddings = use_time_embeddings
     config.classifier_pooling = classifier_pooling
     config.pair_encoding = pair_encoding if task.kind == "pair" else "cross"
     config.classifier_dropout = classifier_dropout
@@ -497,6 +508,9 @@ def prepare(model_path: str, task_config: TaskConfig, entries: Sequence[str], tr
     check_push_possible(training_args.push_to_hub, training_args.hub_model_id)
     check_output_dir(training_args.output_dir, wants_overwrite(training_args), reads_from=(model_path,))
     data = load_task_data(model_path, task_config, corpus_overrides)
+    if getattr(training_args, "use_time_embeddings", None) and not data.tokenizer.time_features:
+        raise ValueError(f"--use_time_embeddings needs visit times, but {model_path}'s tokenizer was built without "
+                         "time features: drop --use_time_embeddings or use a checkpoint whose tokenizer has them.")
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     tasks = data.build_tasks(entries, task_config, seed)
 
@@ -567,7 +581,8 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Finetune
     args.output_dir = str(output_dir)
     push, args.push_to_hub = args.push_to_hub, False  # pushed by modeling_trajfm.hub, curated card last
     model = build_model(task, init, prepared.model_path, prepared.base_config, prepared.tokenizer, args.seed,
-                        args.classifier_pooling, args.classifier_dropout, args.pair_encoding)
+                        args.classifier_pooling, args.classifier_dropout, args.pair_encoding,
+                        args.use_time_embeddings)
     trainer = finetune_trainer(model, args, train_dataset, validation_dataset, prepared.tokenizer,
                                lambda prediction: task_metrics(task, _logits(prediction), "validation"))
     started = time.perf_counter()

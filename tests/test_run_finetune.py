@@ -152,6 +152,56 @@ def test_siamese_pair_encoding(checkpoint, tmp_path):
         _run(checkpoint, tmp_path / "bad", "--pair_encoding", "late")
 
 
+def test_time_embeddings_added_at_fine_tuning(checkpoint, tmp_path):
+    """--use_time_embeddings true on a checkpoint pre-trained without them: the fine-tuned classifier has them (saved
+    in its config), so B's gap from A's last visit changes its answer; without the flag it keeps the checkpoint's
+    setting and cannot tell when B starts."""
+    from transformers import AutoModelForSequenceClassification
+
+    untimed = tmp_path / "untimed-checkpoint"
+    shutil.copytree(checkpoint["path"], untimed)
+    config = _read(untimed / "config.json")
+    (untimed / "config.json").write_text(json.dumps({**config, "use_time_embeddings": False}))
+    cells = _some_cells(checkpoint)
+    start = 1_704_067_200
+    times_a = [start + 600 * i for i in range(5)]
+
+    def gap_sensitivity(out):
+        model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+        tokenizer = TrajTokenizer.from_pretrained(out)
+        follows, before = (tokenizer(cells=[cells[:5]], timestamps=[times_a], pair_cells=[cells[5:]],
+                                     pair_timestamps=[[first + 600 * i for i in range(len(cells) - 5)]],
+                                     return_tensors="pt")
+                           for first in (times_a[-1] + 1800, start - 86_400))
+        with torch.no_grad():
+            return model.config.use_time_embeddings, (model(**follows).logits - model(**before).logits).abs().max()
+
+    timed = tmp_path / "timed"
+    _run({"path": untimed}, timed, "--task", "next_subtrajectory", "--use_time_embeddings", "true",
+         "--answer_form", "classifier")
+    on, change = gap_sensitivity(timed)
+    assert on and change > 0
+    kept = tmp_path / "kept"
+    _run({"path": untimed}, kept, "--task", "next_subtrajectory", "--answer_form", "classifier")
+    on, change = gap_sensitivity(kept)
+    assert not on and change == 0
+
+
+def test_time_embeddings_need_a_tokenizer_with_times(checkpoint, tmp_path, monkeypatch):
+    from modeling_trajfm import finetuning
+
+    load = finetuning.load_task_data
+
+    def without_times(*args, **kwargs):
+        data = load(*args, **kwargs)
+        data.tokenizer.time_features = False
+        return data
+
+    monkeypatch.setattr(finetuning, "load_task_data", without_times)
+    with pytest.raises(ValueError, match="--use_time_embeddings needs visit times"):
+        _run(checkpoint, tmp_path / "no-times", "--task", "next_subtrajectory", "--use_time_embeddings", "true")
+
+
 def test_destination(checkpoint, tmp_path):
     out = tmp_path / "dest"
     _run(checkpoint, out, "--task", "destination", "--prefix_fraction", "0.25")

@@ -218,6 +218,30 @@ def test_pair_similarity_threshold():
     assert bl.majority_label([0, 1, 1]) == 1 and bl.majority_label([0, 1]) == 0
 
 
+def test_time_gap_threshold():
+    hour = 3600
+    times_a = [[0, hour], [0, hour], [0, hour], [0, hour]]
+    times_b = [[hour + 600], [hour + 90_000], [-hour], [hour + 1200]]  # 10 min after, a day after, before, 20 min
+    labels = [1, 0, 0, 1]
+    model = bl.TimeGapThreshold().fit(times_a, times_b, labels)
+    assert model.threshold == 20.0 and model.predict(times_a, times_b).tolist() == labels
+    assert bl.TimeGapThreshold.gaps([[0, hour]], [[0]])[0] == np.inf  # B before A's last visit: never next
+
+
+def test_next_subtrajectory_has_a_time_gap_baseline_when_times_are_known():
+    from modeling_trajfm.downstream import TaskConfig, build_task
+
+    records = _records(n_users=4, per_user=4, length=10)
+    task = build_task("next_subtrajectory", records, TaskConfig(), 0)
+    row = task.baselines["time_gap"]
+    assert row["inputs"] == "trajectory pair" and row["threshold_minutes"] >= 10.0
+    gaps = bl.TimeGapThreshold.gaps(task.test["timestamps_a"], task.test["timestamps_b"])
+    by_hand = ((gaps <= row["threshold_minutes"]) == np.asarray(task.test["label"])).mean()
+    assert row["accuracy"] == pytest.approx(by_hand) and row["accuracy"] > 0.9  # positives continue 10 min later
+    untimed = [T.Record(r.user_id, r.traj_id, r.cells, np.array([None] * len(r), dtype=object)) for r in records]
+    assert "time_gap" not in build_task("next_subtrajectory", untimed, TaskConfig(), 0).baselines
+
+
 def test_majority_label_is_top_of_majority_scores():
     for labels in ([0, 1, 1], [0, 1], [3, 3, 0, -100, -100, -100], [2, 5, 5, 2, 7]):
         scores = bl.majority_scores(labels, 2, 8)

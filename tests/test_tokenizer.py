@@ -81,6 +81,33 @@ def test_time_feature_ids():
     assert local_hours.tolist() == [1 + 6 * 24 + 19]
 
 
+def test_time_feature_ids_measure_the_first_gap_from_the_previous_visit():
+    times = np.array([MONDAY + 3600, MONDAY + 7200])
+    _, alone = time_feature_ids(times)
+    _, after = time_feature_ids(times, previous=MONDAY + 3600 - 61 * 60)  # 61 min before: log2(62) → 5
+    _, before = time_feature_ids(times, previous=MONDAY + 3601)  # the "previous" visit starts later: no gap
+    assert alone.tolist()[0] == 0 and after.tolist()[0] == 1 + 5 and before.tolist()[0] == 0
+    assert alone.tolist()[1] == after.tolist()[1] == before.tolist()[1] == 1 + 5  # log2(61) → 5
+
+
+def test_pair_b_first_visit_gap_counts_from_a_last_visit(tokenizer):
+    a = walk(3)  # visits at 0, 30, 60 min
+    later = walk(2, start=MONDAY + 3600 + 61 * 60)  # B starts 61 min after A's last visit
+    earlier = walk(2, start=MONDAY - 86400)  # B starts a day before A
+    untimed = [(lat, lon) for lat, lon, _ in later]
+
+    def first_b_gap(pair):
+        row = tokenizer(a, pair=pair)
+        return [g for g, t in zip(row["gap_ids"], row["token_type_ids"]) if t == 1][0]
+
+    assert first_b_gap(later) == 1 + 5
+    assert first_b_gap(earlier) == 0 and first_b_gap(untimed) == 0
+    alone = tokenizer(later)
+    pair = tokenizer(a, pair=later)
+    b_later = [g for g, h, t in zip(pair["gap_ids"], pair["hexagon_ids"], pair["token_type_ids"]) if t and h > 4]
+    assert b_later == [g for g, h in zip(alone["gap_ids"], alone["hexagon_ids"]) if h > 1]  # B's own gaps after that
+
+
 def test_clustering_merges_within_window_only(tokenizer):
     base = (40.75, -73.98)
     close = [(*base, MONDAY), (*base, MONDAY + 300), (*base, MONDAY + 540)]  # chained: each within 10 min

@@ -435,7 +435,7 @@ class TrajTokenizer(PreTrainedTokenizer):
             spans = _fit_hexagons(counts, budget, keep_last_of_first=self.truncation_side == "left")
             row_out = {k: [0] for k in out}
             row_out["input_ids"] = [self.cls_token_id]
-            hexagon = 0
+            hexagon, previous = 0, None  # previous: start time of the last visit placed so far (a pair's A → B gap)
             for (segment, (_, times)), k, (start, stop) in zip(parts, slots, spans):
                 n_visits = stop - start
                 lo = token_offsets[visit_offsets[k] + start]
@@ -446,19 +446,21 @@ class TrajTokenizer(PreTrainedTokenizer):
                 row_out["token_type_ids"] += [segment] * (hi - lo + 1)
                 row_out["hexagon_ids"] += (visit_of_token + hexagon + 1).tolist() + [0]
                 row_out["level_ids"] += levels[lo:hi].tolist() + [0]
-                hours, gaps = self._time_ids(times, n_visits)
+                hours, gaps = self._time_ids(times, n_visits, previous)
                 row_out["hour_ids"] += hours[visit_of_token].tolist() + [0]
                 row_out["gap_ids"] += gaps[visit_of_token].tolist() + [0]
                 hexagon += n_visits
+                previous = times[n_visits - 1] if times is not None and n_visits else None
             for key in out:
                 out[key].append(row_out[key])
         return out
 
-    def _time_ids(self, times: np.ndarray | None, n_visits: int) -> tuple[np.ndarray, np.ndarray]:
+    def _time_ids(self, times: np.ndarray | None, n_visits: int, previous: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
         if times is None or not self.time_features:
             zeros = np.zeros(n_visits, dtype=np.int64)
             return zeros, zeros
-        return time_feature_ids(times[:n_visits], self.utc_offset_minutes)
+        return time_feature_ids(times[:n_visits], self.utc_offset_minutes, previous)
 
     def _pad(
         self,
@@ -596,15 +598,27 @@ class TrajTokenizer(PreTrainedTokenizer):
         return [flat[offsets[i] : offsets[i + 1]].tolist() for i in range(cells.size)]
 
 
-def time_feature_ids(times: np.ndarray, utc_offset_minutes: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Visit start times (epoch s) → (1 + hour of week from Monday 00h local, 1 + log2 bucket of the gap)."""
+def time_feature_ids(times: np.ndarray, utc_offset_minutes: int = 0, previous: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Visit start times (epoch s) → (1 + hour of week from Monday 00h local, 1 + log2 bucket of the gap).
+
+    The first visit's gap is measured from `previous`, the start of the visit before it in the input (a pair's B
+    from A's last visit: whether B continues A is mostly a matter of time), and is 0 (no gap) without one or when
+    `previous` is later: a B that starts before A ends has no gap to measure.
+    """
     local_hours = (times + utc_offset_minutes * 60) // 3600
     hours = 1 + (local_hours + 72) % _HOURS_PER_WEEK  # 1970-01-01 was a Thursday: 72 h after Monday 00h
     gaps = np.zeros(times.size, dtype=np.int64)
     if times.size > 1:
-        minutes = np.maximum(np.diff(times), 0) / 60.0
-        gaps[1:] = 1 + np.minimum(np.floor(np.log2(1.0 + minutes)), _MAX_GAP_BUCKET).astype(np.int64)
+        gaps[1:] = _gap_bucket(np.maximum(np.diff(times), 0))
+    if times.size and previous is not None and times[0] >= previous:
+        gaps[0] = _gap_bucket(np.array([times[0] - previous]))[0]
     return hours.astype(np.int64), gaps
+
+
+def _gap_bucket(seconds: np.ndarray) -> np.ndarray:
+    """Non-negative gaps (s) → 1 + min(22, floor(log2(1 + minutes)))."""
+    return 1 + np.minimum(np.floor(np.log2(1.0 + seconds / 60.0)), _MAX_GAP_BUCKET).astype(np.int64)
 
 
 def _check_settings(

@@ -15,6 +15,9 @@ better) or binary predictions, so the same metrics apply to models and baselines
   their profile with the trajectory's.
 * `PairSimilarityThreshold`: binary pair tasks: cosine similarity of the TF-IDF cell profiles of the two
   trajectories, thresholded at the value that maximises F1 on the training pairs.
+* `TimeGapThreshold`: next sub-trajectory: B follows A when it starts at most a threshold of minutes after A's last
+  visit (chosen for F1 on the training pairs); a B that starts before A's last visit never follows. It reads the
+  visits' times, as the model does (its `gap_ids` give B's first visit the log-bucketed gap from A's last).
 """
 
 from __future__ import annotations
@@ -194,11 +197,35 @@ class PairSimilarityThreshold:
         return (self.similarities(cells_a, cells_b) >= self.threshold).astype(np.int64)
 
 
+class TimeGapThreshold:
+    """Next sub-trajectory baseline: B follows A when its first visit starts within `threshold` minutes of A's last
+    (and not before it); the threshold maximises F1 on the training pairs."""
+
+    def __init__(self):
+        self.threshold = 0.0
+
+    @staticmethod
+    def gaps(times_a: Sequence[Sequence[int]], times_b: Sequence[Sequence[int]]) -> np.ndarray:
+        """Minutes from A's last visit to B's first; +inf when B starts before A's last visit."""
+        minutes = np.array([(b[0] - a[-1]) / 60.0 for a, b in zip(times_a, times_b)], dtype=np.float64)
+        return np.where(minutes >= 0, minutes, np.inf)
+
+    def fit(self, times_a: Sequence[Sequence[int]], times_b: Sequence[Sequence[int]], labels: Sequence[int]
+            ) -> TimeGapThreshold:
+        finite = np.nan_to_num(-self.gaps(times_a, times_b), neginf=-1e18)  # higher = sooner = more likely next
+        self.threshold = -f1_threshold(finite, labels)
+        return self
+
+    def predict(self, times_a: Sequence[Sequence[int]], times_b: Sequence[Sequence[int]]) -> np.ndarray:
+        return (self.gaps(times_a, times_b) <= self.threshold).astype(np.int64)
+
+
 __all__ = [
     "CellProfileKNN",
     "MarkovDestination",
     "PairSimilarityThreshold",
     "TfidfCells",
+    "TimeGapThreshold",
     "UserFrequentCell",
     "majority_label",
     "majority_scores",

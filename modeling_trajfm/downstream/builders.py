@@ -40,7 +40,8 @@ PRIMARY_METRIC = {
 MODEL_INPUTS = {"next_subtrajectory": "trajectory pair", "destination": "prefix",
                 "user_association_linking": "trajectory", "user_association_binary": "trajectory pair"}
 BASELINE_INPUTS = {"majority": "none", "markov": "prefix", "user_most_frequent_cell": "user history",
-                   "cell_profile_knn": "trajectory", "cell_profile_similarity": "trajectory pair"}
+                   "cell_profile_knn": "trajectory", "cell_profile_similarity": "trajectory pair",
+                   "time_gap": "trajectory pair"}
 
 #: `TaskConfig.answer_form`: choose on validation among the classifier and the embedding forms, or the classifier.
 ANSWER_FORMS = ("auto", "classifier")
@@ -279,11 +280,23 @@ def build_next_subtrajectory(records: Sequence[T.Record], config: TaskConfig, se
     info["test_pair_kinds"] = T.class_balance(test["pair_kind"])
     info["train_pair_kinds"] = T.class_balance(train["pair_kind"])
     task = PreparedTask("next_subtrajectory", "pair", train, test, ["not_next", "next"], info, validation=validation)
-    scores, threshold = _binary_pair_baseline_scores(train_records + validation_records, _merge(train, validation),
-                                                     test)
+    fit = _merge(train, validation)
+    scores, threshold = _binary_pair_baseline_scores(train_records + validation_records, fit, test)
+    timed = all(_has_times(columns) for columns in (fit, test))
+    if timed:
+        gap = bl.TimeGapThreshold().fit(fit["timestamps_a"], fit["timestamps_b"], fit["label"])
+        scores["time_gap"] = np.eye(2)[gap.predict(test["timestamps_a"], test["timestamps_b"])]
     task.set_baselines(scores)
     task.baselines["cell_profile_similarity"]["threshold"] = threshold
+    if timed:
+        task.baselines["time_gap"]["threshold_minutes"] = gap.threshold
     return task
+
+
+def _has_times(columns: dict[str, list]) -> bool:
+    """Whether every pair has the visit times of A and B (trajectories saved without times have None)."""
+    return all(a[-1] is not None and b[0] is not None
+               for a, b in zip(columns["timestamps_a"], columns["timestamps_b"]))
 
 
 def build_destination(records: Sequence[T.Record], config: TaskConfig, seed: int) -> PreparedTask:
