@@ -21,7 +21,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -555,9 +555,11 @@ def _selection_args(training_args: FinetuneTrainingArguments, entry: str, has_va
 
 def finetune_trainer(model, args: FinetuneTrainingArguments, train_dataset: datasets.Dataset,
                      validation_dataset: datasets.Dataset | None, tokenizer: TrajTokenizer,
-                     compute_metrics: Callable[[EvalPrediction], dict[str, float]]) -> FinetuneTrainer:
+                     compute_metrics: Callable[[EvalPrediction], dict[str, float]],
+                     fresh_parameters: Collection[str] = ()) -> FinetuneTrainer:
     """The recipe's Trainer: validation metrics every evaluation, early stopping (`args.early_stopping_patience`)
-    when the best checkpoint is restored at the end, and the head's own learning rate."""
+    when the best checkpoint is restored at the end, and the head's own learning rate (also for the encoder
+    parameters in `fresh_parameters`, which the checkpoint did not have)."""
     callbacks = []
     if args.load_best_model_at_end and args.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
@@ -565,7 +567,16 @@ def finetune_trainer(model, args: FinetuneTrainingArguments, train_dataset: data
         model=model, args=args, train_dataset=train_dataset, eval_dataset=validation_dataset,
         processing_class=tokenizer, data_collator=DataCollatorWithTrajectoryPadding(tokenizer),
         compute_metrics=compute_metrics, callbacks=callbacks, head_learning_rate=args.head_learning_rate,
+        fresh_parameters=fresh_parameters,
     )
+
+
+def added_time_embeddings(model: TrajBertPreTrainedModel, base_config: TrajBertConfig) -> list[str]:
+    """Names of the time-embedding parameters of `model` that the checkpoint (`base_config`) did not have."""
+    if base_config.use_time_embeddings:
+        return []
+    return [name for name, _ in model.named_parameters()
+            if name.endswith(("embeddings.hour_embeddings.weight", "embeddings.gap_embeddings.weight"))]
 
 
 def _run_one(prepared: _Prepared, entry: str, init: str, training_args: FinetuneTrainingArguments,
@@ -584,7 +595,8 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Finetune
                         args.classifier_pooling, args.classifier_dropout, args.pair_encoding,
                         args.use_time_embeddings)
     trainer = finetune_trainer(model, args, train_dataset, validation_dataset, prepared.tokenizer,
-                               lambda prediction: task_metrics(task, _logits(prediction), "validation"))
+                               lambda prediction: task_metrics(task, _logits(prediction), "validation"),
+                               added_time_embeddings(model, prepared.base_config))
     started = time.perf_counter()
     train_result = trainer.train()
     for checkpoint in output_dir.glob("checkpoint-*"):  # the best one is loaded and saved below

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import datasets
 import numpy as np
@@ -239,25 +239,30 @@ class MTMTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
-def is_head_parameter(name: str, base_model_prefix: str) -> bool:
-    """Parameters outside the encoder, plus the pooler (pre-training saves none): what fine-tuning starts fresh."""
-    return not name.startswith(f"{base_model_prefix}.") or name.startswith(f"{base_model_prefix}.pooler.")
+def is_head_parameter(name: str, base_model_prefix: str, fresh: Collection[str] = ()) -> bool:
+    """Parameters outside the encoder, plus the pooler (pre-training saves none) and the encoder parameters named in
+    `fresh` (e.g. time embeddings added at fine-tuning): what fine-tuning starts fresh."""
+    return (not name.startswith(f"{base_model_prefix}.") or name.startswith(f"{base_model_prefix}.pooler.")
+            or name in fresh)
 
 
 class FinetuneTrainer(Trainer):
     """Trainer whose optimizer gives the task head (see `is_head_parameter`) `head_learning_rate` and the pre-trained
     encoder `args.learning_rate`: a fresh head needs larger steps than an encoder that should not forget."""
 
-    def __init__(self, *args, head_learning_rate: float | None = None, **kwargs):
+    def __init__(self, *args, head_learning_rate: float | None = None, fresh_parameters: Collection[str] = (),
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.head_learning_rate = head_learning_rate
+        self.fresh_parameters = frozenset(fresh_parameters)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         if self.optimizer is not None or self.head_learning_rate is None:
             return super().create_optimizer(model)
         optimizer = super().create_optimizer(model)
         opt_model = self.model if model is None else model
-        head = {id(p) for n, p in opt_model.named_parameters() if is_head_parameter(n, opt_model.base_model_prefix)}
+        head = {id(p) for n, p in opt_model.named_parameters()
+                if is_head_parameter(n, opt_model.base_model_prefix, self.fresh_parameters)}
         groups = []
         for group in optimizer.param_groups:  # split Trainer's (decay, no decay) groups; nothing has stepped yet
             for is_head in (False, True):

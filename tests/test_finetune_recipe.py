@@ -12,7 +12,12 @@ from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import TrainerCallback
 
 from modeling_trajfm import TrajBertConfig, TrajBertForHexagonPrediction, TrajBertForSequenceClassification
-from modeling_trajfm.finetuning import FinetuneTrainingArguments, _selection_args, finetune_trainer
+from modeling_trajfm.finetuning import (
+    FinetuneTrainingArguments,
+    _selection_args,
+    added_time_embeddings,
+    finetune_trainer,
+)
 from modeling_trajfm.modeling_trajbert import hexagon_mean_pool
 from modeling_trajfm.trainer import FinetuneTrainer, is_head_parameter
 from tokenization_trajfm import TrajTokenizer
@@ -113,6 +118,24 @@ def test_head_and_encoder_learning_rates(tokenizer, tmp_path):
     # Without a head learning rate: Trainer's own two groups.
     plain = FinetuneTrainer(model=model, args=args, train_dataset=_dataset(tokenizer)).create_optimizer()
     assert len(plain.param_groups) == 2 and {g["lr"] for g in plain.param_groups} == {1e-4}
+
+
+def test_time_embeddings_added_at_fine_tuning_train_at_the_head_rate(tokenizer, tmp_path):
+    """Time embeddings the checkpoint did not have start fresh, so they take the head's learning rate."""
+    untimed = _config(tokenizer)
+    untimed.use_time_embeddings = False
+    timed = _config(tokenizer)
+    timed.use_time_embeddings = True
+    model = TrajBertForSequenceClassification(timed)
+    fresh = added_time_embeddings(model, untimed)
+    assert sorted(fresh) == ["trajbert.embeddings.gap_embeddings.weight", "trajbert.embeddings.hour_embeddings.weight"]
+    assert added_time_embeddings(model, timed) == []  # pre-trained with them: encoder parameters like the others
+    args = _selection_args(_args(tmp_path, learning_rate=1e-4), "destination", has_validation=False)
+    optimizer = FinetuneTrainer(model=model, args=args, train_dataset=_dataset(tokenizer), head_learning_rate=1e-2,
+                                fresh_parameters=fresh).create_optimizer()
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    head = {by_id[id(p)] for g in optimizer.param_groups if g["lr"] == 1e-2 for p in g["params"]}
+    assert set(fresh) < head and not any(n.startswith("trajbert.encoder.") for n in head)
 
 
 # ------------------------------------------------------------------------------------------------- pooling
