@@ -102,7 +102,8 @@ class FinetuneTrainingArguments(NoPinMemoryWithoutAccelerator, TrainingArguments
     on validation every epoch, keep the best checkpoint by the task's primary metric, stop early; mean pooling over
     hexagon tokens, up to 30 epochs (patience 5), the fresh head at its own learning rate 3e-3 (the encoder at 2e-4):
     on NYC validation a 10-epoch budget left user linking's classifier at 0.58 accuracy@1, where this recipe reaches
-    0.90."""
+    0.90. Visit-time embeddings are on whenever the tokenizer records times: they lift next sub-trajectory from 0.72
+    to 0.95 on NYC validation and move the other entries by less than two validation examples."""
 
     output_dir: str | None = field(default="outputs/finetune", metadata={"help": "Where results are written."})
     num_train_epochs: float = field(
@@ -130,9 +131,9 @@ class FinetuneTrainingArguments(NoPinMemoryWithoutAccelerator, TrainingArguments
     use_time_embeddings: bool | None = field(
         default=None,
         metadata={"help": "Give the fine-tuned model (both inits) the visits' hour-of-week and gap embeddings, learnt "
-                          "from scratch when the checkpoint was pre-trained without them (None: the checkpoint's "
-                          "setting). A pair's B starts with its gap from A's last visit, which decides next "
-                          "sub-trajectory."},
+                          "from scratch (at the head's learning rate) when the checkpoint was pre-trained without "
+                          "them; a pair's B starts with its gap from A's last visit, which decides next "
+                          "sub-trajectory. None: on when the checkpoint's tokenizer records visit times; false: off."},
     )
     early_stopping_patience: int = field(
         default=5, metadata={"help": "Stop after this many evaluations without a better validation metric (0: never)."}
@@ -591,9 +592,9 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Finetune
     args = _selection_args(training_args, entry, validation_dataset is not None)
     args.output_dir = str(output_dir)
     push, args.push_to_hub = args.push_to_hub, False  # pushed by modeling_trajfm.hub, curated card last
+    use_time = args.use_time_embeddings if args.use_time_embeddings is not None else prepared.tokenizer.time_features
     model = build_model(task, init, prepared.model_path, prepared.base_config, prepared.tokenizer, args.seed,
-                        args.classifier_pooling, args.classifier_dropout, args.pair_encoding,
-                        args.use_time_embeddings)
+                        args.classifier_pooling, args.classifier_dropout, args.pair_encoding, use_time)
     trainer = finetune_trainer(model, args, train_dataset, validation_dataset, prepared.tokenizer,
                                lambda prediction: task_metrics(task, _logits(prediction), "validation"),
                                added_time_embeddings(model, prepared.base_config))

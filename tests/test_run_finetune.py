@@ -153,9 +153,9 @@ def test_siamese_pair_encoding(checkpoint, tmp_path):
 
 
 def test_time_embeddings_added_at_fine_tuning(checkpoint, tmp_path):
-    """--use_time_embeddings true on a checkpoint pre-trained without them: the fine-tuned classifier has them (saved
-    in its config), so B's gap from A's last visit changes its answer; without the flag it keeps the checkpoint's
-    setting and cannot tell when B starts."""
+    """On a checkpoint pre-trained without time embeddings, fine-tuning adds them (saved in its config) when its
+    tokenizer records times (the default) or when asked, so B's gap from A's last visit changes the answer; with
+    --use_time_embeddings false the classifier cannot tell when B starts."""
     from transformers import AutoModelForSequenceClassification
 
     untimed = tmp_path / "untimed-checkpoint"
@@ -181,9 +181,13 @@ def test_time_embeddings_added_at_fine_tuning(checkpoint, tmp_path):
          "--answer_form", "classifier")
     on, change = gap_sensitivity(timed)
     assert on and change > 0
-    kept = tmp_path / "kept"
-    _run({"path": untimed}, kept, "--task", "next_subtrajectory", "--answer_form", "classifier")
-    on, change = gap_sensitivity(kept)
+    default = tmp_path / "default"
+    _run({"path": untimed}, default, "--task", "next_subtrajectory", "--answer_form", "classifier")
+    assert gap_sensitivity(default)[0]
+    off = tmp_path / "off"
+    _run({"path": untimed}, off, "--task", "next_subtrajectory", "--use_time_embeddings", "false",
+         "--answer_form", "classifier")
+    on, change = gap_sensitivity(off)
     assert not on and change == 0
 
 
