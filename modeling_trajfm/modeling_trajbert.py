@@ -737,6 +737,8 @@ class TrajBertForSequenceClassification(TrajBertPreTrainedModel):
                                  "attention cannot mask: load the model with attn_implementation='sdpa' or 'eager'.")
             kwargs["sequence_ids"], position_ids, token_type_ids, encoder_hexagon_ids = siamese_inputs(
                 token_type_ids, attention_mask, hexagon_ids)
+            if gap_ids is not None:  # encoded apart, B's first visit has no visit before it (the tokenizer gave A's)
+                gap_ids = gap_ids.masked_fill((segments == 1) & (encoder_hexagon_ids == 1), 0)
         outputs = self.trajbert(
             input_ids,
             attention_mask=attention_mask,

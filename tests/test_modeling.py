@@ -454,6 +454,12 @@ def test_siamese_pair_encoding_encodes_a_and_b_apart(tmp_path):
             u, v = _alone(a, model), _alone(b, model)
             expected = model.classifier(torch.cat([u, v, (u - v).abs(), u * v], dim=-1))
             torch.testing.assert_close(logits[row : row + 1], expected, atol=1e-5, rtol=1e-4)
+        # The tokenizer gives B's first visit its gap from A's last; encoded apart, B ignores it.
+        b_first = (batch["token_type_ids"] == 1) & (batch["hexagon_ids"] == batch["hexagon_ids"].masked_fill(
+            batch["token_type_ids"] == 1, 0).amax(dim=1, keepdim=True) + 1)
+        assert b_first.any(dim=1).all()
+        timed = {**batch, "gap_ids": batch["gap_ids"].masked_fill(b_first, 7)}
+        torch.testing.assert_close(model(**timed).logits, logits)
         a, b, _ = triples[0]
         swapped = {key: a[key][:1] + b[key][1:] + a[key][1:] for key in a}
         swapped["hexagon_ids"] = [0] + b["hexagon_ids"][1:] + [h + 6 if h else 0 for h in a["hexagon_ids"][1:]]

@@ -172,7 +172,7 @@ def test_time_embeddings_added_at_fine_tuning(checkpoint, tmp_path):
         follows, before = (tokenizer(cells=[cells[:5]], timestamps=[times_a], pair_cells=[cells[5:]],
                                      pair_timestamps=[[first + 600 * i for i in range(len(cells) - 5)]],
                                      return_tensors="pt")
-                           for first in (times_a[-1] + 1800, start - 86_400))
+                           for first in (times_a[-1] + 1800, times_a[-1] + 1800 - 7 * 86_400))  # same hours of week
         with torch.no_grad():
             return model.config.use_time_embeddings, (model(**follows).logits - model(**before).logits).abs().max()
 

@@ -226,6 +226,8 @@ def test_time_gap_threshold():
     model = bl.TimeGapThreshold().fit(times_a, times_b, labels)
     assert model.threshold == 20.0 and model.predict(times_a, times_b).tolist() == labels
     assert bl.TimeGapThreshold.gaps([[0, hour]], [[0]])[0] == np.inf  # B before A's last visit: never next
+    everything = bl.TimeGapThreshold().fit(times_a, times_b, [1, 1, 1, 1])  # best F1: call every pair next
+    assert everything.predict(times_a, times_b).tolist() == [1, 1, 1, 1]
 
 
 def test_next_subtrajectory_has_a_time_gap_baseline_when_times_are_known():
@@ -239,7 +241,8 @@ def test_next_subtrajectory_has_a_time_gap_baseline_when_times_are_known():
     by_hand = ((gaps <= row["threshold_minutes"]) == np.asarray(task.test["label"])).mean()
     assert row["accuracy"] == pytest.approx(by_hand) and row["accuracy"] > 0.9  # positives continue 10 min later
     untimed = [T.Record(r.user_id, r.traj_id, r.cells, np.array([None] * len(r), dtype=object)) for r in records]
-    assert "time_gap" not in build_task("next_subtrajectory", untimed, TaskConfig(), 0).baselines
+    untimed_task = build_task("next_subtrajectory", untimed, TaskConfig(), 0)
+    assert "time_gap" not in untimed_task.baselines and "no visit times" in untimed_task.info["time_gap"]
 
 
 def test_majority_label_is_top_of_majority_scores():

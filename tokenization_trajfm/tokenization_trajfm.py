@@ -603,8 +603,8 @@ def time_feature_ids(times: np.ndarray, utc_offset_minutes: int = 0, previous: i
     """Visit start times (epoch s) → (1 + hour of week from Monday 00h local, 1 + log2 bucket of the gap).
 
     The first visit's gap is measured from `previous`, the start of the visit before it in the input (a pair's B
-    from A's last visit: whether B continues A is mostly a matter of time), and is 0 (no gap) without one or when
-    `previous` is later: a B that starts before A ends has no gap to measure.
+    from the last visit of A kept after truncation: whether B continues A is mostly a matter of time), and is 0 (no
+    gap) without one or when `previous` is later: a B that starts before A ends has no gap to measure.
     """
     local_hours = (times + utc_offset_minutes * 60) // 3600
     hours = 1 + (local_hours + 72) % _HOURS_PER_WEEK  # 1970-01-01 was a Thursday: 72 h after Monday 00h

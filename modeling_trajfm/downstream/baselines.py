@@ -199,7 +199,7 @@ class PairSimilarityThreshold:
 
 class TimeGapThreshold:
     """Next sub-trajectory baseline: B follows A when its first visit starts within `threshold` minutes of A's last
-    (and not before it); the threshold maximises F1 on the training pairs."""
+    (and not before it); the threshold maximises F1 on the pairs it is fitted on."""
 
     def __init__(self):
         self.threshold = 0.0
@@ -210,14 +210,18 @@ class TimeGapThreshold:
         minutes = np.array([(b[0] - a[-1]) / 60.0 for a, b in zip(times_a, times_b)], dtype=np.float64)
         return np.where(minutes >= 0, minutes, np.inf)
 
+    @classmethod
+    def _scores(cls, times_a: Sequence[Sequence[int]], times_b: Sequence[Sequence[int]]) -> np.ndarray:
+        """Higher = sooner = more likely next; a B that starts before A's last visit scores lowest (finite)."""
+        return np.nan_to_num(-cls.gaps(times_a, times_b), neginf=-1e18)
+
     def fit(self, times_a: Sequence[Sequence[int]], times_b: Sequence[Sequence[int]], labels: Sequence[int]
             ) -> TimeGapThreshold:
-        finite = np.nan_to_num(-self.gaps(times_a, times_b), neginf=-1e18)  # higher = sooner = more likely next
-        self.threshold = -f1_threshold(finite, labels)
+        self.threshold = -f1_threshold(self._scores(times_a, times_b), labels)
         return self
 
     def predict(self, times_a: Sequence[Sequence[int]], times_b: Sequence[Sequence[int]]) -> np.ndarray:
-        return (self.gaps(times_a, times_b) <= self.threshold).astype(np.int64)
+        return (self._scores(times_a, times_b) >= -self.threshold).astype(np.int64)
 
 
 __all__ = [

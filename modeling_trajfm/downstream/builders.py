@@ -290,6 +290,8 @@ def build_next_subtrajectory(records: Sequence[T.Record], config: TaskConfig, se
     task.baselines["cell_profile_similarity"]["threshold"] = threshold
     if timed:
         task.baselines["time_gap"]["threshold_minutes"] = gap.threshold
+    else:
+        task.info["time_gap"] = "not reported: some pairs have no visit times"
     return task
 
 
