@@ -439,6 +439,7 @@ class _Prepared:
     pipeline_report: PipelineReport | None
     heldout_source: str
     task_config: TaskConfig
+    use_time_embeddings: bool  # resolved by `resolve_time_embeddings`
 
 
 @dataclass
@@ -501,7 +502,7 @@ def load_task_data(model_path: str, task_config: TaskConfig, corpus_overrides: d
     return TaskData(tokenizer, base_config, corpus, records, None, heldout, heldout_source, source, pipeline_report)
 
 
-def prepare(model_path: str, task_config: TaskConfig, entries: Sequence[str], training_args: TrainingArguments,
+def prepare(model_path: str, task_config: TaskConfig, entries: Sequence[str], training_args: FinetuneTrainingArguments,
             corpus_overrides: dict[str, Any] | None = None) -> _Prepared:
     """Load the checkpoint's tokenizer, rebuild the held-out users' trajectories, build and tokenize every entry's
     examples, and write `task_data.json`; fails before any training when a task cannot be built."""
@@ -509,9 +510,7 @@ def prepare(model_path: str, task_config: TaskConfig, entries: Sequence[str], tr
     check_push_possible(training_args.push_to_hub, training_args.hub_model_id)
     check_output_dir(training_args.output_dir, wants_overwrite(training_args), reads_from=(model_path,))
     data = load_task_data(model_path, task_config, corpus_overrides)
-    if getattr(training_args, "use_time_embeddings", None) and not data.tokenizer.time_features:
-        raise ValueError(f"--use_time_embeddings needs visit times, but {model_path}'s tokenizer was built without "
-                         "time features: drop --use_time_embeddings or use a checkpoint whose tokenizer has them.")
+    use_time = resolve_time_embeddings(training_args.use_time_embeddings, data.tokenizer, model_path)
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     tasks = data.build_tasks(entries, task_config, seed)
 
@@ -533,7 +532,16 @@ def prepare(model_path: str, task_config: TaskConfig, entries: Sequence[str], tr
                        for split in ("train", "validation", "test") if getattr(task, split).get("label")}
                for entry, task in tasks.items()}
     return _Prepared(model_path, tokenizer, data.base_config, tasks, encoded, data.corpus, data.source,
-                     data.pipeline_report, data.heldout_source, task_config)
+                     data.pipeline_report, data.heldout_source, task_config, use_time)
+
+
+def resolve_time_embeddings(requested: bool | None, tokenizer: TrajTokenizer, model_path: str) -> bool:
+    """`--use_time_embeddings` as the fine-tuned models get it: None → on when the tokenizer records visit times;
+    true without them is refused."""
+    if requested and not tokenizer.time_features:
+        raise ValueError(f"--use_time_embeddings needs visit times, but {model_path}'s tokenizer was built without "
+                         "time features: drop --use_time_embeddings or use a checkpoint whose tokenizer has them.")
+    return tokenizer.time_features if requested is None else requested
 
 
 def _logits(prediction: EvalPrediction) -> np.ndarray:
@@ -592,9 +600,9 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Finetune
     args = _selection_args(training_args, entry, validation_dataset is not None)
     args.output_dir = str(output_dir)
     push, args.push_to_hub = args.push_to_hub, False  # pushed by modeling_trajfm.hub, curated card last
-    use_time = args.use_time_embeddings if args.use_time_embeddings is not None else prepared.tokenizer.time_features
     model = build_model(task, init, prepared.model_path, prepared.base_config, prepared.tokenizer, args.seed,
-                        args.classifier_pooling, args.classifier_dropout, args.pair_encoding, use_time)
+                        args.classifier_pooling, args.classifier_dropout, args.pair_encoding,
+                        prepared.use_time_embeddings)
     trainer = finetune_trainer(model, args, train_dataset, validation_dataset, prepared.tokenizer,
                                lambda prediction: task_metrics(task, _logits(prediction), "validation"),
                                added_time_embeddings(model, prepared.base_config))

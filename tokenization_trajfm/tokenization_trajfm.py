@@ -617,7 +617,7 @@ def time_feature_ids(times: np.ndarray, utc_offset_minutes: int = 0, previous: i
 
 
 def _gap_bucket(seconds: np.ndarray) -> np.ndarray:
-    """Non-negative gaps (s) → 1 + min(22, floor(log2(1 + minutes)))."""
+    """Non-negative gaps (s) → 1 + min(_MAX_GAP_BUCKET, floor(log2(1 + minutes)))."""
     return 1 + np.minimum(np.floor(np.log2(1.0 + seconds / 60.0)), _MAX_GAP_BUCKET).astype(np.int64)
 
 
