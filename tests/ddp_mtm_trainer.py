@@ -16,6 +16,7 @@ from transformers import Trainer, TrainingArguments, default_data_collator
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modeling_trajfm import TrajBertConfig, TrajBertForMaskedTrajectoryModeling  # noqa: E402
+from modeling_trajfm.arguments import end_distributed  # noqa: E402
 
 N_EXAMPLES, SEQ_LEN, VOCAB, N_LABELS = 8, 16, 100, 3
 
@@ -110,3 +111,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_distributed()

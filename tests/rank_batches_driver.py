@@ -13,6 +13,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import run_mtm  # noqa: E402
+from modeling_trajfm.arguments import end_distributed  # noqa: E402
 from modeling_trajfm.trainer import MTMTrainer  # noqa: E402
 
 
@@ -30,6 +31,7 @@ def main() -> None:
     MTMTrainer.training_step = recording_step
     run_mtm.main(argv)
     (out / f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(seen))
+    end_distributed()  # as run_mtm.py's entry point does: a rank leaving with its group alive can abort at exit
 
 
 if __name__ == "__main__":
