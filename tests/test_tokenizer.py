@@ -14,10 +14,11 @@ import pytest
 from transformers import AutoTokenizer
 
 import modeling_trajfm  # noqa: F401  (registers TrajTokenizer with AutoTokenizer)
+from modeling_trajfm import TrajBertConfig
 from tokenization_trajfm import TrajTokenizer, build_trajectories
 from tokenization_trajfm.errors import TokenizerFileError, TrajInputError
 from tokenization_trajfm.synthetic import generate_checkins
-from tokenization_trajfm.tokenization_trajfm import time_feature_ids
+from tokenization_trajfm.tokenization_trajfm import OVERLAP_GAP_ID, time_feature_ids
 
 MONDAY = int(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc).timestamp())  # 2024-01-01 was a Monday
 
@@ -85,9 +86,19 @@ def test_time_feature_ids_measure_the_first_gap_from_the_previous_visit():
     times = np.array([MONDAY + 3600, MONDAY + 7200])
     _, alone = time_feature_ids(times)
     _, after = time_feature_ids(times, previous=MONDAY + 3600 - 61 * 60)  # 61 min before: log2(62) → 5
-    _, before = time_feature_ids(times, previous=MONDAY + 3601)  # the "previous" visit starts later: no gap
-    assert alone.tolist()[0] == 0 and after.tolist()[0] == 1 + 5 and before.tolist()[0] == 0
-    assert alone.tolist()[1] == after.tolist()[1] == before.tolist()[1] == 1 + 5  # log2(61) → 5
+    _, before = time_feature_ids(times, previous=MONDAY + 3601)  # the "previous" visit starts later: an overlap
+    _, same_start = time_feature_ids(times, previous=MONDAY + 3600)  # another visit at the same minute
+    _, repeat = time_feature_ids(times, previous=MONDAY + 3600, repeats_previous=True)  # that very visit again
+    assert alone.tolist()[0] == 0 and after.tolist()[0] == 1 + 5 and same_start.tolist()[0] == 1
+    assert before.tolist()[0] == repeat.tolist()[0] == OVERLAP_GAP_ID
+    assert alone.tolist()[1] == after.tolist()[1] == before.tolist()[1] == repeat.tolist()[1] == 1 + 5  # log2(61)
+
+
+def test_gap_ids_fit_the_model_table():
+    """Gaps of any length stay below the overlap id, which stays inside the config's gap table."""
+    times = np.array([0, 60 * (2**21 - 2), 60 * 2**40])  # 1 + minutes just under 2^21, then ~2 million years
+    _, gaps = time_feature_ids(times)
+    assert gaps.tolist() == [0, 1 + 20, 1 + 21] and 1 + 21 < OVERLAP_GAP_ID < TrajBertConfig().num_gap_buckets
 
 
 def test_pair_b_first_visit_gap_counts_from_a_last_visit(tokenizer):
@@ -101,7 +112,10 @@ def test_pair_b_first_visit_gap_counts_from_a_last_visit(tokenizer):
         return [g for g, t in zip(row["gap_ids"], row["token_type_ids"]) if t == 1][0]
 
     assert first_b_gap(later) == 1 + 5
-    assert first_b_gap(earlier) == 0 and first_b_gap(untimed) == 0
+    assert first_b_gap(earlier) == OVERLAP_GAP_ID and first_b_gap(untimed) == 0
+    assert first_b_gap(a[-1:] + later) == OVERLAP_GAP_ID  # B starts with A's last visit: it overlaps A
+    moved = (a[-1][0] + 0.05, a[-1][1], a[-1][2])  # another cell at the same minute: B may well follow A
+    assert first_b_gap([moved] + later) == 1
     alone = tokenizer(later)
     pair = tokenizer(a, pair=later)
     b_later = [g for g, h, t in zip(pair["gap_ids"], pair["hexagon_ids"], pair["token_type_ids"]) if t and h > 4]

@@ -41,7 +41,9 @@ _LAT_KEYS = ("latitude", "lat")
 _LON_KEYS = ("longitude", "lon", "lng")
 _TIME_KEYS = ("timestamp", "timestamps", "time", "times", "t")
 _HOURS_PER_WEEK = 168
-_MAX_GAP_BUCKET = 22
+_MAX_GAP_BUCKET = 21
+# gap id of a pair's B whose first visit does not come after A's last: it starts earlier, or it is that very visit
+OVERLAP_GAP_ID = _MAX_GAP_BUCKET + 2
 # settings that change the ids: with the vocabulary, they make up the saved fingerprint (time and clustering settings
 # change features only and may be overridden at load, e.g. another utc_offset_minutes for data from another zone)
 FINGERPRINT_SETTINGS = ("resolution", "spelling", "max_levels")
@@ -435,8 +437,8 @@ class TrajTokenizer(PreTrainedTokenizer):
             spans = _fit_hexagons(counts, budget, keep_last_of_first=self.truncation_side == "left")
             row_out = {k: [0] for k in out}
             row_out["input_ids"] = [self.cls_token_id]
-            hexagon, previous = 0, None  # previous: start time of the last visit placed so far (a pair's A → B gap)
-            for (segment, (_, times)), k, (start, stop) in zip(parts, slots, spans):
+            hexagon, previous = 0, None  # previous: (cell, start time) of the last visit placed so far (A → B gap)
+            for (segment, (cells, times)), k, (start, stop) in zip(parts, slots, spans):
                 n_visits = stop - start
                 lo = token_offsets[visit_offsets[k] + start]
                 hi = token_offsets[visit_offsets[k] + stop]
@@ -446,21 +448,25 @@ class TrajTokenizer(PreTrainedTokenizer):
                 row_out["token_type_ids"] += [segment] * (hi - lo + 1)
                 row_out["hexagon_ids"] += (visit_of_token + hexagon + 1).tolist() + [0]
                 row_out["level_ids"] += levels[lo:hi].tolist() + [0]
-                hours, gaps = self._time_ids(times, n_visits, previous)
+                hours, gaps = self._time_ids(times, n_visits, previous, cells[start] if n_visits else None)
                 row_out["hour_ids"] += hours[visit_of_token].tolist() + [0]
                 row_out["gap_ids"] += gaps[visit_of_token].tolist() + [0]
                 hexagon += n_visits
-                previous = times[n_visits - 1] if times is not None and n_visits else None
+                previous = (cells[stop - 1], times[n_visits - 1]) if times is not None and n_visits else None
             for key in out:
                 out[key].append(row_out[key])
         return out
 
-    def _time_ids(self, times: np.ndarray | None, n_visits: int, previous: int | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+    def _time_ids(self, times: np.ndarray | None, n_visits: int, previous: tuple[int, int] | None = None,
+                  first_cell: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         if times is None or not self.time_features:
             zeros = np.zeros(n_visits, dtype=np.int64)
             return zeros, zeros
-        return time_feature_ids(times[:n_visits], self.utc_offset_minutes, previous)
+        if previous is None:
+            return time_feature_ids(times[:n_visits], self.utc_offset_minutes)
+        previous_cell, previous_start = previous
+        repeats = first_cell == previous_cell and times[0] == previous_start
+        return time_feature_ids(times[:n_visits], self.utc_offset_minutes, previous_start, repeats)
 
     def _pad(
         self,
@@ -598,21 +604,24 @@ class TrajTokenizer(PreTrainedTokenizer):
         return [flat[offsets[i] : offsets[i + 1]].tolist() for i in range(cells.size)]
 
 
-def time_feature_ids(times: np.ndarray, utc_offset_minutes: int = 0, previous: int | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def time_feature_ids(times: np.ndarray, utc_offset_minutes: int = 0, previous: int | None = None,
+                     repeats_previous: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Visit start times (epoch s) → (1 + hour of week from Monday 00h local, 1 + log2 bucket of the gap).
 
-    The first visit's gap is measured from `previous`, the start of the visit before it in the input (a pair's B
-    from the last visit of A kept after truncation: whether B continues A is mostly a matter of time), and is 0 (no
-    gap) without one or when `previous` is later: a B that starts before A ends has no gap to measure.
+    The first visit's gap is 0 (no gap) without `previous`, the start of the visit before it in the input (a pair's
+    B counts from the last visit of A kept after truncation: whether B continues A is mostly a matter of time). A
+    first visit that does not come after that one gets `OVERLAP_GAP_ID`: it starts earlier, or it is that very visit
+    (`repeats_previous`: same cell and start, e.g. a window of a trajectory paired with the window before it); a
+    log2 bucket cannot tell those from a visit a minute later.
     """
     local_hours = (times + utc_offset_minutes * 60) // 3600
     hours = 1 + (local_hours + 72) % _HOURS_PER_WEEK  # 1970-01-01 was a Thursday: 72 h after Monday 00h
     gaps = np.zeros(times.size, dtype=np.int64)
     if times.size > 1:
         gaps[1:] = _gap_bucket(np.maximum(np.diff(times), 0))
-    if times.size and previous is not None and times[0] >= previous:
-        gaps[0] = _gap_bucket(np.array([times[0] - previous]))[0]
+    if times.size and previous is not None:
+        overlaps = times[0] < previous or repeats_previous
+        gaps[0] = OVERLAP_GAP_ID if overlaps else _gap_bucket(np.array([times[0] - previous]))[0]
     return hours.astype(np.int64), gaps
 
 
