@@ -226,6 +226,9 @@ def test_time_gap_threshold():
     model = bl.TimeGapThreshold().fit(times_a, times_b, labels)
     assert model.threshold == 20.0 and model.predict(times_a, times_b).tolist() == labels
     assert bl.TimeGapThreshold.gaps([[0, hour]], [[0]])[0] == np.inf  # B before A's last visit: never next
+    same_minute = bl.TimeGapThreshold.gaps([[0, hour]] * 2, [[hour], [hour]], [[1, 2]] * 2, [[2], [3]])
+    assert same_minute.tolist() == [np.inf, 0.0]  # B starts with A's last visit itself / another cell, same minute
+    assert bl.TimeGapThreshold.gaps([[0, hour]], [[hour]]).tolist() == [0.0]  # without cells: a gap of 0
     everything = bl.TimeGapThreshold().fit(times_a, times_b, [1, 1, 1, 1])  # best F1: call every pair next
     assert everything.predict(times_a, times_b).tolist() == [1, 1, 1, 1]
 
@@ -237,7 +240,7 @@ def test_next_subtrajectory_has_a_time_gap_baseline_when_times_are_known():
     task = build_task("next_subtrajectory", records, TaskConfig(), 0)
     row = task.baselines["time_gap"]
     assert row["inputs"] == "trajectory pair" and row["threshold_minutes"] >= 10.0
-    gaps = bl.TimeGapThreshold.gaps(task.test["timestamps_a"], task.test["timestamps_b"])
+    gaps = bl.TimeGapThreshold.gaps(*(task.test[key] for key in ("timestamps_a", "timestamps_b", "cells_a", "cells_b")))
     by_hand = ((gaps <= row["threshold_minutes"]) == np.asarray(task.test["label"])).mean()
     assert row["accuracy"] == pytest.approx(by_hand) and row["accuracy"] > 0.9  # positives continue 10 min later
     untimed = [T.Record(r.user_id, r.traj_id, r.cells, np.array([None] * len(r), dtype=object)) for r in records]

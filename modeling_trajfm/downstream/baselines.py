@@ -16,8 +16,9 @@ better) or binary predictions, so the same metrics apply to models and baselines
 * `PairSimilarityThreshold`: binary pair tasks: cosine similarity of the TF-IDF cell profiles of the two
   trajectories, thresholded at the value that maximises F1 on the training pairs.
 * `TimeGapThreshold`: next sub-trajectory: B follows A when it starts at most a threshold of minutes after A's last
-  visit (chosen for F1 on the training pairs); a B that starts before A's last visit never follows. It reads the
-  visits' times, as the model does (its `gap_ids` give B's first visit the log-bucketed gap from A's last).
+  visit (chosen for F1 on the training pairs); a B whose first visit does not come after A's last (starts earlier,
+  or is that visit) never follows. It reads what the model reads: the visits' times (its `gap_ids` give B's first
+  visit the log-bucketed gap from A's last, or the overlap id) and cells.
 """
 
 from __future__ import annotations
@@ -198,30 +199,43 @@ class PairSimilarityThreshold:
 
 
 class TimeGapThreshold:
-    """Next sub-trajectory baseline: B follows A when its first visit starts within `threshold` minutes of A's last
-    (and not before it); the threshold maximises F1 on the pairs it is fitted on."""
+    """Next sub-trajectory baseline: B follows A when its first visit comes after A's last and starts within
+    `threshold` minutes of it; the threshold maximises F1 on the pairs it is fitted on.
+
+    "Comes after", as the tokenizer's `gap_ids` see it: starts later, or at the same time in another cell. A B that
+    starts earlier never follows, nor, given the cells, one that starts with A's last visit itself (same cell and
+    start: a window of A's trajectory that overlaps A).
+    """
 
     def __init__(self):
         self.threshold = 0.0
 
     @staticmethod
-    def gaps(times_a: Sequence[Sequence[int]], times_b: Sequence[Sequence[int]]) -> np.ndarray:
-        """Minutes from A's last visit to B's first; +inf when B starts before A's last visit."""
+    def gaps(times_a: Sequence[Sequence[int]], times_b: Sequence[Sequence[int]],
+             cells_a: Sequence[Sequence[int]] | None = None, cells_b: Sequence[Sequence[int]] | None = None
+             ) -> np.ndarray:
+        """Minutes from A's last visit to B's first; +inf when B's first visit does not come after A's last."""
         minutes = np.array([(b[0] - a[-1]) / 60.0 for a, b in zip(times_a, times_b)], dtype=np.float64)
+        if cells_a is not None and cells_b is not None:
+            repeats = np.array([a[-1] == b[0] for a, b in zip(cells_a, cells_b)], dtype=bool)
+            minutes[repeats & (minutes == 0)] = -1.0
         return np.where(minutes >= 0, minutes, np.inf)
 
     @classmethod
-    def _scores(cls, times_a: Sequence[Sequence[int]], times_b: Sequence[Sequence[int]]) -> np.ndarray:
-        """Higher = sooner = more likely next; a B that starts before A's last visit scores lowest (finite)."""
-        return np.nan_to_num(-cls.gaps(times_a, times_b), neginf=-1e18)
+    def _scores(cls, *columns) -> np.ndarray:
+        """Higher = sooner = more likely next; a B that does not come after A scores lowest (finite)."""
+        return np.nan_to_num(-cls.gaps(*columns), neginf=-1e18)
 
-    def fit(self, times_a: Sequence[Sequence[int]], times_b: Sequence[Sequence[int]], labels: Sequence[int]
+    def fit(self, times_a: Sequence[Sequence[int]], times_b: Sequence[Sequence[int]], labels: Sequence[int],
+            cells_a: Sequence[Sequence[int]] | None = None, cells_b: Sequence[Sequence[int]] | None = None
             ) -> TimeGapThreshold:
-        self.threshold = -f1_threshold(self._scores(times_a, times_b), labels)
+        self.threshold = -f1_threshold(self._scores(times_a, times_b, cells_a, cells_b), labels)
         return self
 
-    def predict(self, times_a: Sequence[Sequence[int]], times_b: Sequence[Sequence[int]]) -> np.ndarray:
-        return (self._scores(times_a, times_b) >= -self.threshold).astype(np.int64)
+    def predict(self, times_a: Sequence[Sequence[int]], times_b: Sequence[Sequence[int]],
+                cells_a: Sequence[Sequence[int]] | None = None, cells_b: Sequence[Sequence[int]] | None = None
+                ) -> np.ndarray:
+        return (self._scores(times_a, times_b, cells_a, cells_b) >= -self.threshold).astype(np.int64)
 
 
 __all__ = [

@@ -284,8 +284,10 @@ def build_next_subtrajectory(records: Sequence[T.Record], config: TaskConfig, se
     scores, threshold = _binary_pair_baseline_scores(train_records + validation_records, fit, test)
     timed = all(_has_times(columns) for columns in (fit, test))
     if timed:
-        gap = bl.TimeGapThreshold().fit(fit["timestamps_a"], fit["timestamps_b"], fit["label"])
-        scores["time_gap"] = np.eye(2)[gap.predict(test["timestamps_a"], test["timestamps_b"])]
+        gap = bl.TimeGapThreshold().fit(fit["timestamps_a"], fit["timestamps_b"], fit["label"], fit["cells_a"],
+                                        fit["cells_b"])
+        scores["time_gap"] = np.eye(2)[gap.predict(test["timestamps_a"], test["timestamps_b"], test["cells_a"],
+                                                   test["cells_b"])]
     task.set_baselines(scores)
     task.baselines["cell_profile_similarity"]["threshold"] = threshold
     if timed:
