@@ -64,7 +64,7 @@ class TrajBertConfig(PreTrainedConfig):
         use_time_embeddings (`bool`): add embeddings of `hour_ids` (hour of week) and `gap_ids` (log time gap bucket).
         max_levels (`int`, defaults to 16): rows of the level table (ids above `max_levels - 1` are clamped).
         num_hour_buckets (`int`, defaults to 169): 168 hours of the week + id 0 for "unknown / special".
-        num_gap_buckets (`int`, defaults to 24): 23 log2 gap buckets + id 0.
+        num_gap_buckets (`int`, defaults to 24): id 0, 22 log2 gap buckets and the overlap id of a pair's B (23).
         hexagon_candidates (`list[list[int]]`, *optional*): for [`TrajBertForHexagonPrediction`], the candidate cells
             as lists of their sub-token ids (one list per cell, in label order; `id2label` holds the cell strings).
         add_pooling_layer (`bool`, defaults to `False`): whether the encoder has BERT's pooler (tanh dense over
