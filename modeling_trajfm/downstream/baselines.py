@@ -216,10 +216,11 @@ class TimeGapThreshold:
              ) -> np.ndarray:
         """Minutes from A's last visit to B's first; +inf when B's first visit does not come after A's last."""
         minutes = np.array([(b[0] - a[-1]) / 60.0 for a, b in zip(times_a, times_b)], dtype=np.float64)
+        comes_after = minutes >= 0
         if cells_a is not None and cells_b is not None:
             repeats = np.array([a[-1] == b[0] for a, b in zip(cells_a, cells_b)], dtype=bool)
-            minutes[repeats & (minutes == 0)] = -1.0
-        return np.where(minutes >= 0, minutes, np.inf)
+            comes_after &= ~(repeats & (minutes == 0))
+        return np.where(comes_after, minutes, np.inf)
 
     @classmethod
     def _scores(cls, *columns) -> np.ndarray:
