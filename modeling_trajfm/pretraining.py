@@ -322,9 +322,8 @@ def load_tokenizer(model_args: MTMModelArguments, corpus: CorpusConfig, mtm_args
         vocab_size=model_args.vocab_size,
         resolution=corpus.resolution,
         spelling=model_args.spelling,
-        window_minutes=corpus.window_minutes,
-        utc_offset_minutes=corpus.utc_offset_minutes,
         model_max_length=mtm_args.max_seq_length,
+        **corpus.tokenizer_settings(),
     )
 
 

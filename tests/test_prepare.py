@@ -82,8 +82,10 @@ def test_vocabulary_and_sequences_equal_in_memory_training_and_tokenization(mess
     folder, description = _prepare(messy_csv, tmp_path / "corpus", num_partitions=3)
     trajectories = read_shards(folder, "trajectories")
     train = trajectories.filter(pc.equal(trajectories["split"], "train"))
-    expected = TrajTokenizer.train(train, vocab_size=300, spelling=PrepareArguments().spelling)
+    expected = TrajTokenizer.train(train, vocab_size=300, spelling=PrepareArguments().spelling,
+                                   **CorpusConfig(**CORPUS).tokenizer_settings())
     tokenizer = TrajTokenizer.from_pretrained(folder / "tokenizer")
+    assert tokenizer.gap_break_minutes == CORPUS["max_gap_minutes"]  # the gap grid's edge sits on the corpus's break
     assert tokenizer.get_vocab() == expected.get_vocab()
     sequences = read_shards(folder, "sequences")
     assert sequences.schema.remove(sequences.schema.get_field_index("split")) == SEQUENCE_SCHEMA

@@ -26,7 +26,7 @@ from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, Traine
 
 import run_mtm  # noqa: E402
 from modeling_trajfm import DataCollatorWithTrajectoryPadding, TrajBertForMaskedTrajectoryModeling  # noqa: E402
-from tokenization_trajfm import CorpusDescription  # noqa: E402
+from tokenization_trajfm import CorpusConfig, CorpusDescription  # noqa: E402
 
 TINY = [
     "--synthetic_users",
@@ -102,7 +102,9 @@ def test_metrics_and_outputs(basic_run):
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The defaults are the NYC ablation's choice (README): the contrastive term at 0.5 and the hierarchy spelling.
     assert json.loads((out / "config.json").read_text())["contrastive_weight"] == 0.5
-    assert json.loads((out / "tokenizer_config.json").read_text())["spelling"] == "hierarchy"
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    assert tokenizer_config["spelling"] == "hierarchy"
+    assert tokenizer_config["gap_break_minutes"] == CorpusConfig().max_gap_minutes  # gap grid edge on the break
     assert any("contrastive_loss" in entry for entry in state["log_history"])
     card = (out / "README.md").read_text()
     assert "model-index" in card and "perplexity" in card and f"{metrics['eval_perplexity']:.4g}" in card

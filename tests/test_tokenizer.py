@@ -18,7 +18,7 @@ from modeling_trajfm import TrajBertConfig
 from tokenization_trajfm import TrajTokenizer, build_trajectories
 from tokenization_trajfm.errors import TokenizerFileError, TrajInputError
 from tokenization_trajfm.synthetic import generate_checkins
-from tokenization_trajfm.tokenization_trajfm import OVERLAP_GAP_ID, time_feature_ids
+from tokenization_trajfm.tokenization_trajfm import OVERLAP_GAP_ID, gap_buckets, time_feature_ids
 
 MONDAY = int(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc).timestamp())  # 2024-01-01 was a Monday
 
@@ -99,6 +99,38 @@ def test_gap_ids_fit_the_model_table():
     times = np.array([0, 60 * (2**21 - 2), 60 * 2**40])  # 1 + minutes just under 2^21, then ~2 million years
     _, gaps = time_feature_ids(times)
     assert gaps.tolist() == [0, 1 + 20, 1 + 21] and 1 + 21 < OVERLAP_GAP_ID < TrajBertConfig().num_gap_buckets
+
+
+def test_gap_grid_anchored_at_the_trajectory_break():
+    """With a break, gaps up to it and gaps beyond it get different ids; the plain grid mixes NYC's 3-day break."""
+    minutes = np.array([0, 2159, 2160, 4320, 4320 + 1 / 60, 4321, 8641, 2**22])
+    plain, anchored = gap_buckets(minutes * 60), gap_buckets(minutes * 60, break_minutes=4320)
+    assert plain.tolist() == [1, 12, 12, 13, 13, 13, 14, 22]  # 4,095-8,190 minutes share id 13
+    assert anchored.tolist() == [1, 12, 13, 13, 14, 14, 14, 22]  # 4,320 tops its bucket, a second more does not
+    ladder = np.arange(0, 2**14 * 60, 7)  # every 7 s up to 11 days: ids rise by one per octave of 1 + minutes
+    for break_minutes in (None, 1440, 4320, 7.5):
+        ids = gap_buckets(ladder, break_minutes)
+        assert (np.diff(ids) >= 0).all() and np.diff(ids).max() == 1
+        for bucket in np.unique(ids)[1:-1]:  # the edge buckets are clipped
+            inside = 1 + ladder[ids == bucket] / 60
+            step = 7 / 60  # an octave wide, up to the ladder's step at either end
+            assert inside.max() / inside.min() < 2 <= (inside.max() + step) / (inside.min() - step)
+
+
+def test_gap_break_setting_reaches_the_features_and_the_saved_config(tmp_path):
+    times = np.array([MONDAY, MONDAY + 4320 * 60, MONDAY + 2 * 4320 * 60 + 60])
+    _, plain = time_feature_ids(times)
+    _, anchored = time_feature_ids(times, gap_break_minutes=4320)
+    assert plain.tolist() == [0, 13, 13] and anchored.tolist() == [0, 13, 14]
+    tokenizer = TrajTokenizer(gap_break_minutes=4320)
+    visits = [(37.0 + 0.05 * i, -122.0, int(t)) for i, t in enumerate(times)]
+    assert tokenizer(visits)["gap_ids"] != TrajTokenizer()(visits)["gap_ids"]
+    tokenizer.save_pretrained(tmp_path)
+    assert TrajTokenizer.from_pretrained(tmp_path).gap_break_minutes == 4320.0
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    del config["gap_break_minutes"]  # a folder saved before the setting existed keeps the grid it was trained on
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    assert TrajTokenizer.from_pretrained(tmp_path).gap_break_minutes is None
 
 
 def test_pair_b_first_visit_gap_counts_from_a_last_visit(tokenizer):
@@ -387,6 +419,8 @@ def test_bad_tokenizer_inputs_name_the_position(tokenizer, call, message):
         ({"utc_offset_minutes": 1.5}, r"utc_offset_minutes must be an integer"),
         ({"utc_offset_minutes": 24 * 60}, r"utc_offset_minutes must be within"),
         ({"time_features": "yes"}, r"time_features must be True or False"),
+        ({"gap_break_minutes": 0}, r"gap_break_minutes must be a finite number > 0 or None"),
+        ({"gap_break_minutes": "3 days"}, r"gap_break_minutes must be a finite number > 0 or None"),
         ({"resolution": 16}, r"resolution must be an integer in 0..15"),
         ({"spelling": "base32"}, r"Unknown sub-hash spelling"),
     ],

@@ -234,6 +234,11 @@ class CorpusConfig:
             utc_offset_minutes=self.utc_offset_minutes,
         )
 
+    def tokenizer_settings(self) -> dict[str, Any]:
+        """The TrajTokenizer settings a tokenizer trained on this corpus takes from it."""
+        return dict(window_minutes=self.window_minutes, utc_offset_minutes=self.utc_offset_minutes,
+                    gap_break_minutes=self.max_gap_minutes)
+
     def with_overrides(self, overrides: dict[str, Any]) -> CorpusConfig:
         """A copy with `overrides` applied (see `merge_corpus_values`)."""
         return CorpusConfig(**merge_corpus_values(asdict(self), overrides))

@@ -210,8 +210,8 @@ def new_tokenizer(cells: np.ndarray, counts: np.ndarray, corpus: CorpusConfig, a
                              "nothing survived filtering): lower --heldout_fraction/--validation_fraction or "
                              "--min_points/--min_cells.")
     tokenizer = TrajTokenizer.train_from_counts(
-        cells, counts, args.vocab_size, corpus.resolution, args.spelling, window_minutes=corpus.window_minutes,
-        utc_offset_minutes=corpus.utc_offset_minutes, model_max_length=args.max_seq_length)
+        cells, counts, args.vocab_size, corpus.resolution, args.spelling, model_max_length=args.max_seq_length,
+        **corpus.tokenizer_settings())
     logger.info(f"Tokenizer: {len(tokenizer)} tokens, "
                 f"{vocab_regime(len(tokenizer), cells.size, max_cell_tokens(corpus.resolution, args.spelling))}.")
     return tokenizer

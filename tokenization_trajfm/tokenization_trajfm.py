@@ -128,7 +128,9 @@ class TrajTokenizer(PreTrainedTokenizer):
     columns (`latitude`/`longitude`/`timestamp`), an `(n, 2|3)` array, or already-encoded visits with `cells=`.
     Raw points are H3-encoded and clustered (same cell, within `window_minutes`) first; `cells=` are taken as given.
     Outputs `input_ids`, `attention_mask`, `token_type_ids` and, per token, `hexagon_ids`, `level_ids`, `hour_ids`,
-    `gap_ids` (see docs/design.md). Truncation and padding never split a hexagon.
+    `gap_ids` (see docs/design.md). Truncation and padding never split a hexagon. `gap_break_minutes` puts a gap
+    bucket edge on the corpus's trajectory break (`run_mtm.py` and `run_prepare.py` set it to `max_gap_minutes`);
+    folders saved without it keep the plain log2 grid their time embeddings were trained on.
 
     `save_pretrained` records a fingerprint of the vocabulary and the settings in `tokenizer_config.json`; loading
     checks it, so files that were edited or mixed from two tokenizers are refused (`TokenizerFileError`) instead of
@@ -147,6 +149,7 @@ class TrajTokenizer(PreTrainedTokenizer):
         utc_offset_minutes: int = 0,
         time_features: bool = True,
         max_levels: int = 16,
+        gap_break_minutes: float | None = None,
         unk_token: str = "[UNK]",
         sep_token: str = "[SEP]",
         pad_token: str = "[PAD]",
@@ -161,6 +164,7 @@ class TrajTokenizer(PreTrainedTokenizer):
         self.window_minutes, self.utc_offset_minutes, self.time_features, self.max_levels = _check_settings(
             window_minutes, utc_offset_minutes, time_features, max_levels
         )
+        self.gap_break_minutes = _check_gap_break(gap_break_minutes)
         folder = kwargs.get("name_or_path") or None  # set by from_pretrained: the folder or repo loaded from
         source = vocab_file or "the vocab argument"
         if vocab is None and vocab_file is not None:
@@ -190,6 +194,7 @@ class TrajTokenizer(PreTrainedTokenizer):
             utc_offset_minutes=self.utc_offset_minutes,
             time_features=self.time_features,
             max_levels=self.max_levels,
+            gap_break_minutes=self.gap_break_minutes,
             fingerprint=self.fingerprint,
             unk_token=unk_token,
             sep_token=sep_token,
@@ -463,10 +468,11 @@ class TrajTokenizer(PreTrainedTokenizer):
             zeros = np.zeros(n_visits, dtype=np.int64)
             return zeros, zeros
         if previous is None:
-            return time_feature_ids(times[:n_visits], self.utc_offset_minutes)
+            return time_feature_ids(times[:n_visits], self.utc_offset_minutes, gap_break_minutes=self.gap_break_minutes)
         previous_cell, previous_start = previous
         repeats = first_cell == previous_cell and times[0] == previous_start
-        return time_feature_ids(times[:n_visits], self.utc_offset_minutes, previous_start, repeats)
+        return time_feature_ids(times[:n_visits], self.utc_offset_minutes, previous_start, repeats,
+                                self.gap_break_minutes)
 
     def _pad(
         self,
@@ -605,29 +611,43 @@ class TrajTokenizer(PreTrainedTokenizer):
 
 
 def time_feature_ids(times: np.ndarray, utc_offset_minutes: int = 0, previous: int | None = None,
-                     repeats_previous: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                     repeats_previous: bool = False, gap_break_minutes: float | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Visit start times (epoch s) → (1 + hour of week from Monday 00h local, 1 + log2 bucket of the gap).
 
     The first visit's gap is 0 (no gap) without `previous`, the start of the visit before it in the input (a pair's
     B counts from the last visit of A kept after truncation: whether B continues A is mostly a matter of time). A
     first visit that does not come after that one gets `OVERLAP_GAP_ID`: it starts earlier, or it is that very visit
     (`repeats_previous`: same cell and start, e.g. a window of a trajectory paired with the window before it); a
-    log2 bucket cannot tell those from a visit a minute later.
+    log2 bucket cannot tell those from a visit a minute later. `gap_break_minutes`: see `gap_buckets`.
     """
     local_hours = (times + utc_offset_minutes * 60) // 3600
     hours = 1 + (local_hours + 72) % _HOURS_PER_WEEK  # 1970-01-01 was a Thursday: 72 h after Monday 00h
     gaps = np.zeros(times.size, dtype=np.int64)
     if times.size > 1:
-        gaps[1:] = _gap_bucket(np.maximum(np.diff(times), 0))
+        gaps[1:] = gap_buckets(np.maximum(np.diff(times), 0), gap_break_minutes)
     if times.size and previous is not None:
         overlaps = times[0] < previous or repeats_previous
-        gaps[0] = OVERLAP_GAP_ID if overlaps else _gap_bucket(np.array([times[0] - previous]))[0]
+        gaps[0] = OVERLAP_GAP_ID if overlaps else gap_buckets(np.array([times[0] - previous]), gap_break_minutes)[0]
     return hours.astype(np.int64), gaps
 
 
-def _gap_bucket(seconds: np.ndarray) -> np.ndarray:
-    """Non-negative gaps (s) → 1 + min(_MAX_GAP_BUCKET, floor(log2(1 + minutes)))."""
-    return 1 + np.minimum(np.floor(np.log2(1.0 + seconds / 60.0)), _MAX_GAP_BUCKET).astype(np.int64)
+def gap_buckets(seconds: np.ndarray, break_minutes: float | None = None) -> np.ndarray:
+    """Non-negative gaps (s) → gap ids 1..1 + _MAX_GAP_BUCKET, one per octave of 1 + minutes.
+
+    Without `break_minutes` the bucket is 1 + floor(log2(1 + minutes)): edges at 2^k - 1 minutes. With it, the grid is
+    shifted so that an edge falls on the break: gaps up to `break_minutes` and gaps beyond it never share a bucket.
+    A corpus cut into trajectories at gaps above `max_gap_minutes` is the reason: with that break, "B continues A"
+    and "B is in A's user's next trajectory" differ by a gap id, where the plain grid puts both sides of NYC's
+    4,320-minute break in the bucket of 4,095-8,190 minutes.
+    """
+    octaves = np.log2(1.0 + np.asarray(seconds) / 60.0)
+    if break_minutes is None:
+        buckets = np.floor(octaves)
+    else:
+        anchor = np.log2(1.0 + break_minutes)
+        buckets = np.ceil(octaves - anchor) + np.floor(anchor)  # the break itself is the top of bucket floor(anchor)
+    return 1 + np.clip(buckets, 0, _MAX_GAP_BUCKET).astype(np.int64)
 
 
 def _check_settings(
@@ -648,6 +668,15 @@ def _check_settings(
             f"{max_levels!r}."
         )
     return float(window_minutes), int(utc_offset_minutes), time_features, int(max_levels)
+
+
+def _check_gap_break(minutes: Any) -> float | None:
+    """The gap break as a float (or None), refusing what cannot be a gap in minutes."""
+    if minutes is None:
+        return None
+    if isinstance(minutes, bool) or not isinstance(minutes, Real) or not 0 < minutes < inf:
+        raise TrajInputError(f"gap_break_minutes must be a finite number > 0 or None, got {minutes!r}.")
+    return float(minutes)
 
 
 def _read_vocab(path: str) -> dict[str, int]:
