@@ -23,10 +23,9 @@ Tasks (arXiv 2312.00076, section "Downstream tasks"):
   (`destination_candidates`); a test destination outside them gets label -100 and counts as wrong. The user's
   context (`most_recent_earlier`) is the user's training-side trajectory that started last before the example's.
 * **user association**, binary form (`user_pairs`, the paper's): pairs of two different trajectories, label 1 when
-  both come from the same user; one positive and one negative partner per trajectory whose user has another trajectory
-  in the partition (balanced). A is the one of the two that starts first. Linking form (`linking_users` +
-  `split_trajectories_by_user`): which of N users made this trajectory; classes = the N users with the most
-  trajectories (ties by user id).
+  both come from the same user; one positive and one negative partner per trajectory whose user has another
+  trajectory in the partition (balanced). Linking form (`linking_users` + `split_trajectories_by_user`): which of N
+  users made this trajectory; classes = the N users with the most trajectories (ties by user id).
 """
 
 from __future__ import annotations
@@ -359,19 +358,9 @@ def user_pairs(records: Sequence[Record], seed: int, pairs_per_trajectory: int =
         other_user = others[int(rng.integers(len(others)))]
         stranger = by_user[other_user][int(rng.integers(len(by_user[other_user])))]
         everything = slice(None)
-        for partner, label in ((mate, 1), (stranger, 0)):
-            a, b = _in_time_order(r, partner)
-            _add_pair(out, a, everything, b, everything, label)
+        _add_pair(out, r, everything, mate, everything, 1)
+        _add_pair(out, r, everything, stranger, everything, 0)
     return out
-
-
-def _in_time_order(first: Record, second: Record) -> tuple[Record, Record]:
-    """The two trajectories with the one that starts first as A (as given when either has no times): B's gap then
-    counts forward from A, for positive and negative pairs alike, instead of marking a B that starts earlier."""
-    start_a, start_b = first.timestamps[0], second.timestamps[0]
-    if start_a is None or start_b is None or start_a <= start_b:
-        return first, second
-    return second, first
 
 
 def class_balance(labels: Iterable, names: Sequence[str] | None = None) -> dict[str, int]:
