@@ -472,10 +472,12 @@ def load_task_data(model_path: str, task_config: TaskConfig, corpus_overrides: d
     tokenizer.model_max_length = min(task_config.max_seq_length, base_config.max_position_embeddings)
     corpus = resolve_corpus(model_path, corpus_overrides)
     logger.info("Corpus: %s", corpus)
-    if tokenizer.time_features and tokenizer.gap_break_minutes != corpus.max_gap_minutes:
-        logger.info("The tokenizer's gap grid has its break at %s minutes, the task corpus cuts trajectories at gaps "
-                    "above %s: gap ids do not mark that cut (the grid is the checkpoint's, which its time embeddings "
-                    "were trained on).", tokenizer.gap_break_minutes, corpus.max_gap_minutes)
+    if tokenizer.time_features and corpus.max_gap_minutes not in (None, tokenizer.gap_break_minutes):
+        grid = ("the plain log2 grid (saved without gap_break_minutes)" if tokenizer.gap_break_minutes is None
+                else f"anchored at {tokenizer.gap_break_minutes:g} minutes")
+        logger.info("Gap ids: the tokenizer's grid is %s while this corpus cuts trajectories at gaps above %s minutes, "
+                    "so no gap id edge marks that cut. The grid stays the checkpoint's: its time embeddings, if any, "
+                    "were trained on it.", grid, corpus.max_gap_minutes)
     if corpus.resolution != tokenizer.resolution:
         raise ValueError(f"--resolution {corpus.resolution} differs from the tokenizer's ({tokenizer.resolution}): "
                          "drop --resolution or use a checkpoint trained at that resolution.")
