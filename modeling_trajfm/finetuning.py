@@ -472,12 +472,13 @@ def load_task_data(model_path: str, task_config: TaskConfig, corpus_overrides: d
     tokenizer.model_max_length = min(task_config.max_seq_length, base_config.max_position_embeddings)
     corpus = resolve_corpus(model_path, corpus_overrides)
     logger.info("Corpus: %s", corpus)
-    if tokenizer.time_features and corpus.max_gap_minutes not in (None, tokenizer.gap_break_minutes):
+    cut = corpus.trajectory_break_minutes()
+    if tokenizer.time_features and cut not in (None, tokenizer.gap_break_minutes):
         grid = ("the plain log2 grid (saved without gap_break_minutes)" if tokenizer.gap_break_minutes is None
                 else f"anchored at {tokenizer.gap_break_minutes:g} minutes")
-        logger.info("Gap ids: the tokenizer's grid is %s while this corpus cuts trajectories at gaps above %s minutes, "
+        logger.info("Gap ids: the tokenizer's grid is %s while this corpus cuts trajectories at gaps above %g minutes, "
                     "so no gap id edge marks that cut. The grid stays the checkpoint's: its time embeddings, if any, "
-                    "were trained on it.", grid, corpus.max_gap_minutes)
+                    "were trained on it.", grid, cut)
     if corpus.resolution != tokenizer.resolution:
         raise ValueError(f"--resolution {corpus.resolution} differs from the tokenizer's ({tokenizer.resolution}): "
                          "drop --resolution or use a checkpoint trained at that resolution.")

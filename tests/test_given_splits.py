@@ -119,6 +119,8 @@ def test_pretrain_and_finetune_from_a_local_dataset(dataset_folder, tmp_path):
     assert description.counts["train"]["trajectories"] == pl.read_parquet(dataset_folder / "train.parquet").height
     results = json.loads((base / "all_results.json").read_text())
     assert np.isfinite(results["eval_loss"])
+    # given trajectories may come cut anywhere: no gap id edge claims to mark a break (the plain grid)
+    assert json.loads((base / "tokenizer_config.json").read_text())["gap_break_minutes"] is None
     # Without fine-tuning data, a checkpoint pre-trained on given splits has no users to fine-tune on.
     with pytest.raises(ValueError, match="pre-trained on given split files"):
         run_finetune.main(["--model_name_or_path", str(base), "--output_dir", str(tmp_path / "none"), *FINETUNE])

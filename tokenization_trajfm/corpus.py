@@ -237,7 +237,12 @@ class CorpusConfig:
     def tokenizer_settings(self) -> dict[str, Any]:
         """The TrajTokenizer settings a tokenizer trained on this corpus takes from it."""
         return dict(window_minutes=self.window_minutes, utc_offset_minutes=self.utc_offset_minutes,
-                    gap_break_minutes=self.max_gap_minutes)
+                    gap_break_minutes=self.trajectory_break_minutes())
+
+    def trajectory_break_minutes(self) -> float | None:
+        """The gap above which trajfm cuts this corpus into trajectories (`max_gap_minutes`); None for given splits
+        or a prepared Dataset, which may come already cut, where trajfm cannot know."""
+        return None if self.has_split_source() or self.dataset_dir is not None else self.max_gap_minutes
 
     def with_overrides(self, overrides: dict[str, Any]) -> CorpusConfig:
         """A copy with `overrides` applied (see `merge_corpus_values`)."""

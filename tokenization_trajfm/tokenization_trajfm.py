@@ -129,8 +129,9 @@ class TrajTokenizer(PreTrainedTokenizer):
     Raw points are H3-encoded and clustered (same cell, within `window_minutes`) first; `cells=` are taken as given.
     Outputs `input_ids`, `attention_mask`, `token_type_ids` and, per token, `hexagon_ids`, `level_ids`, `hour_ids`,
     `gap_ids` (see docs/design.md). Truncation and padding never split a hexagon. `gap_break_minutes` puts a gap
-    bucket edge on the corpus's trajectory break (`run_mtm.py` and `run_prepare.py` set it to `max_gap_minutes`);
-    folders saved without it keep the plain log2 grid their time embeddings were trained on.
+    bucket edge on the corpus's trajectory break (`run_mtm.py` and `run_prepare.py` set it to `max_gap_minutes` when
+    they cut the trajectories themselves); folders saved without it keep the plain log2 grid their time embeddings
+    were trained on.
 
     `save_pretrained` records a fingerprint of the vocabulary and the settings in `tokenizer_config.json`; loading
     checks it, so files that were edited or mixed from two tokenizers are refused (`TokenizerFileError`) instead of
