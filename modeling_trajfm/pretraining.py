@@ -130,6 +130,13 @@ class MTMModelArguments:
         metadata={"help": f"Sub-hash spelling of a new tokenizer: {SPELLINGS} ({PRETRAINING_SPELLING}: chosen by the "
                   "NYC ablation, README)."},
     )
+    gap_break_minutes: float | None = field(
+        default=None,
+        metadata={"help": "Gap (minutes) on which a new tokenizer puts a gap-id edge: the break that cut the "
+                  "trajectories. Default: --max_gap_minutes when trajfm cuts them (raw check-ins, the synthetic city); "
+                  "given splits and prepared Datasets, which may come cut anywhere, get the plain log2 grid unless "
+                  "you give their break here."},
+    )
     hidden_size: int = field(default=128, metadata={"help": "Encoder width."})
     num_hidden_layers: int = field(default=2, metadata={"help": "Encoder layers."})
     num_attention_heads: int = field(default=4, metadata={"help": "Attention heads (must divide hidden_size)."})
@@ -315,15 +322,23 @@ def load_tokenizer(model_args: MTMModelArguments, corpus: CorpusConfig, mtm_args
         if mtm_args.max_seq_length < longest:
             raise ValueError(f"--max_seq_length {mtm_args.max_seq_length} is below the longest hexagon of tokenizer "
                              f"{name} ({longest} tokens with specials); use --max_seq_length >= {longest}.")
+        given_break = model_args.gap_break_minutes
+        if given_break is not None and given_break != getattr(tokenizer, "gap_break_minutes", None):
+            raise ValueError(f"--gap_break_minutes {given_break:g} is for a new tokenizer; {name}'s gap ids keep its "
+                             f"own grid (gap_break_minutes={getattr(tokenizer, 'gap_break_minutes', None)}): drop "
+                             "--gap_break_minutes.")
         tokenizer.model_max_length = mtm_args.max_seq_length
         return tokenizer
+    settings = corpus.tokenizer_settings()
+    if model_args.gap_break_minutes is not None:
+        settings["gap_break_minutes"] = model_args.gap_break_minutes
     return TrajTokenizer.train(
         train,  # a Dataset: training honours its user filter
         vocab_size=model_args.vocab_size,
         resolution=corpus.resolution,
         spelling=model_args.spelling,
         model_max_length=mtm_args.max_seq_length,
-        **corpus.tokenizer_settings(),
+        **settings,
     )
 
 

@@ -119,8 +119,16 @@ def test_pretrain_and_finetune_from_a_local_dataset(dataset_folder, tmp_path):
     assert description.counts["train"]["trajectories"] == pl.read_parquet(dataset_folder / "train.parquet").height
     results = json.loads((base / "all_results.json").read_text())
     assert np.isfinite(results["eval_loss"])
-    # given trajectories may come cut anywhere: no gap id edge claims to mark a break (the plain grid)
+    # given trajectories may come cut anywhere: no gap id edge claims to mark a break (the plain grid) unless told
     assert json.loads((base / "tokenizer_config.json").read_text())["gap_break_minutes"] is None
+    told = tmp_path / "told"
+    run_mtm.main(["--dataset_name", str(dataset_folder), "--output_dir", str(told), "--vocab_size", "150",
+                  "--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2",
+                  "--intermediate_size", "64", "--max_seq_length", "64", "--gap_break_minutes", "360", *TRAINING])
+    assert json.loads((told / "tokenizer_config.json").read_text())["gap_break_minutes"] == 360
+    with pytest.raises(ValueError, match="--gap_break_minutes 720 is for a new tokenizer"):
+        run_mtm.main(["--dataset_name", str(dataset_folder), "--output_dir", str(tmp_path / "again"),
+                      "--tokenizer_name", str(told), "--gap_break_minutes", "720", *TRAINING])
     # Without fine-tuning data, a checkpoint pre-trained on given splits has no users to fine-tune on.
     with pytest.raises(ValueError, match="pre-trained on given split files"):
         run_finetune.main(["--model_name_or_path", str(base), "--output_dir", str(tmp_path / "none"), *FINETUNE])
