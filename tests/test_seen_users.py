@@ -114,8 +114,10 @@ def test_make_nyc_seen_uses_make_nyc_data_and_model():
     config's --data cannot be replaced by --train_file): the copies must not drift apart."""
     nyc = yaml.safe_load((REPO / "configs" / "nyc_pretrain.yaml").read_text())
     seen = yaml.safe_load((REPO / "configs" / "nyc_seen_pretrain.yaml").read_text())
-    source, files = {"data", "reader", "max_gap_minutes", "output_dir"}, {"train_file", "validation_file", "output_dir"}
+    source = {"data", "reader", "max_gap_minutes", "output_dir"}
+    files = {"train_file", "validation_file", "output_dir", "gap_break_minutes"}
     assert {k: v for k, v in nyc.items() if k not in source} == {k: v for k, v in seen.items() if k not in files}
+    assert seen["gap_break_minutes"] == nyc["max_gap_minutes"]  # the split files are cut where make nyc cuts
     recipes = (REPO / "Makefile").read_text().replace("\\\n", " ").splitlines()
     split_step = " ".join(next(line for line in recipes if "downstream.seen_users" in line).split())
     for key in ("data", "reader", "max_gap_minutes"):
