@@ -322,11 +322,10 @@ def load_tokenizer(model_args: MTMModelArguments, corpus: CorpusConfig, mtm_args
         if mtm_args.max_seq_length < longest:
             raise ValueError(f"--max_seq_length {mtm_args.max_seq_length} is below the longest hexagon of tokenizer "
                              f"{name} ({longest} tokens with specials); use --max_seq_length >= {longest}.")
-        given_break = model_args.gap_break_minutes
-        if given_break is not None and given_break != getattr(tokenizer, "gap_break_minutes", None):
+        given_break, own_break = model_args.gap_break_minutes, getattr(tokenizer, "gap_break_minutes", None)
+        if given_break is not None and given_break != own_break:
             raise ValueError(f"--gap_break_minutes {given_break:g} is for a new tokenizer; {name}'s gap ids keep its "
-                             f"own grid (gap_break_minutes={getattr(tokenizer, 'gap_break_minutes', None)}): drop "
-                             "--gap_break_minutes.")
+                             f"own grid (gap_break_minutes={own_break}): drop --gap_break_minutes.")
         tokenizer.model_max_length = mtm_args.max_seq_length
         return tokenizer
     settings = corpus.tokenizer_settings()
