@@ -29,7 +29,7 @@ from typing import Any
 import datasets
 import numpy as np
 import pyarrow as pa
-from transformers import EarlyStoppingCallback, EvalPrediction, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, EvalPrediction, TrainerState, TrainingArguments, set_seed
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from tokenization_trajfm import CorpusConfig, CorpusDescription, PipelineReport, TrajTokenizer, select_users
@@ -375,11 +375,12 @@ def load_encoder(model_path: str, base_config: TrajBertConfig, init: str, seed: 
 
 
 def answer_with_forms(task: PreparedTask, model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer,
-                      classifier: tuple[dict[str, float], np.ndarray], classifier_validation: float | None,
+                      classifier: tuple[dict[str, float], np.ndarray], classifier_validation: dict[str, float] | None,
                       task_config: TaskConfig, batch_size: int, seed: int
                       ) -> tuple[dict[str, float], np.ndarray, dict[str, Any]]:
     """The entry's answer: the classifier's test metrics and logits, or (with `answer_form="auto"`) those of the
-    embedding form of `downstream.forms` that beats it on the validation primary metric. The metrics also hold every
+    embedding form of `downstream.forms` that beats it on validation (`forms.choose_form`; `classifier_validation`:
+    the validation metrics of the classifier's selected checkpoint). The metrics also hold every
     form's test metrics (`test_classifier_*`, `test_retrieval_knn_*`, ...); the choice is returned with the
     validation figures it was made on."""
     metrics, logits = classifier
@@ -405,6 +406,16 @@ def answer_with_forms(task: PreparedTask, model: TrajBertPreTrainedModel, tokeni
     if form in weights:
         choice["encoder_weight"] = weights[form]
     return out, logits, choice
+
+
+def selected_validation_metrics(state: TrainerState) -> dict[str, float] | None:
+    """The validation metrics (without `eval_`) of the checkpoint that early stopping kept: the evaluation logged at
+    `state.best_global_step`; None when no evaluation ran."""
+    logged = [entry for entry in state.log_history if entry.get("step") == state.best_global_step
+              and any(key.startswith("eval_") for key in entry)]
+    if not logged:
+        return None
+    return {key.removeprefix("eval_"): value for key, value in logged[-1].items() if key.startswith("eval_")}
 
 
 def _transfer_mtm_transform(model: TrajBertForHexagonPrediction, model_path: str) -> None:
@@ -630,7 +641,7 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Finetune
     metrics = {f"test_{k}": v for k, v in task_metrics(task, logits).items()}
     metrics["test_loss"] = prediction.metrics.get("test_loss")
     metrics = {k: v for k, v in metrics.items() if v is not None}
-    best_validation = trainer.state.best_metric if validation_dataset is not None else None
+    best_validation = selected_validation_metrics(trainer.state) if validation_dataset is not None else None
     metrics, logits, choice = answer_with_forms(task, trainer.model, prepared.tokenizer, (metrics, logits),
                                                 best_validation, prepared.task_config,
                                                 args.per_device_eval_batch_size, args.seed)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from transformers import TrainerState
 
 from modeling_trajfm import TrajBertForMaskedTrajectoryModeling
 from modeling_trajfm.downstream import PreparedTask, TaskConfig, build_task
@@ -28,6 +29,7 @@ from modeling_trajfm.downstream.forms import (
     choose_form,
     embedding_forms,
     threshold_scores,
+    validation_rank,
 )
 from modeling_trajfm.downstream.metrics import f1_threshold, ranking_metrics
 from modeling_trajfm.downstream.probes import frozen_probes
@@ -37,6 +39,7 @@ from modeling_trajfm.finetuning import (
     load_tokenizer_and_config,
     resolve_corpus,
     resolve_heldout_users,
+    selected_validation_metrics,
 )
 from modeling_trajfm.modeling_trajbert import supervised_contrastive_loss
 from tokenization_trajfm.h3cells import encode_cells
@@ -260,10 +263,42 @@ def test_choose_form_on_validation_only():
     task = _pair_task(True)
     right = FormScores(validation=threshold_scores(np.array([0.9, 0.1]), 0.5), test=np.zeros((2, 2)))
     wrong = FormScores(validation=threshold_scores(np.array([0.1, 0.9]), 0.5), test=np.ones((2, 2)))
-    assert choose_form(task, 0.5, {"similarity": right}) == ("similarity", {"classifier": 0.5, "similarity": 1.0})
-    assert choose_form(task, 0.5, {"similarity": wrong})[0] == "classifier"
-    assert choose_form(task, 1.0, {"similarity": right})[0] == "classifier"  # ties keep the classifier
+    half, full = {"f1": 0.5, "accuracy": 0.5}, {"f1": 1.0, "accuracy": 1.0}
+    assert choose_form(task, half, {"similarity": right}) == ("similarity", {"classifier": 0.5, "similarity": 1.0})
+    assert choose_form(task, half, {"similarity": wrong})[0] == "classifier"
+    assert choose_form(task, full, {"similarity": right})[0] == "classifier"  # ties keep the classifier
     assert choose_form(task, None, {"similarity": FormScores(None, right.test)}) == ("classifier", {})
+
+
+def _linking_task() -> PreparedTask:
+    """Three validation queries of users 0, 1, 2 among three users."""
+    columns = {"cells": [[1], [2], [3]], "timestamps": [[0], [0], [0]], "user_id": ["a", "b", "c"], "label": [0, 1, 2]}
+    return PreparedTask("user_association_linking", "single", columns, columns, ["a", "b", "c"], validation=columns)
+
+
+def test_linking_choices_break_accuracy_ties_by_mrr():
+    """Both candidates get 2 of 3 queries right; the one ranking the missed query's user second (MRR 5/6, not 7/9)
+    wins, whether it is a form, the classifier or a fused weight."""
+    task = _linking_task()
+    second = np.array([[3.0, 2, 1], [2, 3, 1], [2, 0, 1]])  # query 2 missed, its user ranked second
+    third = np.array([[3.0, 2, 1], [2, 3, 1], [2, 1, 0]])  # query 2 missed, its user ranked third
+    assert validation_rank(task, task_metrics(task, second, "validation")) == pytest.approx((2 / 3, 5 / 6))
+    assert validation_rank(task, task_metrics(task, third, "validation")) == pytest.approx((2 / 3, 7 / 9))
+    forms = {"retrieval_prototype": FormScores(third, third), "retrieval_knn": FormScores(second, second)}
+    assert choose_form(task, {"accuracy@1": 2 / 3, "mrr": 7 / 9}, forms)[0] == "retrieval_knn"
+    assert choose_form(task, {"accuracy@1": 2 / 3, "mrr": 5 / 6}, forms)[0] == "classifier"  # full tie: classifier
+    by_weight = {0.25: FormScores(second, second, 0.25), 0.5: FormScores(third, third, 0.5),
+                 0.75: FormScores(third, third, 0.75)}
+    assert _fused(task, by_weight).encoder_weight == 0.25  # MRR decides before the weight does
+
+
+def test_selected_validation_metrics_are_the_kept_checkpoints():
+    state = TrainerState(best_global_step=20, log_history=[
+        {"step": 10, "eval_accuracy@1": 0.5, "eval_mrr": 0.6}, {"step": 20, "loss": 1.0},
+        {"step": 20, "eval_accuracy@1": 0.7, "eval_mrr": 0.8, "epoch": 2.0}, {"step": 30, "eval_accuracy@1": 0.7}])
+    assert selected_validation_metrics(state) == {"accuracy@1": 0.7, "mrr": 0.8}
+    never_evaluated = TrainerState(best_global_step=None, log_history=[{"step": 5, "loss": 1.0}])
+    assert selected_validation_metrics(never_evaluated) is None
 
 
 def test_embedding_forms_on_real_tasks(encoder_and_records):
@@ -312,8 +347,8 @@ def test_profile_fusion_forms_fit_each_side_on_what_it_may_see(encoder_and_recor
     w = fused.encoder_weight
     np.testing.assert_allclose(fused.validation, w * pure.validation + (1 - w) * on_validation)
     np.testing.assert_allclose(fused.test, w * pure.test + (1 - w) * on_test)
-    by_weight = {v: task_metrics(linking, v * pure.validation + (1 - v) * on_validation, "validation")["accuracy@1"]
-                 for v in ENCODER_WEIGHTS}
+    by_weight = {v: validation_rank(linking, task_metrics(linking, v * pure.validation + (1 - v) * on_validation,
+                                                          "validation")) for v in ENCODER_WEIGHTS}
     assert by_weight[w] == max(by_weight.values()) and w == max(v for v in by_weight if by_weight[v] == by_weight[w])
 
     binary = build_task("user_association_binary", records, TaskConfig(max_input_visits=16), 0)
