@@ -408,14 +408,16 @@ def answer_with_forms(task: PreparedTask, model: TrajBertPreTrainedModel, tokeni
     return out, logits, choice
 
 
-def selected_validation_metrics(state: TrainerState) -> dict[str, float] | None:
-    """The validation metrics (without `eval_`) of the checkpoint that early stopping kept: the evaluation logged at
-    `state.best_global_step`; None when no evaluation ran."""
-    logged = [entry for entry in state.log_history if entry.get("step") == state.best_global_step
-              and any(key.startswith("eval_") for key in entry)]
-    if not logged:
+def selected_validation_metrics(state: TrainerState, restored_best: bool) -> dict[str, float] | None:
+    """The validation metrics (without `eval_`) of the model that answers: with `restored_best` (the best checkpoint
+    reloaded at the end), the evaluation logged at `state.best_global_step`; otherwise, or when no best step was
+    recorded (Trainer records one only when it saves), the last evaluation. None when no evaluation ran."""
+    evaluations = [entry for entry in state.log_history if any(key.startswith("eval_") for key in entry)]
+    if restored_best and state.best_global_step is not None:
+        evaluations = [entry for entry in evaluations if entry.get("step") == state.best_global_step] or evaluations
+    if not evaluations:
         return None
-    return {key.removeprefix("eval_"): value for key, value in logged[-1].items() if key.startswith("eval_")}
+    return {key.removeprefix("eval_"): value for key, value in evaluations[-1].items() if key.startswith("eval_")}
 
 
 def _transfer_mtm_transform(model: TrajBertForHexagonPrediction, model_path: str) -> None:
@@ -641,7 +643,8 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Finetune
     metrics = {f"test_{k}": v for k, v in task_metrics(task, logits).items()}
     metrics["test_loss"] = prediction.metrics.get("test_loss")
     metrics = {k: v for k, v in metrics.items() if v is not None}
-    best_validation = selected_validation_metrics(trainer.state) if validation_dataset is not None else None
+    best_validation = (selected_validation_metrics(trainer.state, args.load_best_model_at_end)
+                       if validation_dataset is not None else None)
     metrics, logits, choice = answer_with_forms(task, trainer.model, prepared.tokenizer, (metrics, logits),
                                                 best_validation, prepared.task_config,
                                                 args.per_device_eval_batch_size, args.seed)

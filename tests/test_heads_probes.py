@@ -268,6 +268,7 @@ def test_choose_form_on_validation_only():
     assert choose_form(task, half, {"similarity": wrong})[0] == "classifier"
     assert choose_form(task, full, {"similarity": right})[0] == "classifier"  # ties keep the classifier
     assert choose_form(task, None, {"similarity": FormScores(None, right.test)}) == ("classifier", {})
+    assert choose_form(task, None, {"similarity": right})[0] == "similarity"  # no classifier figure: forms compete
 
 
 def _linking_task() -> PreparedTask:
@@ -292,13 +293,19 @@ def test_linking_choices_break_accuracy_ties_by_mrr():
     assert _fused(task, by_weight).encoder_weight == 0.25  # MRR decides before the weight does
 
 
-def test_selected_validation_metrics_are_the_kept_checkpoints():
-    state = TrainerState(best_global_step=20, log_history=[
-        {"step": 10, "eval_accuracy@1": 0.5, "eval_mrr": 0.6}, {"step": 20, "loss": 1.0},
-        {"step": 20, "eval_accuracy@1": 0.7, "eval_mrr": 0.8, "epoch": 2.0}, {"step": 30, "eval_accuracy@1": 0.7}])
-    assert selected_validation_metrics(state) == {"accuracy@1": 0.7, "mrr": 0.8}
+def test_selected_validation_metrics_are_the_answering_models():
+    history = [{"step": 10, "eval_accuracy@1": 0.5, "eval_mrr": 0.6}, {"step": 20, "loss": 1.0},
+               {"step": 20, "eval_accuracy@1": 0.7, "eval_mrr": 0.8, "epoch": 2.0},
+               {"step": 30, "eval_accuracy@1": 0.6, "eval_mrr": 0.65}, {"step": 30, "train_loss": 0.9}]
+    state = TrainerState(best_global_step=20, log_history=history)
+    assert selected_validation_metrics(state, restored_best=True) == {"accuracy@1": 0.7, "mrr": 0.8}
+    # The last model answers when the best checkpoint is not restored, or when no best step was recorded
+    # (`--save_strategy no`): its evaluation is the last one.
+    assert selected_validation_metrics(state, restored_best=False) == {"accuracy@1": 0.6, "mrr": 0.65}
+    unsaved = TrainerState(best_global_step=None, log_history=history)
+    assert selected_validation_metrics(unsaved, restored_best=True) == {"accuracy@1": 0.6, "mrr": 0.65}
     never_evaluated = TrainerState(best_global_step=None, log_history=[{"step": 5, "loss": 1.0}])
-    assert selected_validation_metrics(never_evaluated) is None
+    assert selected_validation_metrics(never_evaluated, restored_best=True) is None
 
 
 def test_embedding_forms_on_real_tasks(encoder_and_records):
