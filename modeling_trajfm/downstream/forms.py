@@ -49,8 +49,8 @@ ENCODER_WEIGHTS = (0.25, 0.5, 0.75)
 PROFILE_SUFFIX = "+profile"
 #: A finer metric that breaks ties of the primary one on validation. Linking's accuracy@1 over 94 queries (NYC) ties
 #: often, first among a fused form's three weights, then among the classifier and four forms; the true user's
-#: reciprocal rank still tells them apart. On NYC validation (3 splits × 2 inits, forms chosen on one random half of the queries and scored on
-#: the other, 300 halvings) it lifted the chosen form's accuracy@1 from 0.901 to 0.908.
+#: reciprocal rank still tells them apart. On NYC validation (3 splits × 2 inits, forms chosen on one random half of
+#: the queries and scored on the other, 300 halvings) it lifted the chosen form's accuracy@1 from 0.901 to 0.908.
 TIE_BREAK_METRIC = {LINKING: "mrr"}
 
 
