@@ -13,11 +13,11 @@ import datasets
 import pytest
 import torch
 from conftest import TINY_CORPUS_ARGS
-from test_modeling import ALL_FEATURES, FakeTokenizer, make_batch, make_trajectory, real_positions, tiny_config
+from test_modeling import FakeTokenizer, _encoder, make_batch, make_trajectory, real_positions
 
 import run_finetune
 import run_mtm
-from modeling_trajfm import DataCollatorWithTrajectoryPadding, TrajBertModel
+from modeling_trajfm import DataCollatorWithTrajectoryPadding
 from modeling_trajfm.packing import pack_trajectories
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -34,28 +34,20 @@ def _packed_batch() -> dict[str, torch.Tensor]:
     return batch
 
 
-def _encoders(attn: str, dtype: torch.dtype) -> TrajBertModel:
-    torch.manual_seed(0)
-    config = tiny_config(**ALL_FEATURES)
-    config._attn_implementation = attn
-    return TrajBertModel(config).eval().to(CUDA, dtype)
-
-
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-4), (torch.bfloat16, 6e-2)])
 def test_sdpa_matches_eager_on_cuda(packed, dtype, atol):
     batch = {k: v.to(CUDA) for k, v in (_packed_batch() if packed else make_batch()).items()}
     with torch.no_grad():
-        sdpa = _encoders("sdpa", dtype)(**batch).last_hidden_state
-        eager = _encoders("eager", dtype)(**batch).last_hidden_state
+        sdpa = _encoder("sdpa").to(CUDA, dtype)(**batch).last_hidden_state
+        eager = _encoder("eager").to(CUDA, dtype)(**batch).last_hidden_state
     assert torch.isfinite(sdpa).all() and torch.isfinite(eager).all()  # padding rows included
     mask = real_positions(batch)
     torch.testing.assert_close(sdpa[mask].float(), eager[mask].float(), atol=atol, rtol=0)
 
 
 def test_cuda_matches_cpu():
-    torch.manual_seed(0)
-    model = TrajBertModel(tiny_config(**ALL_FEATURES)).eval()
+    model = _encoder("sdpa")
     batch = _packed_batch()
     with torch.no_grad():
         on_cpu = model(**batch).last_hidden_state
