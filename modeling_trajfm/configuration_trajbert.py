@@ -62,6 +62,9 @@ class TrajBertConfig(PreTrainedConfig):
         use_hexagon_embeddings (`bool`): add an embedding of `hexagon_ids` (which visit a token belongs to).
         use_level_embeddings (`bool`): add an embedding of `level_ids` (sub-token position inside its hexagon).
         use_time_embeddings (`bool`): add embeddings of `hour_ids` (hour of week) and `gap_ids` (log time gap bucket).
+        use_match_embeddings (`bool`): add a learnt embedding to the tokens of every hexagon of a pair's segment that
+            the other segment visits too (`modeling_trajbert.pair_match_ids`), so that a cross encoder sees shared
+            cells without having to find them; needs `pair_encoding="cross"`. Single sequences are unaffected.
         max_levels (`int`, defaults to 16): rows of the level table (ids above `max_levels - 1` are clamped).
         num_hour_buckets (`int`, defaults to 169): 168 hours of the week + id 0 for "unknown / special".
         num_gap_buckets (`int`, defaults to 24): id 0, 22 log2 gap buckets and the overlap id of a pair's B (23).
@@ -111,6 +114,7 @@ class TrajBertConfig(PreTrainedConfig):
     use_hexagon_embeddings: bool = False
     use_level_embeddings: bool = False
     use_time_embeddings: bool = False
+    use_match_embeddings: bool = False
     max_levels: int = 16
     num_hour_buckets: int = 169
     num_gap_buckets: int = 24
@@ -181,6 +185,9 @@ class TrajBertConfig(PreTrainedConfig):
     def validate_pair_encoding(self) -> None:
         if self.pair_encoding not in PAIR_ENCODINGS:
             raise ValueError(f"`pair_encoding` must be one of {', '.join(PAIR_ENCODINGS)}, got {self.pair_encoding!r}.")
+        if self.use_match_embeddings and self.pair_encoding != "cross":
+            raise ValueError("`use_match_embeddings` marks cells shared by the two segments of one sequence: it needs "
+                             f"`pair_encoding='cross'`, got {self.pair_encoding!r}.")
 
     def validate_hexagon_candidates(self) -> None:
         """The candidate matrix is built from this list at model init: check it fits the vocabulary and labels."""

@@ -65,6 +65,34 @@ def packed_position_ids(sequence_ids: torch.Tensor) -> torch.Tensor:
     return index - torch.where(starts, index, 0).cummax(dim=-1).values
 
 
+def pair_match_ids(input_ids: torch.Tensor, hexagon_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+    """1 on the tokens of each hexagon whose cell (its exact sub-token spelling) the other segment of the row also
+    visits, else 0: the exact-match feature of reading-comprehension models. A cross encoder would otherwise have to
+    find shared cells by attending across sub-tokens, which the pair classifiers did not learn from ~1,200 NYC pairs.
+    Rows without a second segment (`token_type_ids` all 0) get no match."""
+    batch_size, seq_length = input_ids.shape
+    is_hexagon = hexagon_ids > 0
+    if not bool((token_type_ids[is_hexagon] == 1).any()):
+        return torch.zeros_like(input_ids)
+    n_hexagons = int(hexagon_ids.max()) + 1
+    positions = torch.arange(seq_length, device=input_ids.device).expand(batch_size, seq_length)
+    first = torch.full((batch_size, n_hexagons), seq_length, device=input_ids.device, dtype=torch.long)
+    first = first.scatter_reduce(1, hexagon_ids, positions, "amin")
+    within = positions - first.gather(1, hexagon_ids)  # a token's place inside its hexagon
+    width = int(within[is_hexagon].max()) + 1
+    # spelling[b, h]: the sub-token ids of hexagon h (-1 past its end); slot (0, 0) collects the special tokens.
+    spelling = torch.full((batch_size, n_hexagons * width), -1, device=input_ids.device, dtype=torch.long)
+    spelling.scatter_(1, torch.where(is_hexagon, hexagon_ids * width + within, 0), input_ids.long())
+    spelling = spelling.view(batch_size, n_hexagons, width)
+    segment = torch.zeros((batch_size, n_hexagons), device=input_ids.device, dtype=torch.long)
+    segment = segment.scatter(1, hexagon_ids, token_type_ids.long())
+    real = torch.arange(n_hexagons, device=input_ids.device) > 0
+    same_cell = (spelling[:, :, None] == spelling[:, None]).all(-1)
+    across = (segment[:, :, None] != segment[:, None]) & real[None, :, None] & real[None, None, :]
+    matched = (same_cell & across).any(-1).long()
+    return matched.gather(1, hexagon_ids) * is_hexagon
+
+
 class TrajBertEmbeddings(nn.Module):
     """Word + position + segment embeddings (exactly BERT's), plus optional trajectory feature embeddings.
 
@@ -92,6 +120,10 @@ class TrajBertEmbeddings(nn.Module):
         else:
             self.hour_embeddings = None
             self.gap_embeddings = None
+        # Row 1: "the other segment of the pair visits this hexagon too" (row 0, every other token, adds nothing).
+        self.match_embeddings = (
+            nn.Embedding(2, config.hidden_size, padding_idx=0) if config.use_match_embeddings else None
+        )
 
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
@@ -139,6 +171,11 @@ class TrajBertEmbeddings(nn.Module):
                 if ids is None:
                     ids = self.token_type_ids[:, :seq_length].expand(batch_size, seq_length)  # zeros buffer
                 embeddings = embeddings + self._lookup(table, ids)
+        if self.match_embeddings is not None:
+            matches = torch.zeros_like(token_type_ids)
+            if input_ids is not None and hexagon_ids is not None:
+                matches = pair_match_ids(input_ids, hexagon_ids, token_type_ids)
+            embeddings = embeddings + self.match_embeddings(matches)
 
         embeddings = self.LayerNorm(embeddings)
         embeddings = self.dropout(embeddings)

@@ -15,7 +15,7 @@ from modeling_trajfm import TrajBertConfig, TrajBertForHexagonPrediction, TrajBe
 from modeling_trajfm.finetuning import (
     FinetuneTrainingArguments,
     _selection_args,
-    added_time_embeddings,
+    added_embeddings,
     finetune_trainer,
 )
 from modeling_trajfm.modeling_trajbert import hexagon_mean_pool
@@ -120,16 +120,19 @@ def test_head_and_encoder_learning_rates(tokenizer, tmp_path):
     assert len(plain.param_groups) == 2 and {g["lr"] for g in plain.param_groups} == {1e-4}
 
 
-def test_time_embeddings_added_at_fine_tuning_train_at_the_head_rate(tokenizer, tmp_path):
-    """Time embeddings the checkpoint did not have start fresh, so they take the head's learning rate."""
+def test_embeddings_added_at_fine_tuning_train_at_the_head_rate(tokenizer, tmp_path):
+    """Time and pair-match embeddings the checkpoint did not have start fresh, so they take the head's learning
+    rate."""
     untimed = _config(tokenizer)
     untimed.use_time_embeddings = False
     timed = _config(tokenizer)
     timed.use_time_embeddings = True
+    timed.use_match_embeddings = True
     model = TrajBertForSequenceClassification(timed)
-    fresh = added_time_embeddings(model, untimed)
-    assert sorted(fresh) == ["trajbert.embeddings.gap_embeddings.weight", "trajbert.embeddings.hour_embeddings.weight"]
-    assert added_time_embeddings(model, timed) == []  # pre-trained with them: encoder parameters like the others
+    fresh = added_embeddings(model, untimed)
+    assert sorted(fresh) == ["trajbert.embeddings.gap_embeddings.weight", "trajbert.embeddings.hour_embeddings.weight",
+                             "trajbert.embeddings.match_embeddings.weight"]
+    assert added_embeddings(model, timed) == []  # pre-trained with them: encoder parameters like the others
     args = _selection_args(_args(tmp_path, learning_rate=1e-4), "destination", has_validation=False)
     optimizer = FinetuneTrainer(model=model, args=args, train_dataset=_dataset(tokenizer), head_learning_rate=1e-2,
                                 fresh_parameters=fresh).create_optimizer()

@@ -152,6 +152,40 @@ def test_siamese_pair_encoding(checkpoint, tmp_path):
         _run(checkpoint, tmp_path / "bad", "--pair_encoding", "late")
 
 
+def test_pair_match_embeddings(checkpoint, tmp_path):
+    """Same-user pairs' cross classifier gets the match table by default (saved in its config, usable after loading
+    with a pair); --pair_match_entries adds next sub-trajectory, `none` none, and the siamese classifier never."""
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "binary"
+    _run(checkpoint, out, "--task", "user_association", "--association_form", "binary", "--answer_form", "classifier")
+    assert _in_unit(_read(out / "all_results.json")["test_f1"])
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert model.config.use_match_embeddings and model.trajbert.embeddings.match_embeddings is not None
+    cells = _some_cells(checkpoint)
+    tokenizer = TrajTokenizer.from_pretrained(out)
+    shared = tokenizer(cells=[cells[:5]], pair_cells=[cells[3:8]], return_tensors="pt")
+    elsewhere = [cell for cell in cells[5:] if cell not in cells[:5]]
+    assert elsewhere
+    apart = tokenizer(cells=[cells[:5]], pair_cells=[elsewhere], return_tensors="pt")
+    with torch.no_grad():
+        before = {"shared": model(**shared).logits, "apart": model(**apart).logits}
+        model.trajbert.embeddings.match_embeddings.weight.zero_()  # the match table off: only shared cells move
+        assert before["shared"].shape == (1, 2) and not torch.equal(model(**shared).logits, before["shared"])
+        torch.testing.assert_close(model(**apart).logits, before["apart"])
+    for name, extra, matched in (
+        ("next", [], False),
+        ("next_matched", ["--pair_match_entries", "next_subtrajectory"], True),
+        ("binary_none", ["--task", "user_association", "--association_form", "binary", "--pair_match_entries", "none"],
+         False),
+        ("siamese", ["--pair_encoding", "siamese", "--pair_match_entries", "next_subtrajectory"], False),
+    ):
+        _run(checkpoint, tmp_path / name, "--answer_form", "classifier", *extra)
+        assert _read(tmp_path / name / "config.json")["use_match_embeddings"] is matched, name
+    with pytest.raises(ValueError, match="--pair_match_entries destination: choose among next_subtrajectory"):
+        _run(checkpoint, tmp_path / "bad", "--pair_match_entries", "destination")
+
+
 def test_time_embeddings_added_at_fine_tuning(checkpoint, tmp_path):
     """On a checkpoint pre-trained without time embeddings, fine-tuning adds them (saved in its config) when its
     tokenizer records times (the default) or when asked, so B's gap from A's last visit changes the answer; with
