@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin, get_type_hints
 
 import datasets
 import torch
@@ -50,6 +50,12 @@ def _field_names(dataclass_types: Sequence[type]) -> dict[str, str]:
     return names
 
 
+def _list_fields(dataclass_types: Sequence[type]) -> set[str]:
+    """Names of the fields typed as lists (on the command line they take several values)."""
+    return {name for dataclass_type in dataclass_types for name, hint in get_type_hints(dataclass_type).items()
+            if get_origin(hint) is list}
+
+
 def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[tuple, set[str]]:
     """Parse `argv` (default `sys.argv[1:]`), or an argument file and command-line overrides after it, into
     instances of `dataclass_types`.
@@ -66,6 +72,9 @@ def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None 
         if unknown:
             raise ValueError(f"Unknown argument(s) in the argument file: {', '.join(unknown)} (see --help).")
         values = {names[key]: value for key, value in values.items()}
+        for name in _list_fields(dataclass_types) & set(values):  # `tasks: destination` as `--tasks destination`
+            if isinstance(values[name], str):
+                values[name] = values[name].split()
         given |= set(values)
         # file values become the defaults; strings among them are converted as command-line values are
         parser.set_defaults(**{k: str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v

@@ -179,7 +179,7 @@ class FinetuneTrainingArguments(NoPinMemoryWithoutAccelerator, TrainingArguments
             raise ValueError(f"--early_stopping_patience must be >= 0, got {self.early_stopping_patience}.")
         if self.head_learning_rate is not None and self.head_learning_rate <= 0:
             raise ValueError(f"--head_learning_rate must be positive, got {self.head_learning_rate}.")
-        self.pair_match_entries = [entry for entry in self.pair_match_entries if entry != "none"]
+        self.pair_match_entries = [entry for entry in self.pair_match_entries or [] if entry != "none"]
         unknown = sorted(set(self.pair_match_entries) - set(PAIR_ENTRIES))
         if unknown:
             raise ValueError(f"--pair_match_entries {' '.join(unknown)}: choose among {', '.join(PAIR_ENTRIES)}, or "

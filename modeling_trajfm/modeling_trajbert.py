@@ -69,11 +69,13 @@ def pair_match_ids(input_ids: torch.Tensor, hexagon_ids: torch.Tensor, token_typ
     """1 on the tokens of each hexagon whose cell (its exact sub-token spelling) the other segment of the row also
     visits, else 0: the exact-match feature of reading-comprehension models. A cross encoder would otherwise have to
     find shared cells by attending across sub-tokens, which the pair classifiers did not learn from ~1,200 NYC pairs.
-    Rows without a second segment (`token_type_ids` all 0) get no match."""
+    Hexagons are numbered across the row as TrajTokenizer numbers a pair (B's continue from A's); rows without a
+    second segment (`token_type_ids` all 0) get no match."""
     batch_size, seq_length = input_ids.shape
     is_hexagon = hexagon_ids > 0
     if not bool((token_type_ids[is_hexagon] == 1).any()):
         return torch.zeros_like(input_ids)
+    hexagon_ids = hexagon_ids.long()
     n_hexagons = int(hexagon_ids.max()) + 1
     positions = torch.arange(seq_length, device=input_ids.device).expand(batch_size, seq_length)
     first = torch.full((batch_size, n_hexagons), seq_length, device=input_ids.device, dtype=torch.long)
@@ -83,13 +85,13 @@ def pair_match_ids(input_ids: torch.Tensor, hexagon_ids: torch.Tensor, token_typ
     # spelling[b, h]: the sub-token ids of hexagon h (-1 past its end); slot (0, 0) collects the special tokens.
     spelling = torch.full((batch_size, n_hexagons * width), -1, device=input_ids.device, dtype=torch.long)
     spelling.scatter_(1, torch.where(is_hexagon, hexagon_ids * width + within, 0), input_ids.long())
-    spelling = spelling.view(batch_size, n_hexagons, width)
+    # One id per distinct spelling, so that rows compare (n, n) ids rather than (n, n, width) sub-tokens.
+    cell = torch.unique(spelling.view(-1, width), dim=0, return_inverse=True)[1].view(batch_size, n_hexagons)
     segment = torch.zeros((batch_size, n_hexagons), device=input_ids.device, dtype=torch.long)
     segment = segment.scatter(1, hexagon_ids, token_type_ids.long())
     real = torch.arange(n_hexagons, device=input_ids.device) > 0
-    same_cell = (spelling[:, :, None] == spelling[:, None]).all(-1)
     across = (segment[:, :, None] != segment[:, None]) & real[None, :, None] & real[None, None, :]
-    matched = (same_cell & across).any(-1).long()
+    matched = ((cell[:, :, None] == cell[:, None]) & across).any(-1).long()
     return matched.gather(1, hexagon_ids) * is_hexagon
 
 
@@ -175,6 +177,9 @@ class TrajBertEmbeddings(nn.Module):
             matches = torch.zeros_like(token_type_ids)
             if input_ids is not None and hexagon_ids is not None:
                 matches = pair_match_ids(input_ids, hexagon_ids, token_type_ids)
+            elif bool((token_type_ids == 1).any()):
+                raise ValueError("`use_match_embeddings` finds a pair's shared cells from `input_ids` and "
+                                 "`hexagon_ids`: pass both (TrajTokenizer returns them), not `inputs_embeds`.")
             embeddings = embeddings + self.match_embeddings(matches)
 
         embeddings = self.LayerNorm(embeddings)

@@ -27,17 +27,20 @@ def tokenizer():
 @given(st.lists(st.tuples(st.lists(st.sampled_from(CELLS), min_size=1, max_size=8),
                           st.lists(st.sampled_from(CELLS), min_size=1, max_size=8)), min_size=1, max_size=4))
 def test_match_ids_mark_exactly_the_cells_the_other_segment_visits(tokenizer, pairs):
-    batch = tokenizer(cells=[a for a, _ in pairs], pair_cells=[b for _, b in pairs], padding=True,
-                      return_tensors="pt")
-    matches = pair_match_ids(batch["input_ids"], batch["hexagon_ids"], batch["token_type_ids"])
-    for row, (a, b) in enumerate(pairs):
-        visits = [*a, *b]
-        for token, hexagon in enumerate(batch["hexagon_ids"][row].tolist()):
-            if hexagon == 0:  # [CLS], [SEP], padding
-                assert matches[row, token] == 0
-                continue
-            other = b if hexagon <= len(a) else a
-            assert matches[row, token] == int(visits[hexagon - 1] in other)
+    for side in ("right", "left"):
+        tokenizer.padding_side = side
+        batch = tokenizer(cells=[a for a, _ in pairs], pair_cells=[b for _, b in pairs], padding=True,
+                          return_tensors="pt")
+        matches = pair_match_ids(batch["input_ids"], batch["hexagon_ids"], batch["token_type_ids"])
+        for row, (a, b) in enumerate(pairs):
+            visits = [*a, *b]
+            for token, hexagon in enumerate(batch["hexagon_ids"][row].tolist()):
+                if hexagon == 0:  # [CLS], [SEP], padding
+                    assert matches[row, token] == 0
+                    continue
+                other = b if hexagon <= len(a) else a
+                assert matches[row, token] == int(visits[hexagon - 1] in other)
+    tokenizer.padding_side = "right"
     single = tokenizer(cells=[a for a, _ in pairs], padding=True, return_tensors="pt")
     assert not pair_match_ids(single["input_ids"], single["hexagon_ids"], single["token_type_ids"]).any()
 
@@ -73,5 +76,9 @@ def test_match_embedding_acts_only_on_shared_hexagons_of_pairs(tmp_path):
         loaded = TrajBertForSequenceClassification.from_pretrained(tmp_path).eval()
         assert loaded.config.use_match_embeddings
         torch.testing.assert_close(loaded(**pairs).logits, logits)
+        embeds = with_match.trajbert.embeddings.word_embeddings(pairs["input_ids"])
+        with pytest.raises(ValueError, match="pass both"):
+            with_match(inputs_embeds=embeds, token_type_ids=pairs["token_type_ids"],
+                       attention_mask=pairs["attention_mask"])
     with pytest.raises(CONFIG_ERRORS, match="use_match_embeddings"):
         tiny_config(use_match_embeddings=True, pair_encoding="siamese")

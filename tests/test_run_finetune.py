@@ -529,6 +529,14 @@ def test_arguments_file(tmp_path):
         run_args, task_config, overrides, _ = run_finetune.parse_args([str(tmp_path / name)])
         assert run_args.model_name_or_path == "ckpt" and task_config.task == "destination"
         assert overrides == {"min_points": 9}
+    lists = {"tasks": "destination", "pair_match_entries": "none", "output_dir": str(tmp_path)}
+    (tmp_path / "lists.yaml").write_text(yaml.safe_dump(lists))  # one value where a list goes, as on the command line
+    run_args, _, _, training_args = run_finetune.parse_args([str(tmp_path / "lists.yaml")])
+    assert run_args.tasks == ["destination"] and training_args.pair_match_entries == []
+    lists["pair_match_entries"] = ["next_subtrajectory", "user_association_binary"]
+    (tmp_path / "lists.yaml").write_text(yaml.safe_dump(lists))
+    training_args = run_finetune.parse_args([str(tmp_path / "lists.yaml")])[3]
+    assert training_args.pair_match_entries == ["next_subtrajectory", "user_association_binary"]
     with pytest.raises(ValueError, match="does not exist"):
         run_finetune.parse_args([str(tmp_path / "nope.json")])
 
