@@ -70,28 +70,31 @@ def pair_match_ids(input_ids: torch.Tensor, hexagon_ids: torch.Tensor, token_typ
     visits, else 0: the exact-match feature of reading-comprehension models. A cross encoder would otherwise have to
     find shared cells by attending across sub-tokens, which the pair classifiers did not learn from ~1,200 NYC pairs.
     Hexagons are numbered across the row as TrajTokenizer numbers a pair (B's continue from A's); rows without a
-    second segment (`token_type_ids` all 0) get no match."""
+    second segment (`token_type_ids` all 0) get no match. Shapes depend only on the input's, with no host sync, so
+    the model compiles as one graph (`torch.compile(fullgraph=True)`)."""
     batch_size, seq_length = input_ids.shape
+    device = input_ids.device
     is_hexagon = hexagon_ids > 0
-    if not bool((token_type_ids[is_hexagon] == 1).any()):
-        return torch.zeros_like(input_ids)
     hexagon_ids = hexagon_ids.long()
-    n_hexagons = int(hexagon_ids.max()) + 1
-    positions = torch.arange(seq_length, device=input_ids.device).expand(batch_size, seq_length)
-    first = torch.full((batch_size, n_hexagons), seq_length, device=input_ids.device, dtype=torch.long)
+    n_hexagons = seq_length + 1  # numbered from 1, at most one per token; slot 0 collects the special tokens
+    positions = torch.arange(seq_length, device=device).expand(batch_size, seq_length)
+    first = torch.full((batch_size, n_hexagons), seq_length, device=device, dtype=torch.long)
     first = first.scatter_reduce(1, hexagon_ids, positions, "amin")
+    length = torch.zeros((batch_size, n_hexagons), device=device, dtype=torch.long)
+    length = length.scatter_add(1, hexagon_ids, is_hexagon.long())  # 0 for slot 0 and unused numbers
     within = positions - first.gather(1, hexagon_ids)  # a token's place inside its hexagon
-    width = int(within[is_hexagon].max()) + 1
-    # spelling[b, h]: the sub-token ids of hexagon h (-1 past its end); slot (0, 0) collects the special tokens.
-    spelling = torch.full((batch_size, n_hexagons * width), -1, device=input_ids.device, dtype=torch.long)
-    spelling.scatter_(1, torch.where(is_hexagon, hexagon_ids * width + within, 0), input_ids.long())
-    # One id per distinct spelling, so that rows compare (n, n) ids rather than (n, n, width) sub-tokens.
-    cell = torch.unique(spelling.view(-1, width), dim=0, return_inverse=True)[1].view(batch_size, n_hexagons)
-    segment = torch.zeros((batch_size, n_hexagons), device=input_ids.device, dtype=torch.long)
+    # agrees[b, t, g]: token t equals the token at t's place inside hexagon g (clamped; lengths settle overruns).
+    place = (first[:, None, :] + within[:, :, None]).clamp(max=seq_length - 1)
+    agrees = input_ids.gather(1, place.view(batch_size, -1)).view(place.shape) == input_ids[:, :, None]
+    # Two hexagons are spelt alike when they are as long and each token of one agrees with the other.
+    agreeing = torch.zeros((batch_size, n_hexagons, n_hexagons), device=device, dtype=torch.long)
+    agrees = (agrees & is_hexagon[:, :, None]).long()
+    agreeing = agreeing.scatter_add(1, hexagon_ids[:, :, None].expand_as(agrees), agrees)
+    same = (agreeing == length[:, :, None]) & (length[:, :, None] == length[:, None, :])
+    segment = torch.zeros((batch_size, n_hexagons), device=device, dtype=torch.long)
     segment = segment.scatter(1, hexagon_ids, token_type_ids.long())
-    real = torch.arange(n_hexagons, device=input_ids.device) > 0
-    across = (segment[:, :, None] != segment[:, None]) & real[None, :, None] & real[None, None, :]
-    matched = ((cell[:, :, None] == cell[:, None]) & across).any(-1).long()
+    across = (segment[:, :, None] != segment[:, None]) & (length > 0)[:, None, :]
+    matched = (same & across).any(-1).long()
     return matched.gather(1, hexagon_ids) * is_hexagon
 
 

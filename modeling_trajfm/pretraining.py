@@ -258,10 +258,23 @@ class PretrainingResult:
     split: dict[str, list[str]] = field(default_factory=dict)
 
 
+def check_pretrainable(config: TrajBertConfig) -> None:
+    """Refuse what MTM cannot train. The pair match table only acts on a pair's two segments; MTM reads single
+    trajectories, so the table would stay at its random init and fine-tuning would take it for a pre-trained one."""
+    if config.use_match_embeddings:
+        raise ValueError("use_match_embeddings marks the cells two segments of a pair share, and masked trajectory "
+                         "modeling reads single trajectories, so its table would never train: pre-train without it "
+                         "(run_finetune.py adds it to the pair tasks, see --pair_match_entries).")
+
+
 def check_pretraining_arguments(corpus: CorpusConfig, model_args: MTMModelArguments, mtm_args: MTMArguments,
                                 training_args: TrainingArguments) -> None:
     """The checks that involve several argument groups; raises ValueError saying what to change."""
     check_push_possible(training_args.push_to_hub, training_args.hub_model_id)
+    if model_args.config_overrides:
+        overridden = TrajBertConfig()
+        overridden.update_from_string(model_args.config_overrides)
+        check_pretrainable(overridden)
     if mtm_args.streaming and training_args.do_train and training_args.max_steps <= 0:
         raise ValueError("--streaming has no length: give --max_steps N (total optimizer steps).")
     if mtm_args.contrastive_positives == "user" and training_args.per_device_train_batch_size % 2:
@@ -454,6 +467,7 @@ def build_model(model_args: MTMModelArguments, mtm_args: MTMArguments,
         model = TrajBertForMaskedTrajectoryModeling.from_pretrained(model_args.model_name_or_path,
                                                                      cache_dir=model_args.cache_dir)
         model.config.check_tokenizer_compatibility(tokenizer)
+        check_pretrainable(model.config)
         model.config.sparse_prediction = model_args.sparse_prediction
         model.config.contrastive_weight = mtm_args.contrastive_weight
         model.config.contrastive_temperature = mtm_args.contrastive_temperature

@@ -76,6 +76,10 @@ def test_match_embedding_acts_only_on_shared_hexagons_of_pairs(tmp_path):
         loaded = TrajBertForSequenceClassification.from_pretrained(tmp_path).eval()
         assert loaded.config.use_match_embeddings
         torch.testing.assert_close(loaded(**pairs).logits, logits)
+        # Static shapes, no host sync: the model with the table still compiles as one graph.
+        torch._dynamo.reset()
+        compiled = torch.compile(with_match, fullgraph=True, backend="eager")
+        torch.testing.assert_close(compiled(**pairs).logits, logits)
         embeds = with_match.trajbert.embeddings.word_embeddings(pairs["input_ids"])
         with pytest.raises(ValueError, match="pass both"):
             with_match(inputs_embeds=embeds, token_type_ids=pairs["token_type_ids"],

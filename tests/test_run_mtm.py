@@ -303,6 +303,7 @@ def test_torchrun_two_processes_same_format(basic_run, tmp_path):
         (["--contrastive_positives", "user", "--per_device_train_batch_size", "3"], "even --per_device_train"),
         (["--spelling", "base32"], "Unknown --spelling 'base32': choose one of hex, hierarchy"),
         (["--push_to_hub", "--hub_model_id", "user/x"], "offline mode"),
+        (["--config_overrides", "use_match_embeddings=true"], "its table would never train"),
     ],
 )
 def test_bad_arguments_fail_at_startup(tmp_path, monkeypatch, extra, message):
@@ -313,6 +314,19 @@ def test_bad_arguments_fail_at_startup(tmp_path, monkeypatch, extra, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         run_mtm.main(_args(tmp_path / "out", *extra))
     assert not (tmp_path / "out").exists()  # nothing was trained or written
+
+
+def test_continuing_from_a_checkpoint_with_a_pair_match_table_is_refused(tmp_path):
+    """MTM never feeds the pair match table (single trajectories), so a checkpoint carrying one is not continued."""
+    from modeling_trajfm.pretraining import MTMArguments, MTMModelArguments, build_model
+
+    fixture = ROOT / "tests" / "fixtures" / "tiny-trajbert"
+    tokenizer = AutoTokenizer.from_pretrained(fixture)
+    config = AutoConfig.from_pretrained(fixture)
+    config.use_match_embeddings = True
+    TrajBertForMaskedTrajectoryModeling(config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="its table would never train"):
+        build_model(MTMModelArguments(model_name_or_path=str(tmp_path)), MTMArguments(), tokenizer)
 
 
 def test_streaming_trains_from_an_iterable_dataset(tmp_path):
