@@ -12,7 +12,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench nyc nyc-seeds nyc-seen nyc-seen-seeds
+.PHONY: demo test lint bench nyc nyc-seeds nyc-seen nyc-seen-seeds geolife
 
 $(VENV)/.installed: requirements-cpu.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,18 @@ SEEN_SEEDS ?= 42 43 44
 nyc-seen-seeds: $(VENV)/.installed
 	for seed in $(SEEN_SEEDS); do $(MAKE) nyc-seen SEEN_SEED=$$seed || exit 1; done
 	$(PY) -m modeling_trajfm.downstream.seeds $(addprefix nyc-seen-compare-,$(SEEN_SEEDS)) --output_dir nyc-seen-seeds
+
+# GeoLife GPS from ../shared/data, an out-of-sample check of the NYC recipe (nothing chosen on GeoLife): pre-training,
+# then the compare on three splits of its held-out users, summarised in geolife-seeds/seeds_report.{json,md}.
+GEOLIFE_SEEDS ?= 43 44
+geolife: $(VENV)/.installed
+	$(PY) run_mtm.py configs/geolife_pretrain.yaml
+	$(PY) run_finetune.py configs/geolife_compare.yaml
+	for seed in $(GEOLIFE_SEEDS); do \
+		$(PY) run_finetune.py configs/geolife_compare.yaml --data_seed $$seed --output_dir geolife-compare-seed$$seed || exit 1; \
+	done
+	$(PY) -m modeling_trajfm.downstream.seeds geolife-compare $(addprefix geolife-compare-seed,$(GEOLIFE_SEEDS)) \
+		--output_dir geolife-seeds
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

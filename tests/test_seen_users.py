@@ -8,8 +8,7 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
-from conftest import REPO, TINY_CORPUS, TINY_CORPUS_ARGS
+from conftest import TINY_CORPUS, TINY_CORPUS_ARGS
 
 import run_finetune
 from modeling_trajfm.downstream import seen_users
@@ -107,18 +106,3 @@ def test_too_few_fine_tuning_trajectories_is_an_error(corpus_table):
 def test_fractions_outside_zero_one_are_refused(argument, tmp_path):
     with pytest.raises(ValueError, match=argument):
         seen_users.main([*TINY_CORPUS_ARGS, "--output_dir", str(tmp_path), argument, "1.0"])
-
-
-def test_make_nyc_seen_uses_make_nyc_data_and_model():
-    """`make nyc-seen` repeats `make nyc`'s data source (Makefile) and model and recipe (its own config, since a
-    config's --data cannot be replaced by --train_file): the copies must not drift apart."""
-    nyc = yaml.safe_load((REPO / "configs" / "nyc_pretrain.yaml").read_text())
-    seen = yaml.safe_load((REPO / "configs" / "nyc_seen_pretrain.yaml").read_text())
-    source = {"data", "reader", "max_gap_minutes", "output_dir"}
-    files = {"train_file", "validation_file", "output_dir", "gap_break_minutes"}
-    assert {k: v for k, v in nyc.items() if k not in source} == {k: v for k, v in seen.items() if k not in files}
-    assert seen["gap_break_minutes"] == nyc["max_gap_minutes"]  # the split files are cut where make nyc cuts
-    recipes = (REPO / "Makefile").read_text().replace("\\\n", " ").splitlines()
-    split_step = " ".join(next(line for line in recipes if "downstream.seen_users" in line).split())
-    for key in ("data", "reader", "max_gap_minutes"):
-        assert f"--{key} {nyc[key]}" in split_step

@@ -1,0 +1,40 @@
+"""The experiment configs of the Makefile's targets: copies of one recipe must not drift apart."""
+
+import yaml
+from conftest import REPO
+
+CONFIGS = REPO / "configs"
+
+
+def _config(name: str) -> dict:
+    return yaml.safe_load((CONFIGS / name).read_text())
+
+
+def _make_recipes() -> list[str]:
+    return (REPO / "Makefile").read_text().replace("\\\n", " ").splitlines()
+
+
+def test_make_nyc_seen_uses_make_nyc_data_and_model():
+    """`make nyc-seen` repeats `make nyc`'s data source (Makefile) and model and recipe (its own config, since a
+    config's --data cannot be replaced by --train_file): the copies must not drift apart."""
+    nyc, seen = _config("nyc_pretrain.yaml"), _config("nyc_seen_pretrain.yaml")
+    source = {"data", "reader", "max_gap_minutes", "output_dir"}
+    files = {"train_file", "validation_file", "output_dir", "gap_break_minutes"}
+    assert {k: v for k, v in nyc.items() if k not in source} == {k: v for k, v in seen.items() if k not in files}
+    assert seen["gap_break_minutes"] == nyc["max_gap_minutes"]  # the split files are cut where make nyc cuts
+    recipes = _make_recipes()
+    split_step = " ".join(next(line for line in recipes if "downstream.seen_users" in line).split())
+    for key in ("data", "reader", "max_gap_minutes"):
+        assert f"--{key} {nyc[key]}" in split_step
+
+
+def test_make_geolife_keeps_the_nyc_recipe():
+    """GeoLife is an out-of-sample check: its configs may differ from NYC's only in what describes the data."""
+    nyc, geolife = _config("nyc_pretrain.yaml"), _config("geolife_pretrain.yaml")
+    data = {"data", "reader", "max_gap_minutes", "utc_offset_minutes", "max_seq_length", "output_dir"}
+    assert {k: v for k, v in nyc.items() if k not in data} == {k: v for k, v in geolife.items() if k not in data}
+    nyc, geolife = _config("nyc_compare.yaml"), _config("geolife_compare.yaml")
+    paths = {"model_name_or_path", "output_dir"}
+    assert {k: v for k, v in nyc.items() if k not in paths} == {k: v for k, v in geolife.items() if k not in paths}
+    assert geolife["model_name_or_path"] == _config("geolife_pretrain.yaml")["output_dir"]
+    assert any("run_finetune.py configs/geolife_compare.yaml" in line for line in _make_recipes())
