@@ -86,10 +86,10 @@ def pair_match_ids(input_ids: torch.Tensor, hexagon_ids: torch.Tensor, token_typ
     # agrees[b, t, g]: token t equals the token at t's place inside hexagon g (clamped; lengths settle overruns).
     place = (first[:, None, :] + within[:, :, None]).clamp(max=seq_length - 1)
     agrees = input_ids.gather(1, place.view(batch_size, -1)).view(place.shape) == input_ids[:, :, None]
-    # Two hexagons are spelt alike when they are as long and each token of one agrees with the other.
+    # Two hexagons are spelt alike when they are as long and each token of one agrees with the other. Special tokens
+    # count into slot 0, whose length is 0, so it is never alike with a real hexagon.
     agreeing = torch.zeros((batch_size, n_hexagons, n_hexagons), device=device, dtype=torch.long)
-    agrees = (agrees & is_hexagon[:, :, None]).long()
-    agreeing = agreeing.scatter_add(1, hexagon_ids[:, :, None].expand_as(agrees), agrees)
+    agreeing = agreeing.scatter_add(1, hexagon_ids[:, :, None].expand_as(agrees), agrees.long())
     same = (agreeing == length[:, :, None]) & (length[:, :, None] == length[:, None, :])
     segment = torch.zeros((batch_size, n_hexagons), device=device, dtype=torch.long)
     segment = segment.scatter(1, hexagon_ids, token_type_ids.long())
