@@ -141,16 +141,26 @@ class AblationArguments:
             raise ValueError("--seeds needs at least one seed.")
 
 
+def _existing_file(text: str | Path) -> Path | None:
+    """`text` as a path if it names a file; None otherwise, also where it is too long to be a file name (an inline
+    mapping of several rows easily is)."""
+    try:
+        path = Path(text)
+        return path if path.is_file() else None
+    except OSError:
+        return None
+
+
 def load_rows(rows: str | Path | Mapping[str, Any]) -> list[AblationRow]:
     """Rows from a mapping of row name → arguments (a string in shell syntax, or a list), given as is, as a YAML/JSON
     file, or as an inline YAML/JSON string."""
     if not isinstance(rows, Mapping):
-        path = Path(rows)
-        if not path.is_file() and path.suffix in (".yaml", ".yml", ".json"):
+        path = _existing_file(rows)
+        if path is None and Path(rows).suffix in (".yaml", ".yml", ".json"):
             raise ValueError(f"Rows file {rows} does not exist.")
         import yaml
 
-        mapping = yaml.safe_load(path.read_text() if path.is_file() else str(rows))
+        mapping = yaml.safe_load(str(rows) if path is None else path.read_text())
         if isinstance(mapping, dict) and isinstance(mapping.get("rows"), Mapping):
             raise ValueError(f"{rows} is an argument file of run_ablation.py (it holds rows and more): run "
                              f"python run_ablation.py {rows} [overrides].")

@@ -65,13 +65,31 @@ def packed_position_ids(sequence_ids: torch.Tensor) -> torch.Tensor:
     return index - torch.where(starts, index, 0).cummax(dim=-1).values
 
 
-def pair_match_ids(input_ids: torch.Tensor, hexagon_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+#: `pair_match_ids` compares every token with every hexagon, so it works on as many rows at a time as keep each
+#: (rows, seq, seq + 1) tensor under this many elements (32 MB as int64): memory stays flat in the batch size.
+PAIR_MATCH_CHUNK_ELEMENTS = 1 << 22
+
+
+def pair_match_ids(input_ids: torch.Tensor, hexagon_ids: torch.Tensor, token_type_ids: torch.Tensor,
+                   chunk_rows: int | None = None) -> torch.Tensor:
     """1 on the tokens of each hexagon whose cell (its exact sub-token spelling) the other segment of the row also
     visits, else 0: the exact-match feature of reading-comprehension models. A cross encoder would otherwise have to
     find shared cells by attending across sub-tokens, which the pair classifiers did not learn from ~1,200 NYC pairs.
     Hexagons are numbered across the row as TrajTokenizer numbers a pair (B's continue from A's); rows without a
-    second segment (`token_type_ids` all 0) get no match. Shapes depend only on the input's, with no host sync, so
-    the model compiles as one graph (`torch.compile(fullgraph=True)`)."""
+    second segment (`token_type_ids` all 0) get no match. Rows are matched `chunk_rows` at a time (None: as many as
+    `PAIR_MATCH_CHUNK_ELEMENTS` allows). Shapes depend only on the input's, with no host sync, so the model compiles
+    as one graph (`torch.compile(fullgraph=True)`)."""
+    seq_length = input_ids.shape[1]
+    if chunk_rows is None:
+        chunk_rows = max(1, PAIR_MATCH_CHUNK_ELEMENTS // (seq_length * (seq_length + 1)))
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}.")
+    chunks = zip(input_ids.split(chunk_rows), hexagon_ids.split(chunk_rows), token_type_ids.split(chunk_rows))
+    return torch.cat([_pair_match_rows(*chunk) for chunk in chunks])
+
+
+def _pair_match_rows(input_ids: torch.Tensor, hexagon_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+    """`pair_match_ids` of a few rows: memory O(rows * seq^2)."""
     batch_size, seq_length = input_ids.shape
     device = input_ids.device
     is_hexagon = hexagon_ids > 0
@@ -80,16 +98,16 @@ def pair_match_ids(input_ids: torch.Tensor, hexagon_ids: torch.Tensor, token_typ
     positions = torch.arange(seq_length, device=device).expand(batch_size, seq_length)
     first = torch.full((batch_size, n_hexagons), seq_length, device=device, dtype=torch.long)
     first = first.scatter_reduce(1, hexagon_ids, positions, "amin")
-    length = torch.zeros((batch_size, n_hexagons), device=device, dtype=torch.long)
-    length = length.scatter_add(1, hexagon_ids, is_hexagon.long())  # 0 for slot 0 and unused numbers
+    length = torch.zeros((batch_size, n_hexagons), device=device, dtype=torch.int32)
+    length = length.scatter_add(1, hexagon_ids, is_hexagon.int())  # 0 for slot 0 and unused numbers
     within = positions - first.gather(1, hexagon_ids)  # a token's place inside its hexagon
     # agrees[b, t, g]: token t equals the token at t's place inside hexagon g (clamped; lengths settle overruns).
     place = (first[:, None, :] + within[:, :, None]).clamp(max=seq_length - 1)
     agrees = input_ids.gather(1, place.view(batch_size, -1)).view(place.shape) == input_ids[:, :, None]
     # Two hexagons are spelt alike when they are as long and each token of one agrees with the other. Special tokens
     # count into slot 0, whose length is 0, so it is never alike with a real hexagon.
-    agreeing = torch.zeros((batch_size, n_hexagons, n_hexagons), device=device, dtype=torch.long)
-    agreeing = agreeing.scatter_add(1, hexagon_ids[:, :, None].expand_as(agrees), agrees.long())
+    agreeing = torch.zeros((batch_size, n_hexagons, n_hexagons), device=device, dtype=torch.int32)
+    agreeing = agreeing.scatter_add(1, hexagon_ids[:, :, None].expand_as(agrees), agrees.int())
     same = (agreeing == length[:, :, None]) & (length[:, :, None] == length[:, None, :])
     segment = torch.zeros((batch_size, n_hexagons), device=device, dtype=torch.long)
     segment = segment.scatter(1, hexagon_ids, token_type_ids.long())

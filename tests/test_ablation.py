@@ -180,6 +180,14 @@ def test_table_command_reproduces_the_row(study):
     assert load_rows(args.rows) == [AblationRow("default", [])]
 
 
+def test_a_long_inline_mapping_is_read_as_rows():
+    """Longer than a file name may be: still rows, not an OS error."""
+    rows = {f"row {i} with a long descriptive name": f"--contrastive_weight {i} --contrastive_positives user"
+            for i in range(8)}
+    assert len(json.dumps(rows)) > 300
+    assert load_rows(json.dumps(rows)) == [AblationRow(name, shlex.split(args)) for name, args in rows.items()]
+
+
 def test_resume_skips_finished_runs(study, tmp_path, monkeypatch, capsys):
     out, result, _ = study
     moved = tmp_path / "moved"  # where a study is written does not change what its runs compute

@@ -32,6 +32,8 @@ def test_match_ids_mark_exactly_the_cells_the_other_segment_visits(tokenizer, pa
         batch = tokenizer(cells=[a for a, _ in pairs], pair_cells=[b for _, b in pairs], padding=True,
                           return_tensors="pt")
         matches = pair_match_ids(batch["input_ids"], batch["hexagon_ids"], batch["token_type_ids"])
+        one_row_at_a_time = pair_match_ids(batch["input_ids"], batch["hexagon_ids"], batch["token_type_ids"], 1)
+        assert torch.equal(matches, one_row_at_a_time)
         for row, (a, b) in enumerate(pairs):
             visits = [*a, *b]
             for token, hexagon in enumerate(batch["hexagon_ids"][row].tolist()):
@@ -43,6 +45,8 @@ def test_match_ids_mark_exactly_the_cells_the_other_segment_visits(tokenizer, pa
     tokenizer.padding_side = "right"
     single = tokenizer(cells=[a for a, _ in pairs], padding=True, return_tensors="pt")
     assert not pair_match_ids(single["input_ids"], single["hexagon_ids"], single["token_type_ids"]).any()
+    with pytest.raises(ValueError, match="chunk_rows must be at least 1"):
+        pair_match_ids(single["input_ids"], single["hexagon_ids"], single["token_type_ids"], 0)
 
 
 def test_match_embedding_acts_only_on_shared_hexagons_of_pairs(tmp_path):
