@@ -81,7 +81,7 @@ def pair_match_ids(input_ids: torch.Tensor, hexagon_ids: torch.Tensor, token_typ
     as one graph (`torch.compile(fullgraph=True)`)."""
     seq_length = input_ids.shape[1]
     if chunk_rows is None:
-        chunk_rows = max(1, PAIR_MATCH_CHUNK_ELEMENTS // (seq_length * (seq_length + 1)))
+        chunk_rows = max(1, PAIR_MATCH_CHUNK_ELEMENTS // max(1, seq_length * (seq_length + 1)))
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}.")
     chunks = zip(input_ids.split(chunk_rows), hexagon_ids.split(chunk_rows), token_type_ids.split(chunk_rows))
@@ -103,7 +103,8 @@ def _pair_match_rows(input_ids: torch.Tensor, hexagon_ids: torch.Tensor, token_t
     within = positions - first.gather(1, hexagon_ids)  # a token's place inside its hexagon
     # agrees[b, t, g]: token t equals the token at t's place inside hexagon g (clamped; lengths settle overruns).
     place = (first[:, None, :] + within[:, :, None]).clamp(max=seq_length - 1)
-    agrees = input_ids.gather(1, place.view(batch_size, -1)).view(place.shape) == input_ids[:, :, None]
+    at_place = input_ids.gather(1, place.view(batch_size, seq_length * n_hexagons)).view(place.shape)
+    agrees = at_place == input_ids[:, :, None]
     # Two hexagons are spelt alike when they are as long and each token of one agrees with the other. Special tokens
     # count into slot 0, whose length is 0, so it is never alike with a real hexagon.
     agreeing = torch.zeros((batch_size, n_hexagons, n_hexagons), device=device, dtype=torch.int32)

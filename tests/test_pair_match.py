@@ -45,6 +45,9 @@ def test_match_ids_mark_exactly_the_cells_the_other_segment_visits(tokenizer, pa
     tokenizer.padding_side = "right"
     single = tokenizer(cells=[a for a, _ in pairs], padding=True, return_tensors="pt")
     assert not pair_match_ids(single["input_ids"], single["hexagon_ids"], single["token_type_ids"]).any()
+    for shape in ((0, 5), (2, 0)):  # an empty batch, empty rows
+        empty = torch.zeros(shape, dtype=torch.long)
+        assert pair_match_ids(empty, empty, empty).shape == shape
     with pytest.raises(ValueError, match="chunk_rows must be at least 1"):
         pair_match_ids(single["input_ids"], single["hexagon_ids"], single["token_type_ids"], 0)
 
