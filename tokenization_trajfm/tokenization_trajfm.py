@@ -114,7 +114,7 @@ def _epoch_seconds(numbers: np.ndarray, positions: np.ndarray, where: str) -> np
     if bad.any():
         first = int(bad.argmax())
         raise TrajInputError(
-            f"{where}: timestamp {numbers[first].item()!r} of point {int(positions[first])}: "
+            f"{where}: timestamp {numbers[first : first + 1].tolist()[0]!r} of point {int(positions[first])}: "
             f"{epoch_problem(as_float[first], 's', looks_like)}. Numbers are read as epoch seconds: convert them "
             "(or pass datetimes or ISO-8601 strings)."
         )
