@@ -114,19 +114,25 @@ def build_mtm_card(model: Any, tokenizer: TrajTokenizer, description: CorpusDesc
         random_replace_prob=mtm_args.random_replace_prob,
         keep_prob=round(1 - mtm_args.mask_replace_prob - mtm_args.random_replace_prob, 4),
         contrastive=(f"weight {mtm_args.contrastive_weight}, temperature {mtm_args.contrastive_temperature} (two "
-                     f"masked views of each trajectory are positives{_USER_POSITIVES[mtm_args.contrastive_positives]})"
+                     f"{_VIEWS[mtm_args.contrastive_views]} are positives"
+                     f"{_USER_POSITIVES[mtm_args.contrastive_positives]})"
                      if mtm_args.contrastive_weight > 0
                      else "none (MTM only)"),
         training_summary=(f"{_epochs(metrics.get('epoch'))} epochs, {_steps(training_args)} "
                           f"steps, batch {training_args.per_device_train_batch_size}"
                           f"{' packed rows' if packed else ''} x {training_args.world_size} "
                           f"process(es) x {training_args.gradient_accumulation_steps} accumulation, learning rate "
-                          f"{training_args.learning_rate}, seed {training_args.seed}"),
+                          f"{training_args.learning_rate}, seed {training_args.seed}"
+                          f"{_FROZEN_TABLE if mtm_args.freeze_token_embeddings else ''}"),
         train_tokens=f"{train_counts.get('tokens'):,}" if train_counts.get("tokens") is not None else "n/a",
         train_sequences=f"{train_counts.get('sequences'):,}" if train_counts.get("sequences") is not None else "n/a",
     )
 
 
+#: What the card adds to the training summary with `--freeze_token_embeddings`.
+_FROZEN_TABLE = "; the token table kept at its initial values"
+#: What `--contrastive_views` makes the two views of a trajectory.
+_VIEWS = {"masked": "masked views of each trajectory", "pieces": "disjoint masked pieces of each trajectory"}
 #: What `--contrastive_positives` adds to the card's description of the contrastive term.
 _USER_POSITIVES = {"views": "", "user": ", and so are the trajectories of the same user"}
 

@@ -16,6 +16,8 @@ from tokenization_trajfm.tokenization_trajfm import FEATURE_KEYS
 
 #: What the contrastive term's positives are (`DataCollatorForWholeHexagonMasking.positives`).
 CONTRASTIVE_POSITIVES = ("views", "user")
+#: What each view of a trajectory shows (`DataCollatorForWholeHexagonMasking.view_kind`).
+CONTRASTIVE_VIEWS = ("masked", "pieces")
 
 #: Per-token keys of the TrajTokenizer output (see docs/design.md) plus `sequence_ids` of packed rows
 #: (`modeling_trajfm.packing`); all are padded, `input_ids` with the PAD id, the others with 0.
@@ -117,6 +119,12 @@ class DataCollatorForWholeHexagonMasking:
             (the views of one trajectory) or `"user"` (every row of the same user in the batch: features need
             `user_id`; batches of same-user pairs, `BucketedLengthSampler(users=...)`, give every trajectory at
             least its other view and its partner's views).
+        view_kind: what a view shows: `"masked"` (the whole trajectory; views differ by their masks) or `"pieces"`
+            (view j is the j-th of `views` disjoint runs of the trajectory's hexagons, cut near equal shares and
+            renumbered as a trajectory of its own, then masked). Two masked copies of a long GPS trajectory share most
+            of their cells, so telling them from the batch's other rows is solved by shared tokens; disjoint pieces
+            share few, and matching them needs what one trajectory's parts have in common. A trajectory with fewer
+            hexagons than `views` shows all of them in every view.
     """
 
     tokenizer: Any
@@ -130,6 +138,7 @@ class DataCollatorForWholeHexagonMasking:
     epoch: int = 0
     views: int = 1
     positives: str = "views"
+    view_kind: str = "masked"
 
     def __post_init__(self) -> None:
         if not 0 < self.mlm_probability < 1:
@@ -151,6 +160,10 @@ class DataCollatorForWholeHexagonMasking:
             raise ValueError(f"`positives` must be one of {', '.join(CONTRASTIVE_POSITIVES)}, got {self.positives!r}.")
         if self.positives == "user" and self.views < 2:
             raise ValueError("`positives='user'` labels the views of the contrastive term: it needs `views` >= 2.")
+        if self.view_kind not in CONTRASTIVE_VIEWS:
+            raise ValueError(f"`view_kind` must be one of {', '.join(CONTRASTIVE_VIEWS)}, got {self.view_kind!r}.")
+        if self.view_kind == "pieces" and self.views < 2:
+            raise ValueError("`view_kind='pieces'` cuts each trajectory into `views` pieces: it needs `views` >= 2.")
         if self.reseed_per_batch and self.seed is None:
             raise ValueError("`reseed_per_batch` needs a `seed`.")
         if self.generator is None and self.seed is not None:
@@ -179,6 +192,8 @@ class DataCollatorForWholeHexagonMasking:
             digest = hashlib.blake2b(batch["input_ids"].numpy().tobytes(), digest_size=8,
                                      key=f"{self.seed}:{self.epoch}".encode()).digest()
             self.generator.manual_seed(int.from_bytes(digest, "little") >> 1)
+        if self.view_kind == "pieces":
+            batch = self._cut_into_pieces(batch)
         batch["input_ids"], batch["labels"] = self.mask_hexagons(
             batch["input_ids"], batch["hexagon_ids"], batch.get("sequence_ids")
         )
@@ -192,6 +207,47 @@ class DataCollatorForWholeHexagonMasking:
                              "drops columns the model does not read unless `MTMTrainer` is given this collator).")
         users: dict[str, int] = {}
         return torch.tensor([users.setdefault(str(f["user_id"]), len(users)) for f in features], dtype=torch.long)
+
+    def _cut_into_pieces(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Keep in row j of each trajectory's `views` adjacent rows only its j-th run of hexagons (and [CLS] / [SEP]).
+
+        Cut j falls at j / views of the trajectory's hexagons, moved by up to a quarter of a piece either way; every
+        piece keeps at least one hexagon. Kept tokens move left, hexagons are renumbered from 1, and the first visit
+        of a piece gets gap id 0, as the first visit of a trajectory does.
+        """
+        hexagon_ids = batch["hexagon_ids"]
+        k = self.views
+        n_hexagons = hexagon_ids.clamp(min=0).amax(dim=1).view(-1, k)[:, 0]  # per trajectory
+        shift = self._rand(len(n_hexagons), k - 1) - 0.5
+        targets = (n_hexagons[:, None] * (torch.arange(1, k) + shift / 2) / k).round().long()
+        cuts = torch.zeros(len(n_hexagons), k + 1, dtype=torch.long)
+        cuts[:, k] = n_hexagons
+        for j in range(1, k):  # clamp in order so the pieces stay non-empty and in order
+            cuts[:, j] = torch.minimum(torch.maximum(targets[:, j - 1], cuts[:, j - 1] + 1), n_hexagons - (k - j))
+        piece = torch.arange(k).repeat(len(n_hexagons))[:, None]
+        cuts = cuts.repeat_interleave(k, dim=0)
+        whole = (n_hexagons < k).repeat_interleave(k)[:, None]  # too short to cut: every view shows all of it
+        low = torch.where(whole, 0, cuts.gather(1, piece))
+        high = torch.where(whole, cuts[:, k:], cuts.gather(1, piece + 1))
+        special = (hexagon_ids <= 0) & batch["attention_mask"].bool()
+        keep = ((hexagon_ids > low) & (hexagon_ids <= high)) | special
+        order = torch.argsort((~keep).int(), dim=1, stable=True)
+        lengths = keep.sum(dim=1)
+        width = int(lengths.max())
+        if self.pad_to_multiple_of:
+            width = min(-(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of, hexagon_ids.shape[1])
+        inside = torch.arange(width)[None, :] < lengths[:, None]
+        out = {}
+        for key, values in batch.items():
+            if values.dim() < 2:
+                out[key] = values
+                continue
+            pad = self.tokenizer.pad_token_id if key == "input_ids" else 0
+            out[key] = torch.where(inside, values.gather(1, order[:, :width]), pad)
+        out["hexagon_ids"] = torch.where(out["hexagon_ids"] > 0, out["hexagon_ids"] - low, 0)
+        if "gap_ids" in out:
+            out["gap_ids"] = out["gap_ids"].masked_fill(out["hexagon_ids"] == 1, 0)
+        return out
 
     def mask_hexagons(
         self, input_ids: torch.Tensor, hexagon_ids: torch.Tensor, sequence_ids: torch.Tensor | None = None
@@ -245,6 +301,8 @@ class DataCollatorForWholeHexagonMasking:
 
 
 __all__ = [
+    "CONTRASTIVE_POSITIVES",
+    "CONTRASTIVE_VIEWS",
     "TOKEN_FEATURE_KEYS",
     "pad_trajectory_features",
     "DataCollatorWithTrajectoryPadding",

@@ -55,7 +55,7 @@ from tokenization_trajfm.subhash import (
 from .arguments import NoPinMemoryWithoutAccelerator, parse_arguments, setup_logging
 from .cards import PLOT_FILE, build_mtm_card
 from .configuration_trajbert import TrajBertConfig
-from .data_collator import CONTRASTIVE_POSITIVES, DataCollatorForWholeHexagonMasking
+from .data_collator import CONTRASTIVE_POSITIVES, CONTRASTIVE_VIEWS, DataCollatorForWholeHexagonMasking
 from .hub import check_push_possible, push_checkpoint
 from .metrics import compute_mtm_metrics, preprocess_logits_for_mtm_metrics
 from .modeling_trajbert import TrajBertForMaskedTrajectoryModeling
@@ -201,6 +201,18 @@ class MTMArguments:
                   "pairs of one user's trajectories, so the term learns what tells users apart; reads the "
                   "pre-training users' ids, not with --streaming)."},
     )
+    contrastive_views: str = field(
+        default="masked",
+        metadata={"help": "What each of a trajectory's two views shows: masked (the whole trajectory, masked twice) | "
+                  "pieces (two disjoint runs of its hexagons, cut near the middle, each masked: the views share few "
+                  "cells, so matching them is not solved by shared tokens, as it is for long GPS trajectories)."},
+    )
+    freeze_token_embeddings: bool = field(
+        default=False,
+        metadata={"help": "Keep the token table (and the tied MTM decoder) at its initial values while pre-training; "
+                  "the rest of the model trains on top of it. Tried against MTM making nearby cells' tokens alike "
+                  "(README, GeoLife). Fine-tuning trains the table as usual."},
+    )
     pack_sequences: str = field(
         default="auto",
         metadata={"help": "Pack several training trajectories into each row of --max_seq_length tokens (attention, "
@@ -237,6 +249,12 @@ class MTMArguments:
                              f"{self.contrastive_positives!r}.")
         if self.contrastive_positives == "user" and self.contrastive_weight == 0:
             raise ValueError("--contrastive_positives user has no effect without the contrastive term: give "
+                             "--contrastive_weight > 0 (e.g. 0.5).")
+        if self.contrastive_views not in CONTRASTIVE_VIEWS:
+            raise ValueError(f"--contrastive_views must be one of {', '.join(CONTRASTIVE_VIEWS)}, got "
+                             f"{self.contrastive_views!r}.")
+        if self.contrastive_views == "pieces" and self.contrastive_weight == 0:
+            raise ValueError("--contrastive_views pieces has no effect without the contrastive term: give "
                              "--contrastive_weight > 0 (e.g. 0.5).")
         if self.contrastive_positives == "user" and self.streaming:
             raise ValueError("--contrastive_positives user pairs each user's trajectories, which needs the whole "
@@ -760,6 +778,9 @@ def pretrain(
         record.save(output_dir)
 
     model = build_model(model_args, mtm_args, tokenizer)
+    if mtm_args.freeze_token_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+        logger.info("The token table stays at its initial values (--freeze_token_embeddings).")
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(f"TrajBert MTM: {model.config.num_hidden_layers} layers, hidden {model.config.hidden_size}, "
                 f"{model.config.num_attention_heads} heads, vocab {model.config.vocab_size}, {n_params / 1e6:.2f}M "
@@ -772,6 +793,7 @@ def pretrain(
     train_collator = DataCollatorForWholeHexagonMasking(tokenizer, seed=training_args.seed, reseed_per_batch=True,
                                                         views=2 if mtm_args.contrastive_weight > 0 else 1,
                                                         positives=mtm_args.contrastive_positives,
+                                                        view_kind=mtm_args.contrastive_views,
                                                         **collator_kwargs)
     eval_collator = DataCollatorForWholeHexagonMasking(tokenizer, seed=training_args.seed, **collator_kwargs)
     resuming = last_checkpoint is not None

@@ -29,6 +29,7 @@ from modeling_trajfm.arguments import parse_arguments  # noqa: E402
 from modeling_trajfm.downstream import TaskConfig  # noqa: E402
 from modeling_trajfm.downstream.probes import DESTINATION, LINKING  # noqa: E402
 from modeling_trajfm.finetuning import load_encoder, load_task_data  # noqa: E402
+from modeling_trajfm.pretraining import parse_pretraining_arguments  # noqa: E402
 
 BASE_ARGS = [*TINY_CORPUS_ARGS, "--heldout_fraction", "0.5", "--split_seed", "0", "--hidden_size", "32",
              "--num_hidden_layers", "1", "--num_attention_heads", "2", "--intermediate_size", "64", "--vocab_size",
@@ -247,5 +248,11 @@ def test_nyc_config_parses():
     base = shlex.split(args.base_args)
     assert args.seeds == [7] and base[base.index("--split_seed") + 1] == "42" and "--save_strategy" in base
     rows = load_rows(args.rows)
-    assert len(rows) == 16 and rows[0].args == [] and rows[8].args == ["--contrastive_weight", "0.5"]
+    assert len(rows) == 18 and rows[0].args == [] and rows[8].args == ["--contrastive_weight", "0.5"]
     assert rows[11].args[-2:] == ["--contrastive_positives", "user"]
+    # Every row is a valid run_mtm.py command line (parsed and checked, not run; the embedded data for NYC's file).
+    data = base.index("--data")
+    assert base[data + 2] == "--reader"
+    local = base[:data] + base[data + 4 :]
+    for row in rows:
+        parse_pretraining_arguments([*local, *row.args, "--output_dir", str(REPO / "unused")])

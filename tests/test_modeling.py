@@ -807,6 +807,65 @@ def test_collator_user_positives_label_rows_by_user():
         DataCollatorForWholeHexagonMasking(FakeTokenizer(), views=2, positives="trajectory")
 
 
+@pytest.mark.parametrize("views", [2, 3])
+def test_collator_pieces_split_each_trajectory_into_disjoint_runs(views):
+    """Each view keeps one run of the trajectory's hexagons (the runs tile it, in order), renumbered from 1, with the
+    first visit's gap reset; nothing is masked here, so every other feature is the original's."""
+    feats = _collator_features(6, seed=4, n_hex=9) + [make_trajectory(torch.Generator().manual_seed(1), views - 1)]
+    collator = DataCollatorForWholeHexagonMasking(FakeTokenizer(), seed=0, views=views, view_kind="pieces",
+                                                  mask_replace_prob=0.0, random_replace_prob=0.0)
+    batch = collator(feats)
+    assert batch["view_ids"].tolist() == [t for t in range(len(feats)) for _ in range(views)]
+    for t, feature in enumerate(feats):
+        n_hexagons = max(feature["hexagon_ids"])
+        hexagon_tokens = {key: [v for v, h in zip(feature[key], feature["hexagon_ids"], strict=True) if h > 0]
+                          for key in ("input_ids", "level_ids", "hour_ids", "hexagon_ids", "gap_ids")}
+        joined = {key: [] for key in hexagon_tokens}
+        offset, starts = 0, set()
+        for row in range(t * views, (t + 1) * views):
+            length = int(batch["attention_mask"][row].sum())
+            assert (batch["attention_mask"][row, length:] == 0).all()
+            assert (batch["input_ids"][row, length:] == PAD).all()
+            ids = batch["input_ids"][row, :length].tolist()
+            assert ids[0] == CLS and ids[-1] == SEP
+            hexagons = batch["hexagon_ids"][row, 1 : length - 1]
+            assert hexagons.min() == 1 and hexagons.unique().tolist() == list(range(1, int(hexagons.max()) + 1))
+            gaps = batch["gap_ids"][row, 1 : length - 1]
+            assert (gaps[hexagons == 1] == 0).all()
+            if n_hexagons < views:  # too short to cut: every view is the whole trajectory
+                assert ids == feature["input_ids"]
+                continue
+            for key in joined:
+                joined[key] += batch[key][row, 1 : length - 1].tolist()
+            joined["hexagon_ids"][-len(hexagons):] = (hexagons + offset).tolist()
+            starts.add(offset + 1)
+            offset += int(hexagons.max())
+        if n_hexagons >= views:
+            expected_gaps = [0 if h in starts else g
+                             for g, h in zip(hexagon_tokens["gap_ids"], hexagon_tokens["hexagon_ids"], strict=True)]
+            assert len(starts) == views and joined.pop("gap_ids") == expected_gaps
+            assert joined == {key: hexagon_tokens[key] for key in joined}
+    labelled = batch["labels"] != -100
+    assert torch.equal(batch["labels"][labelled], batch["input_ids"][labelled])  # labels are the pieces' own tokens
+    assert (labelled.sum(dim=1) > 0).all()  # every piece has a masked hexagon
+
+
+def test_collator_pieces_are_a_function_of_the_batch_and_validated():
+    feats = _collator_features(4, seed=5, n_hex=20)
+    make = lambda seed: DataCollatorForWholeHexagonMasking(FakeTokenizer(), seed=seed, reseed_per_batch=True,  # noqa: E731
+                                                           views=2, view_kind="pieces")
+    first, again = make(0)(feats), make(0)(feats)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    cut_points = {tuple(make(seed)(feats)["attention_mask"].sum(dim=1).tolist()) for seed in range(8)}
+    assert len(cut_points) > 1  # the cut moves around the middle
+    lengths = first["hexagon_ids"].amax(dim=1).view(-1, 2)
+    assert ((lengths >= 5) & (lengths <= 15)).all()  # 20 hexagons cut within a quarter of a piece of the middle
+    with pytest.raises(ValueError, match="one of masked, pieces"):
+        DataCollatorForWholeHexagonMasking(FakeTokenizer(), views=2, view_kind="crops")
+    with pytest.raises(ValueError, match="needs `views` >= 2"):
+        DataCollatorForWholeHexagonMasking(FakeTokenizer(), view_kind="pieces")
+
+
 def test_padding_collator_labels():
     feats = _collator_features(3, seed=2, n_hex=4)
     collator = DataCollatorWithTrajectoryPadding(FakeTokenizer())

@@ -11,7 +11,9 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -298,6 +300,8 @@ def test_torchrun_two_processes_same_format(basic_run, tmp_path):
         (["--contrastive_weight", "0.5", "--pack_sequences", "true"], "drop --pack_sequences true"),
         (["--contrastive_weight", "-1"], "--contrastive_weight must be >= 0"),
         (["--contrastive_positives", "trip"], "--contrastive_positives must be one of views, user"),
+        (["--contrastive_views", "crops"], "--contrastive_views must be one of masked, pieces"),
+        (["--contrastive_views", "pieces", "--contrastive_weight", "0"], "give --contrastive_weight > 0"),
         (["--contrastive_positives", "user", "--contrastive_weight", "0"], "give --contrastive_weight > 0"),
         (["--contrastive_positives", "user", "--streaming", "--max_steps", "2"], "drop --streaming"),
         (["--contrastive_positives", "user", "--per_device_train_batch_size", "3"], "even --per_device_train"),
@@ -375,7 +379,8 @@ def test_contrastive_pretraining(tmp_path, capsys):
     seen = []
     result = run_mtm.main(_args(out, "--max_steps", "2", "--eval_steps", "2", "--contrastive_weight", "0.5",
                                 "--train_sampling_strategy", "random", "--per_device_train_batch_size", "4",
-                                "--logging_steps", "1"), callbacks=[_BatchRows(seen)])
+                                "--logging_steps", "1"),
+                          callbacks=[_TrainingInputs(seen, lambda kw: kw["input_ids"].shape[0])])
     assert "Packing:" not in capsys.readouterr().out  # auto never packs with the contrastive term
     assert seen == [8, 8]
     config = AutoConfig.from_pretrained(out)
@@ -395,7 +400,7 @@ def test_contrastive_pretraining_with_same_user_positives(tmp_path):
     seen: list[list[int]] = []
     run_mtm.main(_args(out, "--max_steps", "3", "--eval_strategy", "no", "--contrastive_weight", "0.5",
                        "--contrastive_positives", "user", "--per_device_train_batch_size", "6"),
-                 callbacks=[_ViewIds(seen)])
+                 callbacks=[_TrainingInputs(seen, _view_ids)])
     assert len(seen) == 3
     for views in seen:
         assert len(views) == 12 and all(count % 4 == 0 for count in np.bincount(views))
@@ -403,30 +408,60 @@ def test_contrastive_pretraining_with_same_user_positives(tmp_path):
     assert "and so are the trajectories of the same user" in card
 
 
-class _ViewIds(TrainerCallback):
-    """Records the contrastive labels (`view_ids`) of every training batch."""
+def test_frozen_token_table_stays_at_its_initial_values(tmp_path):
+    out = tmp_path / "frozen"
+    initial: dict[str, torch.Tensor] = {}
+    run_mtm.main(_args(out, "--max_steps", "2", "--eval_strategy", "no", "--freeze_token_embeddings"),
+                 callbacks=[_InitialWeights(initial)])
+    trained = AutoModelForMaskedLM.from_pretrained(out)
+    assert torch.equal(trained.get_input_embeddings().weight, initial["table"])
+    assert torch.equal(trained.get_output_embeddings().weight, initial["table"])  # the tied decoder with it
+    assert not torch.equal(trained.trajbert.embeddings.position_embeddings.weight, initial["positions"])
+    assert "the token table kept at its initial values" in (out / "README.md").read_text()
 
-    def __init__(self, seen: list[list[int]]):
-        self.seen = seen
+
+class _InitialWeights(TrainerCallback):
+    """Copies the token table and the position embeddings into `initial` as training starts."""
+
+    def __init__(self, initial: dict[str, torch.Tensor]):
+        self.initial = initial
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        seen = self.seen
-        model.register_forward_pre_hook(
-            lambda module, inputs, kw: seen.append(kw["view_ids"].tolist()) if module.training else None,
-            with_kwargs=True)
+        self.initial.update(table=model.get_input_embeddings().weight.detach().clone(),
+                            positions=model.trajbert.embeddings.position_embeddings.weight.detach().clone())
 
 
-class _BatchRows(TrainerCallback):
-    """Records the rows of every training batch the model sees."""
+def test_contrastive_pretraining_with_pieces_as_views(tmp_path):
+    """`--contrastive_views pieces`: a trajectory's two rows hold disjoint runs of its hexagons, numbered from 1."""
+    out = tmp_path / "pieces"
+    seen: list[tuple[list[int], list[int]]] = []
+    run_mtm.main(_args(out, "--max_steps", "2", "--eval_strategy", "no", "--contrastive_weight", "0.5",
+                       "--contrastive_views", "pieces"),
+                 callbacks=[_TrainingInputs(seen, lambda kw: (_view_ids(kw), kw["hexagon_ids"].amax(dim=1).tolist()))])
+    assert len(seen) == 2
+    for views, hexagons in seen:
+        assert views == [v for v in range(len(views) // 2) for _ in range(2)]
+        assert all(n >= 1 for n in hexagons)
+    # Masked copies show a trajectory's every hexagon twice; pieces split them, mostly unevenly.
+    assert any(first != second for _, hexagons in seen for first, second in zip(hexagons[::2], hexagons[1::2]))
+    assert "two disjoint masked pieces of each trajectory are positives" in (out / "README.md").read_text()
 
-    def __init__(self, seen: list[int]):
+
+class _TrainingInputs(TrainerCallback):
+    """Records `read(model keyword inputs)` for every training batch the model sees."""
+
+    def __init__(self, seen: list, read: Callable[[dict[str, torch.Tensor]], Any]):
         self.seen = seen
+        self.read = read
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        seen = self.seen
+        seen, read = self.seen, self.read
         model.register_forward_pre_hook(
-            lambda module, inputs, kw: seen.append(kw["input_ids"].shape[0]) if module.training else None,
-            with_kwargs=True)
+            lambda module, inputs, kw: seen.append(read(kw)) if module.training else None, with_kwargs=True)
+
+
+def _view_ids(kw: dict[str, torch.Tensor]) -> list[int]:
+    return kw["view_ids"].tolist()
 
 
 @pytest.mark.parametrize(("choice", "sampling", "packs"), [("true", "group_by_length", True),
