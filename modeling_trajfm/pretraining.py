@@ -244,18 +244,14 @@ class MTMArguments:
         if self.contrastive_weight < 0 or self.contrastive_temperature <= 0:
             raise ValueError(f"--contrastive_weight must be >= 0 and --contrastive_temperature > 0, got "
                              f"{self.contrastive_weight} and {self.contrastive_temperature}.")
-        if self.contrastive_positives not in CONTRASTIVE_POSITIVES:
-            raise ValueError(f"--contrastive_positives must be one of {', '.join(CONTRASTIVE_POSITIVES)}, got "
-                             f"{self.contrastive_positives!r}.")
-        if self.contrastive_positives == "user" and self.contrastive_weight == 0:
-            raise ValueError("--contrastive_positives user has no effect without the contrastive term: give "
-                             "--contrastive_weight > 0 (e.g. 0.5).")
-        if self.contrastive_views not in CONTRASTIVE_VIEWS:
-            raise ValueError(f"--contrastive_views must be one of {', '.join(CONTRASTIVE_VIEWS)}, got "
-                             f"{self.contrastive_views!r}.")
-        if self.contrastive_views == "pieces" and self.contrastive_weight == 0:
-            raise ValueError("--contrastive_views pieces has no effect without the contrastive term: give "
-                             "--contrastive_weight > 0 (e.g. 0.5).")
+        for name, choices in (("contrastive_positives", CONTRASTIVE_POSITIVES),
+                              ("contrastive_views", CONTRASTIVE_VIEWS)):
+            value = getattr(self, name)
+            if value not in choices:
+                raise ValueError(f"--{name} must be one of {', '.join(choices)}, got {value!r}.")
+            if value != choices[0] and self.contrastive_weight == 0:  # the first choice is the default
+                raise ValueError(f"--{name} {value} has no effect without the contrastive term: give "
+                                 "--contrastive_weight > 0 (e.g. 0.5).")
         if self.contrastive_positives == "user" and self.streaming:
             raise ValueError("--contrastive_positives user pairs each user's trajectories, which needs the whole "
                              "training split: drop --streaming, or use --contrastive_positives views.")
