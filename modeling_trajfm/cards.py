@@ -110,6 +110,7 @@ def build_mtm_card(model: Any, tokenizer: TrajTokenizer, description: CorpusDesc
                        f"{config.num_attention_heads} heads, intermediate {config.intermediate_size}, "
                        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {inputs}"),
         mlm_probability=mtm_args.mlm_probability,
+        mask_span=f" in runs of {mtm_args.mask_span} consecutive hexagons" if mtm_args.mask_span > 1 else "",
         mask_replace_prob=mtm_args.mask_replace_prob,
         random_replace_prob=mtm_args.random_replace_prob,
         keep_prob=round(1 - mtm_args.mask_replace_prob - mtm_args.random_replace_prob, 4),

@@ -106,6 +106,11 @@ class DataCollatorForWholeHexagonMasking:
     Args:
         tokenizer: anything with `pad_token_id`, `mask_token_id`, `all_special_ids` and `__len__`.
         mlm_probability: chance of choosing each hexagon, in (0, 1).
+        mask_span: hexagons are chosen in runs of this many consecutive ones (cut at the trajectory's end): each
+            hexagon starts a run with chance `mlm_probability / mask_span`, so about `mlm_probability` of them are
+            chosen (a little less where runs overlap). With 1, the default, hexagons are chosen one by one. Along a
+            GPS track a lone masked cell lies between its two visible neighbours; a masked run asks which way the
+            trajectory went.
         mask_replace_prob / random_replace_prob: shares of chosen hexagons replaced by `[MASK]` / random tokens.
         pad_to_multiple_of: round the padded length up to a multiple of this.
         seed: seed of a private `torch.Generator` (reproducible masks); `generator` may be passed instead.
@@ -129,6 +134,7 @@ class DataCollatorForWholeHexagonMasking:
 
     tokenizer: Any
     mlm_probability: float = 0.2
+    mask_span: int = 1
     mask_replace_prob: float = 0.8
     random_replace_prob: float = 0.1
     pad_to_multiple_of: int | None = None
@@ -143,6 +149,8 @@ class DataCollatorForWholeHexagonMasking:
     def __post_init__(self) -> None:
         if not 0 < self.mlm_probability < 1:
             raise ValueError(f"`mlm_probability` must be in (0, 1), got {self.mlm_probability}.")
+        if self.mask_span < 1:
+            raise ValueError(f"`mask_span` must be at least 1 (hexagons per masked run), got {self.mask_span}.")
         for name in ("mask_replace_prob", "random_replace_prob"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
@@ -272,14 +280,20 @@ class DataCollatorForWholeHexagonMasking:
         present.scatter_(1, slots, True)
         present.view(batch_size, n_seq, n_hex)[..., 0] = False
 
-        chosen = (self._rand(batch_size, n_slots) < self.mlm_probability) & present
-        # Guarantee one masked hexagon per trajectory that has any: pick a random present one.
+        chosen = (self._rand(batch_size, n_slots) < self.mlm_probability / self.mask_span) & present
+        # Guarantee one masked hexagon (or run) per trajectory that has any: pick a random present one.
         per_trajectory = (batch_size * n_seq, n_hex)
         needs_one = present.view(per_trajectory).any(dim=1) & ~chosen.view(per_trajectory).any(dim=1)
         if needs_one.any():
             scores = self._rand(batch_size, n_slots).masked_fill(~present, -1.0)
             pick = scores.view(per_trajectory).argmax(dim=1)
             chosen.view(per_trajectory)[needs_one, pick[needs_one]] = True
+        if self.mask_span > 1:  # each chosen hexagon starts a run: spread it over the next ones of its trajectory
+            starts = chosen.view(batch_size, n_seq, n_hex)
+            runs = starts.clone()
+            for offset in range(1, min(self.mask_span, n_hex)):
+                runs[..., offset:] |= starts[..., :-offset]
+            chosen = runs.view(batch_size, n_slots) & present
 
         # One action per hexagon, so all its sub-tokens are treated alike.
         action = self._rand(batch_size, n_slots)

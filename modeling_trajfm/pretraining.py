@@ -183,6 +183,12 @@ class MTMArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep at most this many train sequences."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep at most this many eval sequences."})
     mlm_probability: float = field(default=0.2, metadata={"help": "Share of hexagons masked, in (0, 1)."})
+    mask_span: int = field(
+        default=1,
+        metadata={"help": "Mask runs of this many consecutive hexagons (about --mlm_probability of them in all) "
+                  "instead of single ones: along a GPS track a lone masked cell lies between two visible neighbours. "
+                  "Evaluation masks the same way, so perplexities compare only at the same span."},
+    )
     mask_replace_prob: float = field(default=0.8, metadata={"help": "Masked hexagons replaced by [MASK]."})
     random_replace_prob: float = field(default=0.1, metadata={"help": "Masked hexagons replaced by random tokens."})
     contrastive_weight: float = field(
@@ -226,6 +232,8 @@ class MTMArguments:
         if not 0 < self.mlm_probability < 1:
             raise ValueError(f"--mlm_probability must be in (0, 1) (share of hexagons masked), got "
                              f"{self.mlm_probability}.")
+        if self.mask_span < 1:
+            raise ValueError(f"--mask_span must be at least 1 (hexagons per masked run), got {self.mask_span}.")
         for name in ("mask_replace_prob", "random_replace_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"--{name} must be in [0, 1], got {getattr(self, name)}.")
@@ -782,7 +790,8 @@ def pretrain(
                 f"{model.config.num_attention_heads} heads, vocab {model.config.vocab_size}, {n_params / 1e6:.2f}M "
                 "parameters")
 
-    collator_kwargs = {"mlm_probability": mtm_args.mlm_probability, "mask_replace_prob": mtm_args.mask_replace_prob,
+    collator_kwargs = {"mlm_probability": mtm_args.mlm_probability, "mask_span": mtm_args.mask_span,
+                       "mask_replace_prob": mtm_args.mask_replace_prob,
                        "random_replace_prob": mtm_args.random_replace_prob}
     # Training masks are a function of (seed, epoch, batch): a resumed run masks exactly as an uninterrupted one.
     # With the contrastive term each trajectory is masked twice (two views); evaluation stays one view, MTM only.

@@ -763,6 +763,39 @@ def test_collator_masking_statistics(packed):
     assert abs(actions["keep"] / total - 0.1) < 0.03, actions
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_collator_masks_runs_of_hexagons(packed):
+    """`mask_span=L`: chosen hexagons come in runs of at least L (shorter only at a trajectory's end, forced runs
+    included), never across trajectories of a packed row; about 1 - (1 - p/L)^L of them are chosen."""
+    p, span = 0.2, 4
+    collator = DataCollatorForWholeHexagonMasking(FakeTokenizer(), mlm_probability=p, mask_span=span, seed=11)
+    chosen_total = hexes_total = 0
+    run_lengths = Counter()
+    for rep in range(6):
+        for _, _, _, _, labels, hexes in _masked_trajectories(collator, _collator_features(32, seed=rep), packed):
+            n = int(hexes.max())
+            flags = [bool((labels[hexes == h] != -100).any()) for h in range(1, n + 1)]
+            hexes_total += n
+            chosen_total += sum(flags)
+            starts = [h for h in range(n) if flags[h] and (h == 0 or not flags[h - 1])]
+            for start in starts:
+                length = next((k for k in range(start, n) if not flags[k]), n) - start
+                assert length >= span or start + length == n, (flags, start)
+                run_lengths[min(length, span)] += 1
+    assert run_lengths[span] > 0.8 * sum(run_lengths.values()), run_lengths
+    # The forced run of trajectories without one adds to the share (26-30 hexagons: P(no run) is about 0.2).
+    assert 1 - (1 - p / span) ** span < chosen_total / hexes_total < p + 0.03, chosen_total / hexes_total
+    with pytest.raises(ValueError, match="mask_span"):
+        DataCollatorForWholeHexagonMasking(FakeTokenizer(), mask_span=0)
+
+
+def test_collator_span_one_masks_as_before():
+    feats = _collator_features(16, seed=2)
+    default = DataCollatorForWholeHexagonMasking(FakeTokenizer(), seed=3)(feats)
+    spanned = DataCollatorForWholeHexagonMasking(FakeTokenizer(), seed=3, mask_span=1)(feats)
+    assert all(torch.equal(default[k], spanned[k]) for k in default)
+
+
 def test_collator_at_least_one_hexagon_and_reproducible():
     feats = _collator_features(64, seed=5, n_hex=6)  # 2..6 hexagons
     a = DataCollatorForWholeHexagonMasking(FakeTokenizer(), mlm_probability=0.05, seed=7)(feats)

@@ -301,6 +301,7 @@ def test_torchrun_two_processes_same_format(basic_run, tmp_path):
         (["--contrastive_weight", "-1"], "--contrastive_weight must be >= 0"),
         (["--contrastive_positives", "trip"], "--contrastive_positives must be one of views, user"),
         (["--contrastive_views", "crops"], "--contrastive_views must be one of masked, pieces"),
+        (["--mask_span", "0"], "--mask_span must be at least 1"),
         (["--contrastive_views", "pieces", "--contrastive_weight", "0"], "give --contrastive_weight > 0"),
         (["--contrastive_positives", "user", "--contrastive_weight", "0"], "give --contrastive_weight > 0"),
         (["--contrastive_positives", "user", "--streaming", "--max_steps", "2"], "drop --streaming"),
@@ -431,6 +432,17 @@ class _InitialWeights(TrainerCallback):
                             positions=model.trajbert.embeddings.position_embeddings.weight.detach().clone())
 
 
+def test_masked_runs_reach_training_and_the_card(tmp_path):
+    out = tmp_path / "runs"
+    seen: list[list[set[int]]] = []
+    run_mtm.main(_args(out, "--max_steps", "2", "--eval_strategy", "no", "--mask_span", "3"),
+                 callbacks=[_TrainingInputs(seen, _masked_hexagons)])
+    rows = [hexagons for batch in seen for hexagons in batch]
+    # Hexagons masked one by one at 20% rarely make three in a row; runs of three nearly always do.
+    assert sum(any({h + 1, h + 2} <= row for h in row) for row in rows) > 0.8 * len(rows)
+    assert "in runs of 3 consecutive hexagons" in (out / "README.md").read_text()
+
+
 def test_contrastive_pretraining_with_pieces_as_views(tmp_path):
     """`--contrastive_views pieces`: a trajectory's two rows hold disjoint runs of its hexagons, numbered from 1."""
     out = tmp_path / "pieces"
@@ -462,6 +474,11 @@ class _TrainingInputs(TrainerCallback):
 
 def _view_ids(kw: dict[str, torch.Tensor]) -> list[int]:
     return kw["view_ids"].tolist()
+
+
+def _masked_hexagons(kw: dict[str, torch.Tensor]) -> list[set[int]]:
+    return [set(hexagons[labels != -100].tolist()) for hexagons, labels in zip(kw["hexagon_ids"], kw["labels"],
+                                                                                 strict=True)]
 
 
 @pytest.mark.parametrize(("choice", "sampling", "packs"), [("true", "group_by_length", True),
