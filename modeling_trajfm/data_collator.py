@@ -32,6 +32,11 @@ def _as_list(value: Any) -> list:
     return list(value)
 
 
+def _padded_width(longest: int, pad_to_multiple_of: int | None) -> int:
+    """The padded length of a batch whose longest row has `longest` tokens."""
+    return -(-longest // pad_to_multiple_of) * pad_to_multiple_of if pad_to_multiple_of else longest
+
+
 def pad_trajectory_features(
     features: Sequence[Mapping[str, Any]], pad_token_id: int, pad_to_multiple_of: int | None = None
 ) -> dict[str, torch.Tensor]:
@@ -48,9 +53,7 @@ def pad_trajectory_features(
     lengths = [len(ids) for ids in rows["input_ids"]]
     if "attention_mask" not in rows:
         rows["attention_mask"] = [[1] * n for n in lengths]
-    max_len = max(lengths)
-    if pad_to_multiple_of:
-        max_len = -(-max_len // pad_to_multiple_of) * pad_to_multiple_of
+    max_len = _padded_width(max(lengths), pad_to_multiple_of)
 
     batch = {}
     for key, values in rows.items():
@@ -241,9 +244,7 @@ class DataCollatorForWholeHexagonMasking:
         keep = ((hexagon_ids > low) & (hexagon_ids <= high)) | special
         order = torch.argsort((~keep).int(), dim=1, stable=True)
         lengths = keep.sum(dim=1)
-        width = int(lengths.max())
-        if self.pad_to_multiple_of:
-            width = min(-(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of, hexagon_ids.shape[1])
+        width = _padded_width(int(lengths.max()), self.pad_to_multiple_of)  # <= the batch's, padded the same way
         inside = torch.arange(width)[None, :] < lengths[:, None]
         out = {}
         for key, values in batch.items():

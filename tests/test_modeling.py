@@ -893,6 +893,9 @@ def test_collator_pieces_are_a_function_of_the_batch_and_validated():
     assert len(cut_points) > 1  # the cut moves around the middle
     lengths = first["hexagon_ids"].amax(dim=1).view(-1, 2)
     assert ((lengths >= 5) & (lengths <= 15)).all()  # 20 hexagons cut within a quarter of a piece of the middle
+    padded = DataCollatorForWholeHexagonMasking(FakeTokenizer(), seed=0, views=2, view_kind="pieces",
+                                                pad_to_multiple_of=8)(feats)
+    assert padded["input_ids"].shape[1] % 8 == 0 and padded["input_ids"].shape[1] < first["input_ids"].shape[1] + 8
     with pytest.raises(ValueError, match="one of masked, pieces"):
         DataCollatorForWholeHexagonMasking(FakeTokenizer(), views=2, view_kind="crops")
     with pytest.raises(ValueError, match="needs `views` >= 2"):
