@@ -116,7 +116,8 @@ def build_mtm_card(model: Any, tokenizer: TrajTokenizer, description: CorpusDesc
         keep_prob=round(1 - mtm_args.mask_replace_prob - mtm_args.random_replace_prob, 4),
         contrastive=(f"weight {mtm_args.contrastive_weight}, temperature {mtm_args.contrastive_temperature} (two "
                      f"{_VIEWS[mtm_args.contrastive_views]} are positives"
-                     f"{_USER_POSITIVES[mtm_args.contrastive_positives]})"
+                     f"{_USER_POSITIVES[mtm_args.contrastive_positives]}"
+                     f"{_NEARBY_BATCHES if mtm_args.contrastive_batches == 'nearby' else ''})"
                      if mtm_args.contrastive_weight > 0
                      else "none (MTM only)"),
         training_summary=(f"{_epochs(metrics.get('epoch'))} epochs, {_steps(training_args)} "
@@ -124,7 +125,9 @@ def build_mtm_card(model: Any, tokenizer: TrajTokenizer, description: CorpusDesc
                           f"{' packed rows' if packed else ''} x {training_args.world_size} "
                           f"process(es) x {training_args.gradient_accumulation_steps} accumulation, learning rate "
                           f"{training_args.learning_rate}, seed {training_args.seed}"
-                          f"{_FROZEN_TABLE if mtm_args.freeze_token_embeddings else ''}"),
+                          f"{_FROZEN_TABLE if mtm_args.freeze_token_embeddings else ''}"
+                          f"{_VISIBLE_TOKENS % mtm_args.visible_token_weight if mtm_args.visible_token_weight else ''}"
+                          ),
         train_tokens=f"{train_counts.get('tokens'):,}" if train_counts.get("tokens") is not None else "n/a",
         train_sequences=f"{train_counts.get('sequences'):,}" if train_counts.get("sequences") is not None else "n/a",
     )
@@ -132,10 +135,15 @@ def build_mtm_card(model: Any, tokenizer: TrajTokenizer, description: CorpusDesc
 
 #: What the card adds to the training summary with `--freeze_token_embeddings`.
 _FROZEN_TABLE = "; the token table kept at its initial values"
+#: What the card adds to the training summary with `--visible_token_weight`.
+_VISIBLE_TOKENS = "; every visible hexagon token also predicts itself (weight %g)"
 #: What `--contrastive_views` makes the two views of a trajectory.
 _VIEWS = {"masked": "masked views of each trajectory", "pieces": "disjoint masked pieces of each trajectory"}
 #: What `--contrastive_positives` adds to the card's description of the contrastive term.
 _USER_POSITIVES = {"views": "", "user": ", and so are the trajectories of the same user"}
+
+#: What `--contrastive_batches nearby` adds to the card's description of the contrastive term.
+_NEARBY_BATCHES = "; each batch holds trajectories from one district, so the negatives are near one another"
 
 
 def _selection(train_metrics: dict[str, Any], args: Any) -> str:

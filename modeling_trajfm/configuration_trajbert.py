@@ -82,6 +82,10 @@ class TrajBertConfig(PreTrainedConfig):
             views of each trajectory, see `DataCollatorForWholeHexagonMasking(views=2)`): MTM alone makes co-visited
             cells alike and blurs which trajectory is which; the term keeps mean-pooled trajectory embeddings apart.
         contrastive_temperature (`float`, defaults to 0.1): softmax temperature of that term (cosine / temperature).
+        visible_token_weight (`float`, defaults to 0): weight of a term that [`TrajBertForMaskedTrajectoryModeling`]
+            adds in training: every visible (unmasked) hexagon token predicts itself through the MTM head. MTM asks
+            only masked positions for their cell, so the others' states drift towards their surroundings; the term
+            keeps each state, and the token table, specific to its own cell.
 
     Example:
 
@@ -123,6 +127,7 @@ class TrajBertConfig(PreTrainedConfig):
     sparse_prediction: bool = False
     contrastive_weight: float | int = 0.0
     contrastive_temperature: float | int = 0.1
+    visible_token_weight: float | int = 0.0
     # The MTM decoder shares the input word embeddings (like BERT); read by `PreTrainedModel` tying logic.
     tie_word_embeddings: bool = True
     # Encoder only: these keep masking utilities and the generic BERT code paths on the bidirectional branch.
@@ -177,6 +182,8 @@ class TrajBertConfig(PreTrainedConfig):
             raise ValueError(f"`contrastive_weight` must be >= 0 (0: no term), got {self.contrastive_weight}.")
         if self.contrastive_temperature <= 0:
             raise ValueError(f"`contrastive_temperature` must be positive, got {self.contrastive_temperature}.")
+        if self.visible_token_weight < 0:
+            raise ValueError(f"`visible_token_weight` must be >= 0 (0: no term), got {self.visible_token_weight}.")
 
     def validate_classifier_pooling(self) -> None:
         if self.classifier_pooling not in CLASSIFIER_POOLINGS:

@@ -634,10 +634,12 @@ class TrajBertModel(TrajBertPreTrainedModel):
 
 @dataclass
 class TrajBertMaskedTrajectoryModelingOutput(MaskedLMOutput):
-    """`MaskedLMOutput` plus the contrastive term before weighting (`None` when it is off or the batch has no
-    views), so that training can log it beside the loss it is part of."""
+    """`MaskedLMOutput` plus the contrastive and visible-token terms before weighting (`None` when off, or when the
+    batch has no views or the model is not training), so that training can log them beside the loss they are part
+    of."""
 
     contrastive_loss: torch.FloatTensor | None = None
+    visible_token_loss: torch.FloatTensor | None = None
 
 
 class TrajBertForMaskedTrajectoryModeling(TrajBertPreTrainedModel):
@@ -721,6 +723,9 @@ class TrajBertForMaskedTrajectoryModeling(TrajBertPreTrainedModel):
             pooled = hexagon_mean_pool(sequence_output, hexagon_ids)
             contrastive = supervised_contrastive_loss(pooled, view_ids.to(pooled.device),
                                                       self.config.contrastive_temperature)
+        visible_token = None
+        if labels is not None and self.training and self.config.visible_token_weight > 0:
+            visible_token = self._visible_token_loss(sequence_output, input_ids, labels, hexagon_ids)
         if self.config.sparse_prediction and labels is not None:
             labels = labels.to(sequence_output.device)
             labelled = labels != -100
@@ -733,9 +738,12 @@ class TrajBertForMaskedTrajectoryModeling(TrajBertPreTrainedModel):
             loss = ForMaskedLMLoss(
                 prediction_scores, labels, self.config.vocab_size, num_items_in_batch=num_items_in_batch
             )
+            # Under DDP the MTM loss is a share of the global batch's mean; the per-batch terms are scaled alike.
+            share = 1.0 if num_items_in_batch is None else (labels != -100).sum() / num_items_in_batch
             if contrastive is not None:
-                share = 1.0 if num_items_in_batch is None else (labels != -100).sum() / num_items_in_batch
                 loss = loss + self.config.contrastive_weight * contrastive * share
+            if visible_token is not None:
+                loss = loss + self.config.visible_token_weight * visible_token * share
 
         return TrajBertMaskedTrajectoryModelingOutput(
             loss=loss,
@@ -743,7 +751,21 @@ class TrajBertForMaskedTrajectoryModeling(TrajBertPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             contrastive_loss=None if contrastive is None else contrastive.detach(),
+            visible_token_loss=None if visible_token is None else visible_token.detach(),
         )
+
+    def _visible_token_loss(self, sequence_output: torch.Tensor, input_ids: torch.Tensor | None, labels: torch.Tensor,
+                            hexagon_ids: torch.Tensor | None) -> torch.Tensor:
+        """Cross-entropy of the MTM head predicting each visible hexagon token (not masked, not special, not
+        padding: `labels == -100` and `hexagon_ids > 0`) as itself."""
+        if input_ids is None or hexagon_ids is None:
+            raise ValueError("The visible-token term needs `input_ids` and `hexagon_ids` (what "
+                             "DataCollatorForWholeHexagonMasking returns).")
+        visible = (labels.to(sequence_output.device) == -100) & (hexagon_ids.to(sequence_output.device) > 0)
+        if not visible.any():  # every hexagon masked: nothing to predict
+            return sequence_output.new_zeros(())
+        scores = self.cls(sequence_output[visible])
+        return nn.functional.cross_entropy(scores.float(), input_ids.to(sequence_output.device)[visible])
 
 
 class TrajBertForSequenceClassification(TrajBertPreTrainedModel):

@@ -23,7 +23,7 @@ def plot_training_curves(
     log_history: Sequence[dict],
     path: str | Path,
     metric_keys: Sequence[str] = ("eval_hexagon_acc_top1", "eval_hexagon_acc_top5"),
-    loss_keys: Sequence[str] = ("loss", "eval_loss", "contrastive_loss"),
+    loss_keys: Sequence[str] = ("loss", "eval_loss", "contrastive_loss", "visible_token_loss"),
     title: str | None = None,
     loss_label: str = "loss (cross-entropy per sub-token)",
 ) -> Path | None:
@@ -38,7 +38,8 @@ def plot_training_curves(
     import matplotlib.pyplot as plt
 
     labels = {"loss": "train loss", "eval_loss": "validation loss", "test_loss": "test loss",
-              "contrastive_loss": "contrastive term (unweighted)"}
+              "contrastive_loss": "contrastive term (unweighted)",
+              "visible_token_loss": "visible-token term (unweighted)"}
     losses = {key: _series(log_history, key) for key in loss_keys}
     metrics = {key: _series(log_history, key) for key in metric_keys}
     if not any(s for s, _ in losses.values()) and not any(s for s, _ in metrics.values()):

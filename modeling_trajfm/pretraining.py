@@ -163,6 +163,10 @@ class MTMModelArguments:
         check_spelling(self.spelling, "--spelling")
 
 
+#: How `--contrastive_batches` draws training batches (the first is the default).
+CONTRASTIVE_BATCHES = ("random", "nearby")
+
+
 @dataclass
 class MTMArguments:
     """How the corpus is split into users and turned into masked sequences."""
@@ -213,6 +217,19 @@ class MTMArguments:
                   "pieces (two disjoint runs of its hexagons, cut near the middle, each masked: the views share few "
                   "cells, so matching them is not solved by shared tokens, as it is for long GPS trajectories)."},
     )
+    contrastive_batches: str = field(
+        default="random",
+        metadata={"help": "How training batches, and so the contrastive term's negatives, are drawn: random | nearby "
+                  "(trajectories whose most visited cells are neighbours in H3's hierarchy share a batch: the "
+                  "negatives come from one district and cannot be told apart by where they are; no length grouping)."},
+    )
+    visible_token_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of a term beside MTM in which every visible (unmasked) hexagon token predicts "
+                  "itself through the MTM head: MTM asks only masked positions for their cell, so the others' "
+                  "states drift towards their surroundings; this keeps each state, and the token table, specific to "
+                  "its cell. 0: off. Training only: validation perplexity stays MTM's."},
+    )
     freeze_token_embeddings: bool = field(
         default=False,
         metadata={"help": "Keep the token table (and the tied MTM decoder) at its initial values while pre-training; "
@@ -249,11 +266,13 @@ class MTMArguments:
         if self.pack_sequences not in PACKING_CHOICES:
             raise ValueError(f"--pack_sequences must be one of {', '.join(PACKING_CHOICES)}, got "
                              f"{self.pack_sequences!r}.")
+        if self.visible_token_weight < 0:
+            raise ValueError(f"--visible_token_weight must be >= 0 (0: off), got {self.visible_token_weight}.")
         if self.contrastive_weight < 0 or self.contrastive_temperature <= 0:
             raise ValueError(f"--contrastive_weight must be >= 0 and --contrastive_temperature > 0, got "
                              f"{self.contrastive_weight} and {self.contrastive_temperature}.")
         for name, choices in (("contrastive_positives", CONTRASTIVE_POSITIVES),
-                              ("contrastive_views", CONTRASTIVE_VIEWS)):
+                              ("contrastive_views", CONTRASTIVE_VIEWS), ("contrastive_batches", CONTRASTIVE_BATCHES)):
             value = getattr(self, name)
             if value not in choices:
                 raise ValueError(f"--{name} must be one of {', '.join(choices)}, got {value!r}.")
@@ -263,6 +282,9 @@ class MTMArguments:
         if self.contrastive_positives == "user" and self.streaming:
             raise ValueError("--contrastive_positives user pairs each user's trajectories, which needs the whole "
                              "training split: drop --streaming, or use --contrastive_positives views.")
+        if self.contrastive_batches == "nearby" and self.streaming:
+            raise ValueError("--contrastive_batches nearby sorts the training trajectories by place, which needs the "
+                             "whole training split: drop --streaming, or use --contrastive_batches random.")
         if self.contrastive_weight > 0 and self.pack_sequences == "true":
             raise ValueError("--contrastive_weight needs one trajectory per row: drop --pack_sequences true, or "
                              "pass --contrastive_weight 0 (MTM only) to pack.")
@@ -493,6 +515,7 @@ def build_model(model_args: MTMModelArguments, mtm_args: MTMArguments,
         model.config.sparse_prediction = model_args.sparse_prediction
         model.config.contrastive_weight = mtm_args.contrastive_weight
         model.config.contrastive_temperature = mtm_args.contrastive_temperature
+        model.config.visible_token_weight = mtm_args.visible_token_weight
         return model
     config = TrajBertConfig(
         vocab_size=len(tokenizer),
@@ -509,6 +532,7 @@ def build_model(model_args: MTMModelArguments, mtm_args: MTMArguments,
         sparse_prediction=model_args.sparse_prediction,
         contrastive_weight=mtm_args.contrastive_weight,
         contrastive_temperature=mtm_args.contrastive_temperature,
+        visible_token_weight=mtm_args.visible_token_weight,
         max_levels=getattr(tokenizer, "max_levels", 16),
         pad_token_id=tokenizer.pad_token_id,
     )
@@ -821,6 +845,7 @@ def pretrain(
         data_collator=train_collator,
         eval_data_collator=eval_collator,
         eval_mask_seed=training_args.seed,
+        nearby_batches=mtm_args.contrastive_batches == "nearby",
         compute_metrics=compute_mtm_metrics if training_args.do_eval else None,
         preprocess_logits_for_metrics=preprocess_logits_for_mtm_metrics if training_args.do_eval else None,
         callbacks=callbacks,

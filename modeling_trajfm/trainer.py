@@ -16,6 +16,8 @@ from datasets.distributed import split_dataset_by_node
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from tokenization_trajfm import TrajTokenizer
+
 from .data_collator import DataCollatorForWholeHexagonMasking
 from .metrics import perplexity
 from .run_guard import mark_complete
@@ -40,10 +42,15 @@ class BucketedLengthSampler(torch.utils.data.Sampler):
     batch, what the contrastive term's same-user positives need (`--contrastive_positives user`): each epoch every
     user's sequences are shuffled and paired; an odd one out is paired with another of the user's sequences, a user's
     only sequence with itself. `group_lengths=False` keeps the pairs' shuffled order (no length sorting).
+
+    With `places` (one H3 cell per sequence, e.g. `trajectory_places`) batches are made of units whose cells are
+    neighbours in H3 index order, which follows the cell hierarchy, instead of lengths: the contrastive term's
+    negatives then come from one district and cannot be told apart by where they are. Ties are broken at random
+    and batch boundaries move each epoch, so batches change between epochs.
     """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, bucket_batches: int = 50,
-                 users: list | None = None, group_lengths: bool = True):
+                 users: list | None = None, group_lengths: bool = True, places: list[int] | None = None):
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.seed = seed
@@ -58,6 +65,11 @@ class BucketedLengthSampler(torch.utils.data.Sampler):
             if len(users) != len(self.lengths):
                 raise ValueError(f"`users` needs one id per sequence: {len(users)} ids for {len(self.lengths)}.")
             self.user_codes = np.unique(np.asarray(users, dtype=str), return_inverse=True)[1]
+        self.places = None
+        if places is not None:
+            if len(places) != len(self.lengths):
+                raise ValueError(f"`places` needs one cell per sequence: {len(places)} cells for {len(self.lengths)}.")
+            self.places = np.asarray(places, dtype=np.uint64)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -87,11 +99,14 @@ class BucketedLengthSampler(torch.utils.data.Sampler):
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng([self.seed, self.epoch])
         units = self._units(rng)
+        size = units.shape[1]
+        per_batch = max(1, self.batch_size // size)
+        if self.places is not None:
+            yield from self._nearby_order(units, per_batch, rng)
+            return
         if not self.group_lengths:
             yield from units.ravel().tolist()
             return
-        size = units.shape[1]
-        per_batch = max(1, self.batch_size // size)
         per_bucket = max(1, self.bucket // size)
         unit_lengths = self.lengths[units].max(axis=1)
         batches = []
@@ -101,6 +116,30 @@ class BucketedLengthSampler(torch.utils.data.Sampler):
             batches += [bucket[i : i + per_batch] for i in range(0, len(bucket), per_batch)]
         for index in rng.permutation(len(batches)):
             yield from batches[index].ravel().tolist()
+
+    def _nearby_order(self, units: np.ndarray, per_batch: int, rng: np.random.Generator) -> list[int]:
+        """Units sorted by their first sequence's place (random among equal places), cut into batches of
+        `per_batch` units from a random offset, the full batches shuffled; the units left over at both ends come
+        last, so that every batch the DataLoader cuts before them is a run of neighbours."""
+        units = units[np.lexsort((rng.random(len(units)), self.places[units[:, 0]]))]
+        offset = int(rng.integers(per_batch))
+        full = (len(units) - offset) // per_batch
+        batches = units[offset : offset + full * per_batch].reshape(full, per_batch, -1)[rng.permutation(full)]
+        leftover = np.concatenate([units[:offset], units[offset + full * per_batch :]])
+        return np.concatenate([batches.reshape(-1, units.shape[1]), leftover]).ravel().tolist()
+
+
+def trajectory_places(tokenizer: TrajTokenizer, dataset: datasets.Dataset) -> np.ndarray:
+    """The most visited H3 cell of each sequence (by hexagons; the smallest index among equals), decoded from its
+    `input_ids`: where the sequence mostly is, for `BucketedLengthSampler(places=...)`."""
+    ids = dataset.select_columns(["input_ids"]).with_format("arrow")[:]["input_ids"].to_pylist()
+    places = np.zeros(len(ids), dtype=np.uint64)
+    for row, sequence in enumerate(ids):
+        cells, counts = np.unique(np.asarray(tokenizer.decode_cells(sequence, as_int=True), dtype=np.uint64),
+                                  return_counts=True)
+        if cells.size:
+            places[row] = cells[np.argmax(counts)]
+    return places
 
 
 class TrainingStream(torch.utils.data.IterableDataset):
@@ -140,8 +179,8 @@ class _MaskingEpoch(TrainerCallback):
         self.collator.epoch = math.floor(state.epoch + 1e-9)
 
 
-#: Training-log key of the contrastive term (see `MTMTrainer`).
-CONTRASTIVE_LOG_KEY = "contrastive_loss"
+#: Training-log keys of the terms beside MTM, as the model's output names them (see `MTMTrainer`).
+TERM_LOG_KEYS = ("contrastive_loss", "visible_token_loss")
 
 
 class MTMTrainer(Trainer):
@@ -159,16 +198,19 @@ class MTMTrainer(Trainer):
       shard it once more;
     - with a collator of same-user positives (`positives="user"`), training batches are same-user pairs
       (`BucketedLengthSampler(users=...)`) and the `user_id` column reaches the collator;
-    - with the model's contrastive term on, each training log also holds `contrastive_loss`: the term before
-      weighting, averaged over this process's batches since the previous log.
+    - `nearby_batches=True` fills each training batch with sequences from one district
+      (`BucketedLengthSampler(places=trajectory_places(...))`), so the contrastive term's negatives are hard ones;
+    - with the model's contrastive or visible-token term on, each training log also holds `contrastive_loss` /
+      `visible_token_loss`: the term before weighting, averaged over this process's batches since the previous log.
     """
 
     def __init__(self, *args, eval_data_collator: DataCollatorForWholeHexagonMasking | None = None,
-                 eval_mask_seed: int = 0, **kwargs):
+                 eval_mask_seed: int = 0, nearby_batches: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.nearby_batches = nearby_batches
         self.eval_data_collator = eval_data_collator
         self.eval_mask_seed = eval_mask_seed
-        self._contrastive_terms: list[torch.Tensor] = []
+        self._terms: dict[str, list[torch.Tensor]] = {key: [] for key in TERM_LOG_KEYS}
         if getattr(self.data_collator, "reseed_per_batch", False):
             self.add_callback(_MaskingEpoch(self.data_collator))
         self.user_positives = getattr(self.data_collator, "positives", None) == "user"
@@ -187,7 +229,8 @@ class MTMTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = self.train_dataset if train_dataset is None else train_dataset
         grouped = self.args.train_sampling_strategy == "group_by_length"
-        if not isinstance(train_dataset, datasets.Dataset) or not (grouped or self.user_positives):
+        if not isinstance(train_dataset, datasets.Dataset) or not (grouped or self.user_positives
+                                                                   or self.nearby_batches):
             return super()._get_train_sampler(train_dataset)
         users = None
         if self.user_positives:
@@ -195,8 +238,10 @@ class MTMTrainer(Trainer):
                 raise ValueError("Same-user positives need the training sequences' `user_id` column.")
             users = train_dataset.select_columns(["user_id"]).with_format("arrow")[:]["user_id"].to_pylist()
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        places = trajectory_places(self.processing_class, train_dataset) if self.nearby_batches else None
         return BucketedLengthSampler(sequence_lengths(train_dataset).tolist(), batch,
-                                     seed=self.args.data_seed or self.args.seed, users=users, group_lengths=grouped)
+                                     seed=self.args.data_seed or self.args.seed, users=users, group_lengths=grouped,
+                                     places=places)
 
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
         if not isinstance(self.train_dataset, TrainingStream):
@@ -225,17 +270,20 @@ class MTMTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        term = outputs.get("contrastive_loss") if isinstance(outputs, dict) else None
-        if term is not None and model.training:
-            self._contrastive_terms.append(term)
+        if isinstance(outputs, dict) and model.training:
+            for key, terms in self._terms.items():
+                if outputs.get(key) is not None:
+                    terms.append(outputs[key])
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        for key in [k for k in logs if k.endswith("_loss") and k not in ("train_loss", CONTRASTIVE_LOG_KEY)]:
+        for key in [k for k in logs if k.endswith("_loss") and k != "train_loss" and k not in TERM_LOG_KEYS]:
             logs[key[: -len("loss")] + "perplexity"] = perplexity(logs[key])
-        if "loss" in logs and self._contrastive_terms:
-            logs[CONTRASTIVE_LOG_KEY] = round(torch.stack(self._contrastive_terms).mean().item(), 4)
-            self._contrastive_terms.clear()
+        if "loss" in logs:
+            for key, terms in self._terms.items():
+                if terms:
+                    logs[key] = round(torch.stack(terms).mean().item(), 4)
+                    terms.clear()
         super().log(logs, *args, **kwargs)
 
 

@@ -96,6 +96,49 @@ def test_sampler_with_users_yields_same_user_pairs():
         BucketedLengthSampler(lengths, batch_size=7, users=users)
 
 
+
+def test_sampler_with_places_batches_neighbours_in_index_order():
+    """`places`: each batch holds units whose places are neighbours in sorted order (far less spread than random
+    batches), every sequence comes once per epoch, batches change between epochs, and same-user pairs stay pairs."""
+    rng = np.random.default_rng(0)
+    n = 400
+    lengths = rng.integers(3, 100, size=n).tolist()
+    places = rng.integers(0, 50, size=n) * 1_000_000  # 50 districts, 8 sequences each on average
+
+    def spread(order: list[int], size: int) -> float:
+        return float(np.mean([np.ptp(places[order[i:i + size]]) for i in range(0, len(order), size)]))
+
+    sampler = BucketedLengthSampler(lengths, batch_size=8, seed=1, places=places.tolist())
+    order = list(sampler)
+    assert sorted(order) == list(range(n))
+    assert spread(order, 8) < 0.2 * spread(rng.permutation(n).tolist(), 8)
+    assert order == list(BucketedLengthSampler(lengths, batch_size=8, seed=1, places=places.tolist()))
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+    users = [f"u{u}" for u in rng.integers(0, 60, size=n)]
+    paired = list(BucketedLengthSampler(lengths, batch_size=8, seed=1, users=users, places=places.tolist()))
+    assert set(paired) == set(range(n))
+    assert all(users[a] == users[b] for a, b in zip(paired[0::2], paired[1::2], strict=True))
+    with pytest.raises(ValueError, match="one cell per sequence"):
+        BucketedLengthSampler(lengths, batch_size=8, places=places[:-1].tolist())
+
+
+def test_trajectory_places_is_the_most_visited_cell():
+    """The place of a sequence is its most visited cell, decoded from its tokens (the smallest among equals)."""
+    import datasets
+    import h3
+
+    from modeling_trajfm.trainer import trajectory_places
+    from tokenization_trajfm import TrajTokenizer
+
+    a, b, c = sorted(h3.str_to_int(cell) for cell in h3.grid_disk(h3.latlng_to_cell(40.75, -73.99, 8), 1))[:3]
+    tokenizer = TrajTokenizer.train(np.asarray([a, b, c] * 5, dtype=np.uint64), vocab_size=60)
+    cells = [[a, b, b, c], [c, c, a, a], [b]]
+    sequences = datasets.Dataset.from_dict({"input_ids": [tokenizer(cells=trajectory)["input_ids"]
+                                                         for trajectory in cells]})
+    assert trajectory_places(tokenizer, sequences).tolist() == [b, a, b]
+
+
 # ------------------------------------------------------------------------------------------------------ compare
 def _task(entry: str) -> PreparedTask:
     return PreparedTask(entry, "pair", {}, {}, [], info={"n": 1}, baselines={"majority": {"f1": 0.1}})

@@ -310,6 +310,32 @@ def test_contrastive_term_joins_the_mtm_loss_only_with_views():
         tiny_config(contrastive_temperature=0.0)
 
 
+def test_visible_token_term_joins_the_mtm_loss_in_training():
+    """In training, loss = MTM + weight * cross-entropy of every visible hexagon token predicting itself (labelled
+    share under DDP); in eval mode, or at weight 0, it is MTM alone. Dense and sparse prediction agree."""
+    for sparse in (False, True):
+        torch.manual_seed(0)
+        model = TrajBertForMaskedTrajectoryModeling(tiny_config(visible_token_weight=0.7, sparse_prediction=sparse,
+                                                                hidden_dropout_prob=0.0,
+                                                                attention_probs_dropout_prob=0.0))
+        batch = DataCollatorForWholeHexagonMasking(FakeTokenizer(), seed=0)(_collator_features(3, seed=0, n_hex=6))
+        mtm = model.eval()(**batch).loss
+        assert model(**batch).visible_token_loss is None
+        hidden = model.trajbert(**{k: v for k, v in batch.items() if k != "labels"}).last_hidden_state
+        visible = (batch["labels"] == -100) & (batch["hexagon_ids"] > 0)
+        assert 0 < visible.sum() < (batch["attention_mask"] > 0).sum()
+        by_hand = torch.nn.functional.cross_entropy(model.cls(hidden[visible]), batch["input_ids"][visible])
+        out = model.train()(**batch)
+        torch.testing.assert_close(out.visible_token_loss, by_hand)
+        torch.testing.assert_close(out.loss, mtm + 0.7 * by_hand)
+        n_items = (batch["labels"] != -100).sum()
+        torch.testing.assert_close(model(**batch, num_items_in_batch=2 * n_items).loss, (mtm + 0.7 * by_hand) / 2)
+        model.config.visible_token_weight = 0.0
+        torch.testing.assert_close(model(**batch).loss, mtm)
+    with pytest.raises(CONFIG_ERRORS, match="visible_token_weight"):
+        tiny_config(visible_token_weight=-1.0)
+
+
 def test_contrastive_term_separates_trajectories():
     """A few steps on the contrastive term alone pull each trajectory's two views together, apart from the others."""
     torch.manual_seed(0)

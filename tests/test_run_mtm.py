@@ -305,6 +305,10 @@ def test_torchrun_two_processes_same_format(basic_run, tmp_path):
         (["--contrastive_views", "pieces", "--contrastive_weight", "0"], "give --contrastive_weight > 0"),
         (["--contrastive_positives", "user", "--contrastive_weight", "0"], "give --contrastive_weight > 0"),
         (["--contrastive_positives", "user", "--streaming", "--max_steps", "2"], "drop --streaming"),
+        (["--visible_token_weight", "-0.5"], "--visible_token_weight must be >= 0"),
+        (["--contrastive_batches", "district"], "--contrastive_batches must be one of random, nearby"),
+        (["--contrastive_batches", "nearby", "--contrastive_weight", "0"], "give --contrastive_weight > 0"),
+        (["--contrastive_batches", "nearby", "--streaming", "--max_steps", "2"], "--contrastive_batches random"),
         (["--contrastive_positives", "user", "--per_device_train_batch_size", "3"], "even --per_device_train"),
         (["--spelling", "base32"], "Unknown --spelling 'base32': choose one of hex, hierarchy"),
         (["--push_to_hub", "--hub_model_id", "user/x"], "offline mode"),
@@ -409,6 +413,17 @@ def test_contrastive_pretraining_with_same_user_positives(tmp_path):
     assert "and so are the trajectories of the same user" in card
 
 
+def test_visible_token_term_is_trained_and_logged(tmp_path):
+    out = tmp_path / "visible"
+    run_mtm.main(_args(out, "--max_steps", "4", "--logging_steps", "2", "--eval_strategy", "no",
+                       "--visible_token_weight", "0.5"))
+    logged = [entry for entry in json.loads((out / "trainer_state.json").read_text())["log_history"]
+              if "visible_token_loss" in entry]
+    assert len(logged) == 2 and all(0 < entry["visible_token_loss"] < entry["loss"] for entry in logged)
+    assert AutoModelForMaskedLM.from_pretrained(out).config.visible_token_weight == 0.5
+    assert "every visible hexagon token also predicts itself (weight 0.5)" in (out / "README.md").read_text()
+
+
 def test_frozen_token_table_stays_at_its_initial_values(tmp_path):
     out = tmp_path / "frozen"
     initial: dict[str, torch.Tensor] = {}
@@ -459,6 +474,28 @@ def test_contrastive_pretraining_with_pieces_as_views(tmp_path):
     assert "two disjoint masked pieces of each trajectory are positives" in (out / "README.md").read_text()
 
 
+def test_contrastive_pretraining_with_nearby_batches(tmp_path):
+    """`--contrastive_batches nearby`: over one epoch, each training batch holds the trajectories of a run of
+    consecutive places (most visited cells) in H3 index order; only the batch that wraps around may not."""
+    out = tmp_path / "nearby"
+    seen: list[list[list[int]]] = []
+    run_mtm.main(_args(out, "--num_train_epochs", "1", "--eval_strategy", "no", "--contrastive_weight", "0.5",
+                       "--contrastive_batches", "nearby"),
+                 callbacks=[_TrainingInputs(seen, _unmasked_first_views)])
+    tokenizer = AutoTokenizer.from_pretrained(out)
+
+    def place(row: list[int]) -> int:
+        cells, counts = np.unique(tokenizer.decode_cells(row, as_int=True), return_counts=True)
+        return int(cells[np.argmax(counts)])
+
+    batches = [sorted(place(row) for row in batch) for batch in seen]
+    everywhere = sorted(p for batch in batches for p in batch)  # one epoch: every training sequence once
+    assert len(batches) >= 4 and len(everywhere) == json.loads((out / "all_results.json").read_text())["train_samples"]
+    runs = [any(everywhere[i:i + len(b)] == b for i in range(len(everywhere))) for b in batches]
+    assert sum(runs) >= len(batches) - 1
+    assert "each batch holds trajectories from one district" in (out / "README.md").read_text()
+
+
 class _TrainingInputs(TrainerCallback):
     """Records `read(model keyword inputs)` for every training batch the model sees."""
 
@@ -474,6 +511,12 @@ class _TrainingInputs(TrainerCallback):
 
 def _view_ids(kw: dict[str, torch.Tensor]) -> list[int]:
     return kw["view_ids"].tolist()
+
+
+def _unmasked_first_views(kw: dict[str, torch.Tensor]) -> list[list[int]]:
+    """The token ids of each trajectory's first view with its masked tokens restored from the labels."""
+    ids = torch.where(kw["labels"] != -100, kw["labels"], kw["input_ids"])
+    return ids[kw["view_ids"].diff(prepend=torch.tensor([-1])) != 0].tolist()
 
 
 def _masked_hexagons(kw: dict[str, torch.Tensor]) -> list[set[int]]:
