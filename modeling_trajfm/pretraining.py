@@ -279,12 +279,13 @@ class MTMArguments:
             if value != choices[0] and self.contrastive_weight == 0:  # the first choice is the default
                 raise ValueError(f"--{name} {value} has no effect without the contrastive term: give "
                                  "--contrastive_weight > 0 (e.g. 0.5).")
-        if self.contrastive_positives == "user" and self.streaming:
-            raise ValueError("--contrastive_positives user pairs each user's trajectories, which needs the whole "
-                             "training split: drop --streaming, or use --contrastive_positives views.")
-        if self.contrastive_batches == "nearby" and self.streaming:
-            raise ValueError("--contrastive_batches nearby sorts the training trajectories by place, which needs the "
-                             "whole training split: drop --streaming, or use --contrastive_batches random.")
+        for name, value, does, default in (
+            ("contrastive_positives", "user", "pairs each user's trajectories", "views"),
+            ("contrastive_batches", "nearby", "sorts the training trajectories by place", "random"),
+        ):
+            if self.streaming and getattr(self, name) == value:
+                raise ValueError(f"--{name} {value} {does}, which needs the whole training split: drop --streaming, "
+                                 f"or use --{name} {default}.")
         if self.contrastive_weight > 0 and self.pack_sequences == "true":
             raise ValueError("--contrastive_weight needs one trajectory per row: drop --pack_sequences true, or "
                              "pass --contrastive_weight 0 (MTM only) to pack.")

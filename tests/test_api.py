@@ -96,7 +96,6 @@ def test_sampler_with_users_yields_same_user_pairs():
         BucketedLengthSampler(lengths, batch_size=7, users=users)
 
 
-
 def test_sampler_with_places_batches_neighbours_in_index_order():
     """`places`: each batch holds units whose places are neighbours in sorted order (far less spread than random
     batches), every sequence comes once per epoch, batches change between epochs, and same-user pairs stay pairs."""

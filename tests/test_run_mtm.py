@@ -476,7 +476,8 @@ def test_contrastive_pretraining_with_pieces_as_views(tmp_path):
 
 def test_contrastive_pretraining_with_nearby_batches(tmp_path):
     """`--contrastive_batches nearby`: over one epoch, each training batch holds the trajectories of a run of
-    consecutive places (most visited cells) in H3 index order; only the batch that wraps around may not."""
+    consecutive places (most visited cells) in H3 index order; only the epoch's last batch, of the units left over
+    at both ends of that order, may not."""
     out = tmp_path / "nearby"
     seen: list[list[list[int]]] = []
     run_mtm.main(_args(out, "--num_train_epochs", "1", "--eval_strategy", "no", "--contrastive_weight", "0.5",
