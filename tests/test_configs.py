@@ -38,3 +38,16 @@ def test_make_geolife_keeps_the_nyc_recipe():
     assert {k: v for k, v in nyc.items() if k not in paths} == {k: v for k, v in geolife.items() if k not in paths}
     assert geolife["model_name_or_path"] == _config("geolife_pretrain.yaml")["output_dir"]
     assert any("run_finetune.py configs/geolife_compare.yaml" in line for line in _make_recipes())
+
+
+def test_make_nyc_recipe_is_run_mtm_defaults():
+    """The ablation's choices are run_mtm.py's defaults, and `make nyc` names them: a default changed in one place
+    and not the other would make the README's NYC results describe a recipe that `run_mtm.py` no longer runs."""
+    from dataclasses import fields
+
+    from modeling_trajfm.pretraining import MTMArguments, MTMModelArguments
+
+    defaults = {f.name: f.default for cls in (MTMModelArguments, MTMArguments) for f in fields(cls)}
+    recipe = {"vocab_size", "spelling", "contrastive_weight", "visible_token_weight"}
+    nyc = _config("nyc_pretrain.yaml")
+    assert {key: nyc[key] for key in recipe} == {key: defaults[key] for key in recipe}
