@@ -1,7 +1,11 @@
 """The experiment configs of the Makefile's targets: copies of one recipe must not drift apart."""
 
+from dataclasses import fields
+
 import yaml
 from conftest import REPO
+
+from modeling_trajfm.pretraining import MTMArguments, MTMModelArguments
 
 CONFIGS = REPO / "configs"
 
@@ -43,10 +47,6 @@ def test_make_geolife_keeps_the_nyc_recipe():
 def test_make_nyc_recipe_is_run_mtm_defaults():
     """The ablation's choices are run_mtm.py's defaults, and `make nyc` names them: a default changed in one place
     and not the other would make the README's NYC results describe a recipe that `run_mtm.py` no longer runs."""
-    from dataclasses import fields
-
-    from modeling_trajfm.pretraining import MTMArguments, MTMModelArguments
-
     defaults = {f.name: f.default for cls in (MTMModelArguments, MTMArguments) for f in fields(cls)}
     recipe = {"vocab_size", "spelling", "contrastive_weight", "visible_token_weight"}
     nyc = _config("nyc_pretrain.yaml")
