@@ -248,7 +248,7 @@ def test_nyc_config_parses():
     base = shlex.split(args.base_args)
     assert args.seeds == [7] and base[base.index("--split_seed") + 1] == "42" and "--save_strategy" in base
     rows = load_rows(args.rows)
-    assert len(rows) == 24 and rows[0].args == [] and rows[8].args == ["--contrastive_weight", "0.5"]
+    assert len(rows) == 26 and rows[0].args == [] and rows[8].args == ["--contrastive_weight", "0.5"]
     assert rows[11].args[-2:] == ["--contrastive_positives", "user"]
     # Every row is a valid run_mtm.py command line (parsed and checked, not run; the embedded data for NYC's file).
     data = base.index("--data")
