@@ -196,20 +196,21 @@ class MTMArguments:
     mask_replace_prob: float = field(default=0.8, metadata={"help": "Masked hexagons replaced by [MASK]."})
     random_replace_prob: float = field(default=0.1, metadata={"help": "Masked hexagons replaced by random tokens."})
     contrastive_weight: float = field(
-        default=0.5,
+        default=1.0,
         metadata={"help": "Weight of a trajectory-level contrastive term beside MTM: each training trajectory is "
-                  "masked twice, the two views' mean-pooled embeddings are positives and the batch's other "
-                  "trajectories negatives (InfoNCE). MTM alone blurs which trajectory is which; this keeps it "
-                  "(0.5: chosen by the NYC ablation, README). 0: MTM only (the paper). Doubles the rows of a batch; "
-                  "not with packing."},
+                  "masked twice, the two views' mean-pooled embeddings are positives (see --contrastive_positives) "
+                  "and the batch's other trajectories negatives (InfoNCE). MTM alone blurs which trajectory is "
+                  "which; this keeps it (1.0 with same-user positives: chosen on NYC and GeoLife validation data, "
+                  "README). 0: MTM only (the paper). Doubles the rows of a batch; not with packing."},
     )
     contrastive_temperature: float = field(default=0.1, metadata={"help": "Temperature of the contrastive term."})
     contrastive_positives: str = field(
-        default="views",
+        default="user",
         metadata={"help": "What the contrastive term treats as positives: views (the two masked views of each "
                   "trajectory) | user (also the other trajectories of the same user: training batches are made of "
                   "pairs of one user's trajectories, so the term learns what tells users apart; reads the "
-                  "pre-training users' ids, not with --streaming)."},
+                  "pre-training users' ids and needs an even --per_device_train_batch_size; with --streaming the "
+                  "pairs are made within the shuffle buffer)."},
     )
     contrastive_views: str = field(
         default="masked",
@@ -277,19 +278,21 @@ class MTMArguments:
             value = getattr(self, name)
             if value not in choices:
                 raise ValueError(f"--{name} must be one of {', '.join(choices)}, got {value!r}.")
-            if value != choices[0] and self.contrastive_weight == 0:  # the first choice is the default
+            plain = (choices[0], self.__dataclass_fields__[name].default)  # what a run without the term has anyway
+            if value not in plain and self.contrastive_weight == 0:
                 raise ValueError(f"--{name} {value} has no effect without the contrastive term: give "
                                  "--contrastive_weight > 0 (e.g. 0.5).")
-        for name, value, does, default in (
-            ("contrastive_positives", "user", "pairs each user's trajectories", "views"),
-            ("contrastive_batches", "nearby", "sorts the training trajectories by place", "random"),
-        ):
-            if self.streaming and getattr(self, name) == value:
-                raise ValueError(f"--{name} {value} {does}, which needs the whole training split: drop --streaming, "
-                                 f"or use --{name} {default}.")
+        if self.streaming and self.contrastive_batches == "nearby":
+            raise ValueError("--contrastive_batches nearby sorts the training trajectories by place, which needs the "
+                             "whole training split: drop --streaming, or use --contrastive_batches random.")
         if self.contrastive_weight > 0 and self.pack_sequences == "true":
             raise ValueError("--contrastive_weight needs one trajectory per row: drop --pack_sequences true, or "
                              "pass --contrastive_weight 0 (MTM only) to pack.")
+
+
+#: What a run recorded before these arguments existed trained with, where the default has changed since: a resumed
+#: run is compared with these (`RunRecord.differences`), so it is refused rather than changed silently.
+TRAINED_BEFORE_ARGUMENT_EXISTED = {"contrastive_positives": "views", "visible_token_weight": 0.0}
 
 
 @dataclass
@@ -323,7 +326,8 @@ def check_pretraining_arguments(corpus: CorpusConfig, model_args: MTMModelArgume
         check_pretrainable(overridden)
     if mtm_args.streaming and training_args.do_train and training_args.max_steps <= 0:
         raise ValueError("--streaming has no length: give --max_steps N (total optimizer steps).")
-    if mtm_args.contrastive_positives == "user" and training_args.per_device_train_batch_size % 2:
+    if (mtm_args.contrastive_weight > 0 and mtm_args.contrastive_positives == "user"
+            and training_args.per_device_train_batch_size % 2):
         raise ValueError(f"--contrastive_positives user fills batches with pairs of one user's trajectories: give an "
                          f"even --per_device_train_batch_size, not {training_args.per_device_train_batch_size}.")
     if corpus.corpus_dir is not None:
@@ -443,14 +447,13 @@ SEQUENCE_FEATURES = ("input_ids", "attention_mask", *FEATURE_KEYS)
 def corpus_sequences(corpus_dir: str | Path, split: str, streaming: bool, cache_dir: str | None = None
                      ) -> datasets.Dataset | datasets.IterableDataset | None:
     """One split's sequence shards of a corpus folder, None when it has none: memory-mapped and used like sequences
-    tokenized here (with `user_id`), or streamed with the model's columns only (less to read and to collate)."""
+    tokenized here, or streamed; with the model's columns and `user_id` (same-user positives pair by it)."""
     files = sequence_files(corpus_dir, split)
     if not files:
         return None
-    columns = list(SEQUENCE_FEATURES) if streaming else ["user_id", *SEQUENCE_FEATURES]
     dataset = datasets.load_dataset("parquet", data_files={split: files}, split=split, streaming=streaming,
                                     cache_dir=cache_dir)
-    return dataset.select_columns(columns)
+    return dataset.select_columns(["user_id", *SEQUENCE_FEATURES])
 
 
 def _limit(dataset: datasets.Dataset | datasets.IterableDataset, mtm_args: MTMArguments, name: str
@@ -618,7 +621,7 @@ def _guard_output(corpus: CorpusConfig, model_args: MTMModelArguments, mtm_args:
                                       training_args)
     if last_checkpoint is not None:
         defaults = {"corpus": argument_defaults(CorpusConfig), "model": argument_defaults(MTMModelArguments),
-                    "mtm": argument_defaults(MTMArguments)}
+                    "mtm": {**argument_defaults(MTMArguments), **TRAINED_BEFORE_ARGUMENT_EXISTED}}
         check_resume(output_dir, last_checkpoint, record, defaults)
     elif wants_overwrite(training_args) and training_args.process_index == 0:
         remove_checkpoints(output_dir)
@@ -821,9 +824,11 @@ def pretrain(
                        "random_replace_prob": mtm_args.random_replace_prob}
     # Training masks are a function of (seed, epoch, batch): a resumed run masks exactly as an uninterrupted one.
     # With the contrastive term each trajectory is masked twice (two views); evaluation stays one view, MTM only.
+    contrastive = mtm_args.contrastive_weight > 0
+    user_pairs = contrastive and mtm_args.contrastive_positives == "user"
     train_collator = DataCollatorForWholeHexagonMasking(tokenizer, seed=training_args.seed, reseed_per_batch=True,
-                                                        views=2 if mtm_args.contrastive_weight > 0 else 1,
-                                                        positives=mtm_args.contrastive_positives,
+                                                        views=2 if contrastive else 1,
+                                                        positives="user" if user_pairs else "views",
                                                         view_kind=mtm_args.contrastive_views,
                                                         **collator_kwargs)
     eval_collator = DataCollatorForWholeHexagonMasking(tokenizer, seed=training_args.seed, **collator_kwargs)
@@ -833,7 +838,8 @@ def pretrain(
     train_dataset = tokenized.get("train")
     if isinstance(train_dataset, datasets.IterableDataset):
         train_dataset = TrainingStream(train_dataset, training_args.seed, mtm_args.shuffle_buffer_size,
-                                       training_args.process_index, training_args.world_size)
+                                       training_args.process_index, training_args.world_size,
+                                       pair_users=user_pairs)
     packed = isinstance(train_dataset, datasets.Dataset) and _should_pack(train_dataset, mtm_args, training_args)
     if packed:
         train_dataset = _pack(train_dataset, mtm_args, training_args)

@@ -151,12 +151,17 @@ class TrainingStream(torch.utils.data.IterableDataset):
     iterable dataset), however many passes they made. Within a pass the parts are disjoint: whole shards when their
     number is a multiple of the world size (partitions hash users, so they are about equal), else every
     world_size-th sequence of the same seeded order. `MTMTrainer` loads it on each rank as it is.
+
+    `pair_users=True` (the contrastive term's same-user positives) yields pairs of one user's sequences, adjacent, so
+    that every batch of an even size holds whole pairs (see `same_user_pairs`); pairs are made within this rank's part.
     """
 
     def __init__(self, stream: datasets.IterableDataset, seed: int, buffer_size: int, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, pair_users: bool = False):
         stream = stream.shuffle(seed=seed, buffer_size=buffer_size)
         self.part = split_dataset_by_node(stream, rank=rank, world_size=world_size) if world_size > 1 else stream
+        self.pair_users = pair_users
+        self.buffer_size = buffer_size
 
     def __iter__(self) -> Iterator[dict]:
         for number in itertools.count():
@@ -165,8 +170,36 @@ class TrainingStream(torch.utils.data.IterableDataset):
             first = next(examples, None)
             if first is None:  # nothing to repeat
                 return
-            yield first
-            yield from examples
+            examples = itertools.chain([first], examples)
+            yield from same_user_pairs(examples, self.buffer_size) if self.pair_users else examples
+
+
+def same_user_pairs(examples: Iterator[dict], max_waiting: int) -> Iterator[dict]:
+    """Streamed sequences (with `user_id`) → pairs of one user's sequences, each pair's two adjacent: a sequence
+    waits until the next sequence of its user arrives. At most `max_waiting` users wait at a time (memory stays
+    bounded); past that the longest-waiting sequence, like one still waiting at the end, is paired with itself, as
+    `BucketedLengthSampler` pairs a user's only sequence. Nothing is dropped: every sequence comes out once, or twice
+    when paired with itself."""
+    if max_waiting < 1:
+        raise ValueError(f"`max_waiting` must be at least 1, got {max_waiting}.")
+    waiting: dict[str, dict] = {}  # in arrival order: the first waited longest
+    for example in examples:
+        if "user_id" not in example:
+            raise ValueError("Same-user pairs need a `user_id` in every streamed sequence: stream sequences with "
+                             "their users, or use --contrastive_positives views.")
+        partner = waiting.pop(str(example["user_id"]), None)
+        if partner is not None:
+            yield partner
+            yield example
+            continue
+        waiting[str(example["user_id"])] = example
+        if len(waiting) > max_waiting:
+            alone = waiting.pop(next(iter(waiting)))
+            yield alone
+            yield alone
+    for alone in waiting.values():
+        yield alone
+        yield alone
 
 
 class _MaskingEpoch(TrainerCallback):

@@ -8,9 +8,12 @@ import math
 import subprocess
 import sys
 
+import datasets
 import numpy as np
 import pytest
 from conftest import REPO, TINY_CORPUS
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modeling_trajfm import (
     FinetuneTrainingArguments,
@@ -22,7 +25,7 @@ from modeling_trajfm import (
 )
 from modeling_trajfm.downstream import PreparedTask, TaskConfig, report_entries
 from modeling_trajfm.downstream.compare import avg_f1_improvement, compare_report, relative_improvement
-from modeling_trajfm.trainer import BucketedLengthSampler
+from modeling_trajfm.trainer import BucketedLengthSampler, TrainingStream, same_user_pairs
 from tokenization_trajfm import CorpusConfig, CorpusDescription
 
 
@@ -94,6 +97,40 @@ def test_sampler_with_users_yields_same_user_pairs():
         BucketedLengthSampler(lengths, batch_size=8, users=users[:-1])
     with pytest.raises(ValueError, match="even batch size .* got 7"):
         BucketedLengthSampler(lengths, batch_size=7, users=users)
+
+
+@settings(max_examples=200, deadline=None)
+@given(users=st.lists(st.integers(0, 6), max_size=60), max_waiting=st.integers(1, 5))
+def test_streamed_same_user_pairs(users, max_waiting):
+    """Streamed pairing: adjacent same-user pairs, a partner being the next sequence of its user; every sequence comes
+    out once, or twice when paired with itself; at most `max_waiting` sequences wait (one more just read)."""
+    pulled = []
+
+    def examples():
+        for i, u in enumerate(users):
+            pulled.append(i)
+            yield {"user_id": f"u{u}", "index": i}
+
+    out: list[int] = []
+    for example in same_user_pairs(examples(), max_waiting):
+        assert len(pulled) - len(set(out)) <= max_waiting + 1
+        out.append(example["index"])
+    pairs = list(zip(out[0::2], out[1::2], strict=True))
+    assert sorted(set(out)) == list(range(len(users)))
+    assert all(out.count(i) == (2 if (i, i) in pairs else 1) for i in range(len(users)))
+    for a, b in pairs:
+        assert a == b or (a < b and users[a] == users[b] and users[a] not in users[a + 1 : b])
+
+
+def test_training_stream_pairs_users_within_a_rank():
+    stream = datasets.Dataset.from_dict({"user_id": [f"u{i % 5}" for i in range(40)], "index": list(range(40))})
+    stream = stream.to_iterable_dataset(num_shards=4)
+    for rank in range(2):
+        part = TrainingStream(stream, seed=3, buffer_size=8, rank=rank, world_size=2, pair_users=True)
+        first_pass = [row for row, _ in zip(part, range(20), strict=False)]
+        assert all(a["user_id"] == b["user_id"] for a, b in zip(first_pass[0::2], first_pass[1::2], strict=True))
+    with pytest.raises(ValueError, match="need a `user_id`"):
+        list(same_user_pairs(iter([{"index": 0}]), 1))
 
 
 def test_sampler_with_places_batches_neighbours_in_index_order():

@@ -48,6 +48,6 @@ def test_make_nyc_recipe_is_run_mtm_defaults():
     """The ablation's choices are run_mtm.py's defaults, and `make nyc` names them: a default changed in one place
     and not the other would make the README's NYC results describe a recipe that `run_mtm.py` no longer runs."""
     defaults = {f.name: f.default for cls in (MTMModelArguments, MTMArguments) for f in fields(cls)}
-    recipe = {"vocab_size", "spelling", "contrastive_weight", "visible_token_weight"}
+    recipe = {"vocab_size", "spelling", "contrastive_weight", "contrastive_positives", "visible_token_weight"}
     nyc = _config("nyc_pretrain.yaml")
     assert {key: nyc[key] for key in recipe} == {key: defaults[key] for key in recipe}

@@ -173,10 +173,10 @@ def test_corpus_config_loads_every_prepared_trajectory(corpus_dir):
     assert str(corpus_dir) in source
 
 
-def test_streamed_sequences_carry_only_model_columns(corpus_dir):
+def test_streamed_sequences_carry_model_columns_and_users(corpus_dir):
     stream = corpus_sequences(corpus_dir, "train", streaming=True)
-    assert set(next(iter(stream))) == {"input_ids", "attention_mask", "hexagon_ids", "level_ids", "hour_ids",
-                                       "gap_ids"}
+    assert set(next(iter(stream))) == {"user_id", "input_ids", "attention_mask", "hexagon_ids", "level_ids",
+                                       "hour_ids", "gap_ids"}
 
 
 def _port() -> str:

@@ -102,14 +102,16 @@ def test_metrics_and_outputs(basic_run):
     ):
         assert (out / name).is_file(), name
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # The defaults are the NYC ablation's choice (README): the contrastive term at 0.5 and the hierarchy spelling.
-    assert json.loads((out / "config.json").read_text())["contrastive_weight"] == 0.5
+    # The defaults chosen on validation (README): the contrastive term at 1.0 with same-user positives, and the
+    # hierarchy spelling.
+    assert json.loads((out / "config.json").read_text())["contrastive_weight"] == 1.0
     tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
     assert tokenizer_config["spelling"] == "hierarchy"
     assert tokenizer_config["gap_break_minutes"] == CorpusConfig().max_gap_minutes  # gap grid edge on the break
     assert any("contrastive_loss" in entry for entry in state["log_history"])
     card = (out / "README.md").read_text()
     assert "model-index" in card and "perplexity" in card and f"{metrics['eval_perplexity']:.4g}" in card
+    assert "weight 1.0" in card and "and so are the trajectories of the same user" in card
     auto_map = json.loads((out / "config.json").read_text())["auto_map"]
     assert {
         "AutoConfig",
@@ -230,14 +232,16 @@ def test_resume_with_changed_arguments_is_refused(tmp_path):
         run_mtm.main(_args(out, "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no", "--learning_rate",
                            "5e-3", "--vocab_size", "300"))
     assert "model.vocab_size: 150 -> 300" in str(error.value)
-    # A run recorded before an argument existed resumes at that argument's default (it keeps the old behaviour).
+    # A run recorded before an argument existed resumes with what it trained with then; for an argument whose default
+    # changed since (same-user positives), that is not the default, which is refused rather than changing the run.
     record = json.loads((out / "trajfm_run.json").read_text())
-    del record["arguments"]["mtm"]["contrastive_positives"]
+    del record["arguments"]["mtm"]["contrastive_positives"], record["arguments"]["mtm"]["mask_span"]
     (out / "trajfm_run.json").write_text(json.dumps(record))
-    with pytest.raises(ValueError, match=r"mtm.contrastive_positives: None -> 'user'"):
-        run_mtm.main(_args(out, "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no",
-                           "--contrastive_positives", "user"))
-    run_mtm.main(_args(out, "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no"))
+    with pytest.raises(ValueError, match=r"mtm.contrastive_positives: None -> 'user'") as error:
+        run_mtm.main(_args(out, "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no"))
+    assert "mask_span" not in str(error.value)  # added later with the old behaviour as its default
+    run_mtm.main(_args(out, "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no",
+                       "--contrastive_positives", "views"))
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
     # --overwrite_output_dir starts again from scratch and drops the old checkpoints.
     run_mtm.main(_args(out, "--max_steps", "2", "--save_steps", "2", "--eval_strategy", "no",
@@ -303,8 +307,6 @@ def test_torchrun_two_processes_same_format(basic_run, tmp_path):
         (["--contrastive_views", "crops"], "--contrastive_views must be one of masked, pieces"),
         (["--mask_span", "0"], "--mask_span must be at least 1"),
         (["--contrastive_views", "pieces", "--contrastive_weight", "0"], "give --contrastive_weight > 0"),
-        (["--contrastive_positives", "user", "--contrastive_weight", "0"], "give --contrastive_weight > 0"),
-        (["--contrastive_positives", "user", "--streaming", "--max_steps", "2"], "drop --streaming"),
         (["--visible_token_weight", "-0.5"], "--visible_token_weight must be >= 0"),
         (["--contrastive_batches", "district"], "--contrastive_batches must be one of random, nearby"),
         (["--contrastive_batches", "nearby", "--contrastive_weight", "0"], "give --contrastive_weight > 0"),
@@ -339,7 +341,9 @@ def test_continuing_from_a_checkpoint_with_a_pair_match_table_is_refused(tmp_pat
 
 
 def test_streaming_trains_from_an_iterable_dataset(tmp_path):
+    """Streamed with the default same-user positives: every batch is made of pairs of one user's sequences."""
     out = tmp_path / "stream"
+    seen: list[list[int]] = []
     run_mtm.main(
         _args(
             out,
@@ -354,8 +358,12 @@ def test_streaming_trains_from_an_iterable_dataset(tmp_path):
             "2",
             "--shuffle_buffer_size",
             "50",
-        )
+        ),
+        callbacks=[_TrainingInputs(seen, _view_ids)],
     )
+    assert len(seen) == 4
+    for views in seen:  # 8 sequences x 2 views; a user's rows come in fours (a pair, or one sequence twice)
+        assert len(views) == 16 and all(count % 4 == 0 for count in np.bincount(views))
     metrics = json.loads((out / "all_results.json").read_text())
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
     assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
@@ -463,7 +471,7 @@ def test_contrastive_pretraining_with_pieces_as_views(tmp_path):
     out = tmp_path / "pieces"
     seen: list[tuple[list[int], list[int]]] = []
     run_mtm.main(_args(out, "--max_steps", "2", "--eval_strategy", "no", "--contrastive_weight", "0.5",
-                       "--contrastive_views", "pieces"),
+                       "--contrastive_positives", "views", "--contrastive_views", "pieces"),
                  callbacks=[_TrainingInputs(seen, lambda kw: (_view_ids(kw), kw["hexagon_ids"].amax(dim=1).tolist()))])
     assert len(seen) == 2
     for views, hexagons in seen:
@@ -481,7 +489,7 @@ def test_contrastive_pretraining_with_nearby_batches(tmp_path):
     out = tmp_path / "nearby"
     seen: list[list[list[int]]] = []
     run_mtm.main(_args(out, "--num_train_epochs", "1", "--eval_strategy", "no", "--contrastive_weight", "0.5",
-                       "--contrastive_batches", "nearby"),
+                       "--contrastive_positives", "views", "--contrastive_batches", "nearby"),
                  callbacks=[_TrainingInputs(seen, _unmasked_first_views)])
     tokenizer = AutoTokenizer.from_pretrained(out)
 
