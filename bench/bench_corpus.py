@@ -8,12 +8,15 @@
    own child process, on the same GeoLife 15 s file (4.3 M points; a synthetic file of the same size without it).
 3. `ratio spark_vs_prepare` on a smaller synthetic sample (`--spark-points`), Spark `local[2]` against the local
    engine, and `identical: true|false`: both corpus folders hold exactly the same sequences and trajectories.
-4. A short streaming pre-training run from the large corpus folder (`--train-steps`), proving the wiring.
+4. A short streaming pre-training run from the large corpus folder (`--train-steps`), proving the wiring, after one
+   pass of its stream paired by user as same-user positives pair it (`--pair-buffer`): `self_paired_beyond_odd` counts
+   the sequences paired with themselves beyond the one per user with an odd number of sequences (0: every other
+   sequence met its user's next one within the buffer).
 
     python bench/bench_corpus.py [--points 40000000] [--spark-points 2000000] [--workdir /tmp/trajfm-bench-corpus]
 
 Ends with machine-readable lines: `peak_rss_mb`, `ratio prepare_vs_inmemory`, `ratio spark_vs_prepare`,
-`identical`. The work folder (several GB at 40 M points) is removed unless `--keep`.
+`identical`, `self_paired_beyond_odd`. The work folder (several GB at 40 M points) is removed unless `--keep`.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ def run_task(task: str, args: dict) -> dict:
                   "sequences": sum(prepared.description.counts[name]["sequences"] for name in SEQUENCE_SPLITS)}
     elif task == "inmemory":
         result = in_memory(args["data"])
+    elif task == "pairs":
+        result = stream_pairing(args["corpus_dir"], args["buffer_size"])
     elif task == "train":
         result = stream_pretraining(args["corpus_dir"], args["output_dir"], args["steps"])
     else:
@@ -98,6 +103,23 @@ def stream_pretraining(corpus_dir: str, output_dir: str, steps: int) -> dict:
             "eval_perplexity": result.metrics.get("eval_perplexity")}
 
 
+def stream_pairing(corpus_dir: str, buffer_size: int) -> dict:
+    """One pass of the folder's training stream, shuffled and paired by user as `--contrastive_positives user` pairs
+    it while streaming: how many sequences found no partner and were paired with themselves."""
+    from collections import Counter
+
+    from modeling_trajfm.pretraining import corpus_sequences
+    from modeling_trajfm.trainer import TrainingStream, same_user_pairs
+
+    users = TrainingStream(corpus_sequences(corpus_dir, "train", streaming=True).select_columns(["user_id"]),
+                           seed=42, buffer_size=buffer_size).part
+    counts = Counter(row["user_id"] for row in users)
+    paired = list(same_user_pairs(iter(users), buffer_size))
+    alone = sum(first is second for first, second in zip(paired[0::2], paired[1::2], strict=True))
+    return {"sequences": counts.total(), "users": len(counts), "self_paired": alone,
+            "odd_users": sum(count % 2 for count in counts.values())}
+
+
 def same_corpus(a: Path, b: Path) -> bool:
     from tokenization_trajfm.prepare import read_shards
 
@@ -113,6 +135,7 @@ def main() -> None:
     parser.add_argument("--spark-points", type=int, default=2_000_000)
     parser.add_argument("--geolife", default=str(DEFAULT_GEOLIFE))
     parser.add_argument("--train-steps", type=int, default=20, help="0: no pre-training run")
+    parser.add_argument("--pair-buffer", type=int, default=10_000, help="shuffle buffer of the pairing pass")
     parser.add_argument("--workdir", default="/tmp/trajfm-bench-corpus")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -156,6 +179,11 @@ def main() -> None:
         print(f"{args.spark_points:,}-point sample: local engine {local['seconds']:.1f} s, Spark local[2] "
               f"{spark['seconds']:.1f} s (including Spark start-up)", flush=True)
 
+        pairs = child("pairs", corpus_dir=str(work / "corpus"), buffer_size=args.pair_buffer)
+        print(f"streamed same-user pairs (buffer {args.pair_buffer:,}): {pairs['sequences']:,} training sequences of "
+              f"{pairs['users']:,} users, {pairs['self_paired']:,} paired with themselves, {pairs['odd_users']:,} "
+              f"users with an odd number of sequences, {pairs['seconds']:.1f} s", flush=True)
+
         if args.train_steps:
             trained = child("train", corpus_dir=str(work / "corpus"), output_dir=str(work / "mtm"),
                             steps=args.train_steps)
@@ -167,6 +195,7 @@ def main() -> None:
         print(f"ratio prepare_vs_inmemory: {memory['seconds'] / prepared['seconds']:.2f}")
         print(f"ratio spark_vs_prepare: {local['seconds'] / spark['seconds']:.2f}")
         print(f"identical: {str(identical).lower()}")
+        print(f"self_paired_beyond_odd: {pairs['self_paired'] - pairs['odd_users']}")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
