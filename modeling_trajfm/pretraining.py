@@ -281,7 +281,7 @@ class MTMArguments:
             plain = (choices[0], self.__dataclass_fields__[name].default)  # what a run without the term has anyway
             if value not in plain and self.contrastive_weight == 0:
                 raise ValueError(f"--{name} {value} has no effect without the contrastive term: give "
-                                 "--contrastive_weight > 0 (e.g. 0.5).")
+                                 "--contrastive_weight > 0 (e.g. 1.0).")
         if self.streaming and self.contrastive_batches == "nearby":
             raise ValueError("--contrastive_batches nearby sorts the training trajectories by place, which needs the "
                              "whole training split: drop --streaming, or use --contrastive_batches random.")
@@ -292,7 +292,8 @@ class MTMArguments:
 
 #: What a run recorded before these arguments existed trained with, where the default has changed since: a resumed
 #: run is compared with these (`RunRecord.differences`), so it is refused rather than changed silently.
-TRAINED_BEFORE_ARGUMENT_EXISTED = {"contrastive_positives": "views", "visible_token_weight": 0.0}
+TRAINED_BEFORE_ARGUMENT_EXISTED = {"contrastive_weight": 0.0, "contrastive_positives": "views",
+                                   "visible_token_weight": 0.0, "pack_sequences": "true"}
 
 
 @dataclass
@@ -617,6 +618,8 @@ def _guard_output(corpus: CorpusConfig, model_args: MTMModelArguments, mtm_args:
                      resumable=last_checkpoint is not None)
     model_values = {k: v for k, v in asdict(model_args).items() if k != "cache_dir"}
     mtm_values = {k: v for k, v in asdict(mtm_args).items() if k != "preprocessing_num_workers"}
+    if mtm_args.contrastive_weight == 0:  # positives mean nothing without the term: record the plain form
+        mtm_values["contrastive_positives"] = CONTRASTIVE_POSITIVES[0]
     record = RunRecord.from_arguments({"corpus": asdict(corpus), "model": model_values, "mtm": mtm_values},
                                       training_args)
     if last_checkpoint is not None:

@@ -133,18 +133,20 @@ class RunRecord:
 
     def differences(self, other: RunRecord, defaults: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
         """`group.name: recorded -> new` for every argument that differs. An argument this record lacks (added to
-        trajfm after the run) does not differ when the new value is its default in `defaults[group]`: defaults of
-        new arguments keep the old behaviour."""
+        trajfm after the run) counts as `defaults[group][name]`, what the run trained with before it existed."""
         out = []
         defaults = defaults or {}
         for group in sorted(set(self.arguments) | set(other.arguments)):
             old, new = self.arguments.get(group, {}), other.arguments.get(group, {})
+            before = defaults.get(group, {})
             for name in sorted(set(old) | set(new)):
-                added = name not in old and name in defaults.get(group, {})
-                if added and new.get(name) == defaults[group][name]:
-                    continue
-                if old.get(name) != new.get(name):
-                    out.append(f"{group}.{name}: {old.get(name)!r} -> {new.get(name)!r}")
+                if name in old or name not in before:
+                    recorded, shown = old.get(name), repr(old.get(name))
+                else:
+                    recorded = before[name]
+                    shown = f"{recorded!r} (recorded before the argument existed)"
+                if recorded != new.get(name):
+                    out.append(f"{group}.{name}: {shown} -> {new.get(name)!r}")
         return out
 
 
@@ -156,7 +158,7 @@ def argument_defaults(argument_class: type) -> dict[str, Any]:
 def check_resume(output_dir: str | Path, checkpoint: str, new: RunRecord,
                  defaults: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """Refuse to continue `checkpoint` with arguments that change the run, or to re-run a finished run. `defaults`:
-    group → {argument: default}, see `RunRecord.differences`."""
+    group → {argument: value of a run recorded before it existed}, see `RunRecord.differences`."""
     recorded = RunRecord.load(output_dir)
     if recorded is None:
         return

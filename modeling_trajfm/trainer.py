@@ -161,7 +161,7 @@ class TrainingStream(torch.utils.data.IterableDataset):
         stream = stream.shuffle(seed=seed, buffer_size=buffer_size)
         self.part = split_dataset_by_node(stream, rank=rank, world_size=world_size) if world_size > 1 else stream
         self.pair_users = pair_users
-        self.buffer_size = buffer_size
+        self.max_waiting = max(1, buffer_size)  # users whose sequences wait for a partner: as many as are shuffled
 
     def __iter__(self) -> Iterator[dict]:
         for number in itertools.count():
@@ -171,7 +171,7 @@ class TrainingStream(torch.utils.data.IterableDataset):
             if first is None:  # nothing to repeat
                 return
             examples = itertools.chain([first], examples)
-            yield from same_user_pairs(examples, self.buffer_size) if self.pair_users else examples
+            yield from same_user_pairs(examples, self.max_waiting) if self.pair_users else examples
 
 
 def same_user_pairs(examples: Iterator[dict], max_waiting: int) -> Iterator[dict]:

@@ -122,6 +122,15 @@ def test_streamed_same_user_pairs(users, max_waiting):
         assert a == b or (a < b and users[a] == users[b] and users[a] not in users[a + 1 : b])
 
 
+def test_same_user_pairs_need_an_even_batch_only_with_the_contrastive_term(tmp_path):
+    from modeling_trajfm.pretraining import check_pretraining_arguments
+
+    odd = MTMTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=3)
+    check_pretraining_arguments(CorpusConfig(), MTMModelArguments(), MTMArguments(contrastive_weight=0), odd)
+    with pytest.raises(ValueError, match="even --per_device_train_batch_size, not 3"):
+        check_pretraining_arguments(CorpusConfig(), MTMModelArguments(), MTMArguments(), odd)
+
+
 def test_training_stream_pairs_users_within_a_rank():
     stream = datasets.Dataset.from_dict({"user_id": [f"u{i % 5}" for i in range(40)], "index": list(range(40))})
     stream = stream.to_iterable_dataset(num_shards=4)
@@ -131,6 +140,9 @@ def test_training_stream_pairs_users_within_a_rank():
         assert all(a["user_id"] == b["user_id"] for a, b in zip(first_pass[0::2], first_pass[1::2], strict=True))
     with pytest.raises(ValueError, match="need a `user_id`"):
         list(same_user_pairs(iter([{"index": 0}]), 1))
+    # Past max_waiting the longest-waiting sequence is paired with itself (user a's first), not the newest.
+    rows = [{"user_id": user, "index": i} for i, user in enumerate("abcb")]
+    assert [row["index"] for row in same_user_pairs(iter(rows), 2)] == [0, 0, 1, 3, 2, 2]
 
 
 def test_sampler_with_places_batches_neighbours_in_index_order():

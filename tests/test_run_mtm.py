@@ -237,11 +237,22 @@ def test_resume_with_changed_arguments_is_refused(tmp_path):
     record = json.loads((out / "trajfm_run.json").read_text())
     del record["arguments"]["mtm"]["contrastive_positives"], record["arguments"]["mtm"]["mask_span"]
     (out / "trajfm_run.json").write_text(json.dumps(record))
-    with pytest.raises(ValueError, match=r"mtm.contrastive_positives: None -> 'user'") as error:
+    with pytest.raises(ValueError, match=r"mtm.contrastive_positives: 'views' \(recorded before the argument "
+                                         r"existed\) -> 'user'") as error:
         run_mtm.main(_args(out, "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no"))
     assert "mask_span" not in str(error.value)  # added later with the old behaviour as its default
     run_mtm.main(_args(out, "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no",
                        "--contrastive_positives", "views"))
+    # Without the contrastive term positives mean nothing: a run recorded with either resumes with the default.
+    mtm_only = tmp_path / "mtm-only"
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_driver.py"), "after_checkpoint", "2",
+                           *_args(mtm_only, "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no",
+                                  "--contrastive_weight", "0", "--contrastive_positives", "views")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    run_mtm.main(_args(mtm_only, "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no",
+                       "--contrastive_weight", "0"))
+    assert json.loads((mtm_only / "trainer_state.json").read_text())["global_step"] == 4
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
     # --overwrite_output_dir starts again from scratch and drops the old checkpoints.
     run_mtm.main(_args(out, "--max_steps", "2", "--save_steps", "2", "--eval_strategy", "no",
