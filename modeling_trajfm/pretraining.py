@@ -289,6 +289,11 @@ class MTMArguments:
             raise ValueError("--contrastive_weight needs one trajectory per row: drop --pack_sequences true, or "
                              "pass --contrastive_weight 0 (MTM only) to pack.")
 
+    @property
+    def positives_used(self) -> str:
+        """The contrastive term's positives as training uses them: the plain views without the term (weight 0)."""
+        return self.contrastive_positives if self.contrastive_weight > 0 else CONTRASTIVE_POSITIVES[0]
+
 
 #: What a run recorded before these arguments existed trained with, where the default has changed since: a resumed
 #: run is compared with these (`RunRecord.differences`), so it is refused rather than changed silently.
@@ -327,8 +332,7 @@ def check_pretraining_arguments(corpus: CorpusConfig, model_args: MTMModelArgume
         check_pretrainable(overridden)
     if mtm_args.streaming and training_args.do_train and training_args.max_steps <= 0:
         raise ValueError("--streaming has no length: give --max_steps N (total optimizer steps).")
-    if (mtm_args.contrastive_weight > 0 and mtm_args.contrastive_positives == "user"
-            and training_args.per_device_train_batch_size % 2):
+    if mtm_args.positives_used == "user" and training_args.per_device_train_batch_size % 2:
         raise ValueError(f"--contrastive_positives user fills batches with pairs of one user's trajectories: give an "
                          f"even --per_device_train_batch_size, not {training_args.per_device_train_batch_size}.")
     if corpus.corpus_dir is not None:
@@ -618,8 +622,7 @@ def _guard_output(corpus: CorpusConfig, model_args: MTMModelArguments, mtm_args:
                      resumable=last_checkpoint is not None)
     model_values = {k: v for k, v in asdict(model_args).items() if k != "cache_dir"}
     mtm_values = {k: v for k, v in asdict(mtm_args).items() if k != "preprocessing_num_workers"}
-    if mtm_args.contrastive_weight == 0:  # positives mean nothing without the term: record the plain form
-        mtm_values["contrastive_positives"] = CONTRASTIVE_POSITIVES[0]
+    mtm_values["contrastive_positives"] = mtm_args.positives_used  # without the term either value trains the same
     record = RunRecord.from_arguments({"corpus": asdict(corpus), "model": model_values, "mtm": mtm_values},
                                       training_args)
     if last_checkpoint is not None:
@@ -827,11 +830,9 @@ def pretrain(
                        "random_replace_prob": mtm_args.random_replace_prob}
     # Training masks are a function of (seed, epoch, batch): a resumed run masks exactly as an uninterrupted one.
     # With the contrastive term each trajectory is masked twice (two views); evaluation stays one view, MTM only.
-    contrastive = mtm_args.contrastive_weight > 0
-    user_pairs = contrastive and mtm_args.contrastive_positives == "user"
     train_collator = DataCollatorForWholeHexagonMasking(tokenizer, seed=training_args.seed, reseed_per_batch=True,
-                                                        views=2 if contrastive else 1,
-                                                        positives="user" if user_pairs else "views",
+                                                        views=2 if mtm_args.contrastive_weight > 0 else 1,
+                                                        positives=mtm_args.positives_used,
                                                         view_kind=mtm_args.contrastive_views,
                                                         **collator_kwargs)
     eval_collator = DataCollatorForWholeHexagonMasking(tokenizer, seed=training_args.seed, **collator_kwargs)
@@ -842,7 +843,7 @@ def pretrain(
     if isinstance(train_dataset, datasets.IterableDataset):
         train_dataset = TrainingStream(train_dataset, training_args.seed, mtm_args.shuffle_buffer_size,
                                        training_args.process_index, training_args.world_size,
-                                       pair_users=user_pairs)
+                                       pair_users=mtm_args.positives_used == "user")
     packed = isinstance(train_dataset, datasets.Dataset) and _should_pack(train_dataset, mtm_args, training_args)
     if packed:
         train_dataset = _pack(train_dataset, mtm_args, training_args)

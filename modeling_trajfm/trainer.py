@@ -187,12 +187,13 @@ def same_user_pairs(examples: Iterator[dict], max_waiting: int) -> Iterator[dict
         if "user_id" not in example:
             raise ValueError("Same-user pairs need a `user_id` in every streamed sequence: stream sequences with "
                              "their users, or use --contrastive_positives views.")
-        partner = waiting.pop(str(example["user_id"]), None)
+        user = str(example["user_id"])
+        partner = waiting.pop(user, None)
         if partner is not None:
             yield partner
             yield example
             continue
-        waiting[str(example["user_id"])] = example
+        waiting[user] = example
         if len(waiting) > max_waiting:
             alone = waiting.pop(next(iter(waiting)))
             yield alone
