@@ -29,7 +29,7 @@ from typing import Any
 import datasets
 import numpy as np
 import pyarrow as pa
-from transformers import EarlyStoppingCallback, EvalPrediction, TrainerState, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, EvalPrediction, TrainingArguments, set_seed
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from tokenization_trajfm import CorpusConfig, CorpusDescription, PipelineReport, TrajTokenizer, select_users
@@ -52,7 +52,7 @@ from .downstream.builders import (
     task_metrics,
 )
 from .downstream.compare import INITS, compare_markdown, compare_plot, compare_report
-from .downstream.forms import choose_form, embedding_forms
+from .downstream.forms import FORMS, VALIDATION_SCORES_FILE, choose_form, embedding_forms, save_validation_scores
 from .downstream.probes import frozen_probes
 from .hub import check_push_possible, push_checkpoint
 from .modeling_trajbert import (
@@ -395,22 +395,26 @@ def load_encoder(model_path: str, base_config: TrajBertConfig, init: str, seed: 
 
 
 def answer_with_forms(task: PreparedTask, model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer,
-                      classifier: tuple[dict[str, float], np.ndarray], classifier_validation: dict[str, float] | None,
-                      task_config: TaskConfig, batch_size: int, seed: int
+                      classifier: tuple[dict[str, float], np.ndarray], classifier_validation: np.ndarray | None,
+                      task_config: TaskConfig, batch_size: int, seed: int, output_dir: Path | None = None
                       ) -> tuple[dict[str, float], np.ndarray, dict[str, Any]]:
     """The entry's answer: the classifier's test metrics and logits, or (with `answer_form="auto"`) those of the
-    embedding form of `downstream.forms` that beats it on validation (`forms.choose_form`; `classifier_validation`:
-    the validation metrics of the classifier's selected checkpoint). The metrics also hold every
-    form's test metrics (`test_classifier_*`, `test_retrieval_knn_*`, ...); the choice is returned with the
-    validation figures it was made on."""
+    embedding form of `downstream.forms` that `forms.choose_form` picks on validation by `task_config.form_selection`
+    (`classifier_validation`: the validation logits of the classifier's selected checkpoint). The metrics also hold
+    every form's test metrics (`test_classifier_*`, `test_retrieval_knn_*`, ...); the choice is returned with the
+    validation figures it was made on. With `output_dir`, every candidate's validation scores go to
+    `VALIDATION_SCORES_FILE` there, so the choice can be audited and the rules compared (`downstream.form_selection`).
+    """
     metrics, logits = classifier
     steps = task_config.contrastive_steps_for(task.name)
     forms = embedding_forms(model, tokenizer, task, batch_size, steps, seed, task_config.profile_fusion)
     if not forms:
         return metrics, logits, {}
-    form, validation = choose_form(task, classifier_validation, forms)
+    form, validation, shares = choose_form(task, classifier_validation, forms, task_config.form_selection, seed)
     if task_config.answer_form == "classifier":
         form = "classifier"
+    if output_dir is not None and classifier_validation is not None:
+        save_validation_scores(output_dir / VALIDATION_SCORES_FILE, task, classifier_validation, forms)
     scored = {"classifier": {k.removeprefix("test_"): v for k, v in metrics.items()}}
     scored |= {name: task_metrics(task, scores.test) for name, scores in forms.items()}
     out = {f"test_{name}_{key}": value for name, values in scored.items() for key, value in values.items()}
@@ -419,25 +423,16 @@ def answer_with_forms(task: PreparedTask, model: TrajBertPreTrainedModel, tokeni
         out |= {f"test_{key}": value for key, value in scored[form].items()}
     else:
         out |= metrics
-    choice = {"answer_form": form, "validation_by_form": validation, "contrastive_steps": steps}
+    choice = {"answer_form": form, "form_selection": task_config.form_selection, "validation_by_form": validation,
+              "contrastive_steps": steps}
+    if shares:
+        choice["validation_share_beating_classifier"] = shares
     weights = {name: scores.encoder_weight for name, scores in forms.items() if scores.encoder_weight is not None}
     if weights:
         choice["encoder_weights"] = weights  # of every fused form, each chosen on validation
     if form in weights:
         choice["encoder_weight"] = weights[form]
     return out, logits, choice
-
-
-def selected_validation_metrics(state: TrainerState, restored_best: bool) -> dict[str, float] | None:
-    """The validation metrics (without `eval_`) of the model that answers: with `restored_best` (the best checkpoint
-    reloaded at the end), the evaluation logged at `state.best_global_step`; otherwise, or when no best step was
-    recorded (Trainer records one only when it saves), the last evaluation. None when no evaluation ran."""
-    evaluations = [entry for entry in state.log_history if any(key.startswith("eval_") for key in entry)]
-    if restored_best and state.best_global_step is not None:
-        evaluations = [entry for entry in evaluations if entry.get("step") == state.best_global_step] or evaluations
-    if not evaluations:
-        return None
-    return {key.removeprefix("eval_"): value for key, value in evaluations[-1].items() if key.startswith("eval_")}
 
 
 def _transfer_mtm_transform(model: TrajBertForHexagonPrediction, model_path: str) -> None:
@@ -670,11 +665,12 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Finetune
     metrics = {f"test_{k}": v for k, v in task_metrics(task, logits).items()}
     metrics["test_loss"] = prediction.metrics.get("test_loss")
     metrics = {k: v for k, v in metrics.items() if v is not None}
-    best_validation = (selected_validation_metrics(trainer.state, args.load_best_model_at_end)
-                       if validation_dataset is not None else None)
+    validation_logits = None
+    if validation_dataset is not None and task.name in FORMS:  # the selected checkpoint's, for choosing a form
+        validation_logits = _logits(trainer.predict(validation_dataset, metric_key_prefix="validation"))
     metrics, logits, choice = answer_with_forms(task, trainer.model, prepared.tokenizer, (metrics, logits),
-                                                best_validation, prepared.task_config,
-                                                args.per_device_eval_batch_size, args.seed)
+                                                validation_logits, prepared.task_config,
+                                                args.per_device_eval_batch_size, args.seed, output_dir)
     metrics["test_samples"] = len(test_dataset)
     if choice:
         metrics["test_answer_form"] = train_metrics["answer_form"] = choice["answer_form"]

@@ -3,16 +3,17 @@ user's context, the same-inputs comparison and the frozen-encoder probes of the 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
-from transformers import TrainerState
 
 from modeling_trajfm import TrajBertForMaskedTrajectoryModeling
 from modeling_trajfm.downstream import PreparedTask, TaskConfig, build_task
 from modeling_trajfm.downstream import examples as T
 from modeling_trajfm.downstream.baselines import CellProfileKNN, TfidfCells
-from modeling_trajfm.downstream.builders import task_metrics
+from modeling_trajfm.downstream.builders import PRIMARY_METRIC, task_metrics
 from modeling_trajfm.downstream.compare import comparable_baselines, compare_markdown, compare_report
 from modeling_trajfm.downstream.embeddings import (
     contrastive_finetune,
@@ -28,6 +29,8 @@ from modeling_trajfm.downstream.forms import (
     _fused,
     choose_form,
     embedding_forms,
+    primary_by_resample,
+    resample_counts,
     threshold_scores,
     validation_rank,
 )
@@ -39,7 +42,6 @@ from modeling_trajfm.finetuning import (
     load_tokenizer_and_config,
     resolve_corpus,
     resolve_heldout_users,
-    selected_validation_metrics,
 )
 from modeling_trajfm.modeling_trajbert import supervised_contrastive_loss
 from tokenization_trajfm.h3cells import encode_cells
@@ -263,12 +265,65 @@ def test_choose_form_on_validation_only():
     task = _pair_task(True)
     right = FormScores(validation=threshold_scores(np.array([0.9, 0.1]), 0.5), test=np.zeros((2, 2)))
     wrong = FormScores(validation=threshold_scores(np.array([0.1, 0.9]), 0.5), test=np.ones((2, 2)))
-    half, full = {"f1": 0.5, "accuracy": 0.5}, {"f1": 1.0, "accuracy": 1.0}
-    assert choose_form(task, half, {"similarity": right}) == ("similarity", {"classifier": 0.5, "similarity": 1.0})
+    half, full = np.array([[0.0, 1], [0, 1]]), right.validation  # F1 2/3 (both called same-user) and 1
+    assert choose_form(task, half, {"similarity": right}) == ("similarity", {"classifier": 2 / 3, "similarity": 1.0},
+                                                              {})
     assert choose_form(task, half, {"similarity": wrong})[0] == "classifier"
     assert choose_form(task, full, {"similarity": right})[0] == "classifier"  # ties keep the classifier
-    assert choose_form(task, None, {"similarity": FormScores(None, right.test)}) == ("classifier", {})
+    assert choose_form(task, None, {"similarity": FormScores(None, right.test)}) == ("classifier", {}, {})
     assert choose_form(task, None, {"similarity": right})[0] == "similarity"  # no classifier figure: forms compete
+    with pytest.raises(ValueError, match="form selection 'first'"):
+        choose_form(task, half, {"similarity": right}, "first")
+
+
+def _noisy_pairs(n_anchors: int, classifier_errors: int, form_errors: int) -> tuple[PreparedTask, np.ndarray,
+                                                                                   FormScores]:
+    """Validation pairs of `n_anchors` anchor trajectories (one positive and one negative pair each) on which the
+    classifier misses `classifier_errors` positives and the form `form_errors`."""
+    labels = np.tile([1, 0], n_anchors)
+    columns = {"label": labels.tolist(), "traj_id_a": np.repeat(np.arange(n_anchors), 2).tolist()}
+    task = PreparedTask("user_association_binary", "pair", {}, {}, ["other", "same"], validation=columns)
+
+    def scores(errors: int) -> np.ndarray:
+        predicted = labels.copy()
+        predicted[np.flatnonzero(labels == 1)[:errors]] = 0
+        return np.eye(2)[predicted]
+
+    return task, scores(classifier_errors), FormScores(scores(form_errors), np.zeros((1, 2)))
+
+
+def test_significant_selection_needs_a_clear_win():
+    """`best` takes any form ahead on validation; `significant` only one ahead in >= 95% of paired resamples: one
+    pair in 100 anchors is noise, twenty are not."""
+    task, classifier, slightly_better = _noisy_pairs(100, classifier_errors=3, form_errors=2)
+    assert choose_form(task, classifier, {"similarity": slightly_better}, "best")[0] == "similarity"
+    pick, figures, shares = choose_form(task, classifier, {"similarity": slightly_better}, "significant")
+    assert pick == "classifier" and figures["similarity"] > figures["classifier"] and shares["similarity"] < 0.95
+    task, classifier, much_better = _noisy_pairs(100, classifier_errors=20, form_errors=0)
+    pick, _, shares = choose_form(task, classifier, {"similarity": much_better}, "significant")
+    assert pick == "similarity" and shares["similarity"] >= 0.95
+
+
+def test_primary_by_resample_equals_the_task_metrics():
+    """All resamples at once, as `task_metrics` computes each: binary F1, pair accuracy, linking accuracy@1."""
+    rng = np.random.default_rng(0)
+    task, classifier, _ = _noisy_pairs(30, classifier_errors=7, form_errors=0)
+    next_task = dataclasses.replace(task, name="next_subtrajectory")
+    linking = PreparedTask("user_association_linking", "single", {}, {}, list("abcd"),
+                           validation={"label": rng.integers(0, 4, 40).tolist()})
+    for entry, scores in ((task, classifier), (next_task, rng.normal(size=(60, 2))),
+                          (linking, rng.normal(size=(40, 4)))):
+        counts = resample_counts(entry, seed=1, n_resamples=20)
+        assert counts.shape == (20, len(entry.validation["label"]))
+        figures = primary_by_resample(entry, scores, counts)
+        for row, figure in zip(counts, figures):
+            rows = np.repeat(np.arange(len(row)), row)
+            resampled = dataclasses.replace(entry, validation={k: np.asarray(v)[rows] for k, v in
+                                                               entry.validation.items()})
+            assert figure == pytest.approx(task_metrics(resampled, scores[rows], "validation")[
+                PRIMARY_METRIC[entry.name]])
+    pairs_counts = resample_counts(task, seed=1, n_resamples=50)
+    assert (pairs_counts[:, 0::2] == pairs_counts[:, 1::2]).all()  # an anchor's pairs are drawn together
 
 
 def _linking_task() -> PreparedTask:
@@ -286,26 +341,11 @@ def test_linking_choices_break_accuracy_ties_by_mrr():
     assert validation_rank(task, task_metrics(task, second, "validation")) == pytest.approx((2 / 3, 5 / 6))
     assert validation_rank(task, task_metrics(task, third, "validation")) == pytest.approx((2 / 3, 7 / 9))
     forms = {"retrieval_prototype": FormScores(third, third), "retrieval_knn": FormScores(second, second)}
-    assert choose_form(task, {"accuracy@1": 2 / 3, "mrr": 7 / 9}, forms)[0] == "retrieval_knn"
-    assert choose_form(task, {"accuracy@1": 2 / 3, "mrr": 5 / 6}, forms)[0] == "classifier"  # full tie: classifier
+    assert choose_form(task, third, forms)[0] == "retrieval_knn"
+    assert choose_form(task, second, forms)[0] == "classifier"  # full tie: classifier
     by_weight = {0.25: FormScores(second, second, 0.25), 0.5: FormScores(third, third, 0.5),
                  0.75: FormScores(third, third, 0.75)}
     assert _fused(task, by_weight).encoder_weight == 0.25  # MRR decides before the weight does
-
-
-def test_selected_validation_metrics_are_the_answering_models():
-    history = [{"step": 10, "eval_accuracy@1": 0.5, "eval_mrr": 0.6}, {"step": 20, "loss": 1.0},
-               {"step": 20, "eval_accuracy@1": 0.7, "eval_mrr": 0.8, "epoch": 2.0},
-               {"step": 30, "eval_accuracy@1": 0.6, "eval_mrr": 0.65}, {"step": 30, "train_loss": 0.9}]
-    state = TrainerState(best_global_step=20, log_history=history)
-    assert selected_validation_metrics(state, restored_best=True) == {"accuracy@1": 0.7, "mrr": 0.8}
-    # The last model answers when the best checkpoint is not restored, or when no best step was recorded
-    # (`--save_strategy no`): its evaluation is the last one.
-    assert selected_validation_metrics(state, restored_best=False) == {"accuracy@1": 0.6, "mrr": 0.65}
-    unsaved = TrainerState(best_global_step=None, log_history=history)
-    assert selected_validation_metrics(unsaved, restored_best=True) == {"accuracy@1": 0.6, "mrr": 0.65}
-    never_evaluated = TrainerState(best_global_step=None, log_history=[{"step": 5, "loss": 1.0}])
-    assert selected_validation_metrics(never_evaluated, restored_best=True) is None
 
 
 def test_embedding_forms_on_real_tasks(encoder_and_records):

@@ -72,7 +72,8 @@ def test_classification_tasks(checkpoint, tmp_path, task, form, keys):
     from transformers import AutoModelForSequenceClassification
 
     out = tmp_path / "run"
-    _run(checkpoint, out, "--task", task, "--association_form", form)
+    _run(checkpoint, out, "--task", task, "--association_form", form,
+         *(["--form_selection", "significant"] if form == "binary" else []))
     results = _read(out / "all_results.json")
     for key in keys:
         assert _in_unit(results[key]), (key, results)
@@ -90,20 +91,32 @@ def test_classification_tasks(checkpoint, tmp_path, task, form, keys):
     assert ("encoder_weight" in report) == report["answer_form"].endswith("+profile")
     assert set(report["encoder_weights"]) == {f"{name}+profile" for name in encoder_forms}  # each fused form's
     assert set(report["validation_by_form"]) == {"classifier", *form_names}
-    chosen = max(report["validation_by_form"].values())
-    assert report["validation_by_form"][report["answer_form"]] == chosen  # the best on validation answers
+    eligible = ["classifier", *form_names]  # the default, best: the best on validation answers
+    if form == "binary":  # run with --form_selection significant: a form answers only when it clearly wins
+        shares = report["validation_share_beating_classifier"]
+        assert set(shares) == set(form_names) and all(_in_unit(share) for share in shares.values())
+        eligible = ["classifier", *(name for name in form_names if shares[name] >= 0.95)]
+    assert report["form_selection"] == ("significant" if form == "binary" else "best")
+    chosen = max(report["validation_by_form"][name] for name in eligible)
+    assert report["answer_form"] in eligible and report["validation_by_form"][report["answer_form"]] == chosen
+    saved = np.load(out / "validation_scores.npz")  # every candidate's validation scores, to audit the choice
+    assert set(saved.files) == {"label", "group", "classifier", *form_names}
+    assert saved["classifier"].shape == (len(saved["label"]), _n_labels(report))
     for name in ["classifier", *form_names]:
         assert _in_unit(results[f"test_{name}_{keys[0].removeprefix('test_')}"])
     assert results[keys[0]] == results[f"test_{report['answer_form']}_{keys[0].removeprefix('test_')}"]
 
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
-    n_labels = 2 if report["task"].endswith(("binary", "subtrajectory")) else report["split"]["num_users"]
-    assert model.config.num_labels == n_labels
+    assert model.config.num_labels == _n_labels(report)
     tokenizer = TrajTokenizer.from_pretrained(out)
     batch = tokenizer(cells=[_some_cells(checkpoint)], return_tensors="pt")
     again = AutoModelForSequenceClassification.from_pretrained(out).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, again(**batch).logits)
+
+
+def _n_labels(report: dict) -> int:
+    return 2 if report["task"].endswith(("binary", "subtrajectory")) else report["split"]["num_users"]
 
 
 def _synthetic_kwargs():
@@ -127,6 +140,8 @@ def test_answer_form_classifier_keeps_the_classifier(checkpoint, tmp_path):
     assert "test_similarity_f1" in results and not any("+profile" in key for key in results)  # encoder forms only
     with pytest.raises(ValueError, match="Unknown --answer_form 'best'"):
         _run(checkpoint, tmp_path / "bad", "--answer_form", "best")
+    with pytest.raises(ValueError, match="Unknown --form_selection 'auto': choose one of best, significant"):
+        _run(checkpoint, tmp_path / "bad", "--form_selection", "auto")
     with pytest.raises(ValueError, match="--linking_contrastive_steps must be >= 0"):
         _run(checkpoint, tmp_path / "bad", "--linking_contrastive_steps", "-1")
 

@@ -45,6 +45,8 @@ BASELINE_INPUTS = {"majority": "none", "markov": "prefix", "user_most_frequent_c
 
 #: `TaskConfig.answer_form`: choose on validation among the classifier and the embedding forms, or the classifier.
 ANSWER_FORMS = ("auto", "classifier")
+#: `TaskConfig.form_selection`: how validation picks the answering candidate (see `downstream.forms`).
+FORM_SELECTIONS = ("best", "significant")
 
 
 @dataclass
@@ -97,6 +99,12 @@ class TaskConfig:
                           "whichever is best on validation: retrieval for user linking, embedding similarity for "
                           "pair tasks) | classifier."},
     )
+    form_selection: str = field(
+        default="best",
+        metadata={"help": "How --answer_form auto picks on validation: best (the candidate best on validation) | "
+                          "significant (an embedding form replaces the classifier only when it beats it in >= 95% of "
+                          "paired bootstrap resamples of validation; lower on NYC's validation halves, see README)."},
+    )
     profile_fusion: bool = field(
         default=True,
         metadata={"help": "Embedding forms also come fused with the TF-IDF cell-profile cosine (`<form>+profile`, the "
@@ -136,6 +144,9 @@ class TaskConfig:
                 raise ValueError(f"--{name} must be >= 0 (0: off), got {value}.")
         if self.answer_form not in ANSWER_FORMS:
             raise ValueError(f"Unknown --answer_form {self.answer_form!r}: choose one of {', '.join(ANSWER_FORMS)}.")
+        if self.form_selection not in FORM_SELECTIONS:
+            raise ValueError(f"Unknown --form_selection {self.form_selection!r}: choose one of "
+                             f"{', '.join(FORM_SELECTIONS)}.")
 
     def entry(self) -> str:
         """The report entry of `task` (user association with its form)."""

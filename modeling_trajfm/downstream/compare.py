@@ -80,10 +80,12 @@ def avg_f1_improvement(report_tasks: dict[str, dict], entries: Iterable[str], fo
     return relative_improvement(pre, rand)
 
 
-def resampled_metrics(task: PreparedTask, scores: np.ndarray) -> Callable[[np.ndarray], dict[str, float]]:
-    """`f(indices)` → the primary metric and primary F1 of `scores` (test, `(n, n_classes)`) on those test rows,
-    equal to `task_metrics` on all rows; the per-row work (ranks, top-1) is done once, for fast bootstrapping."""
-    labels = np.asarray(task.test["label"])
+def resampled_metrics(task: PreparedTask, scores: np.ndarray, split: str = "test"
+                      ) -> Callable[[np.ndarray], dict[str, float]]:
+    """`f(indices)` → the primary metric and primary F1 of `scores` (`split`, `(n, n_classes)`) on those rows of the
+    split, equal to `task_metrics` on all rows; the per-row work (ranks, top-1) is done once, for fast bootstrapping."""
+    columns = getattr(task, split)
+    labels = np.asarray(columns["label"])
     scores = np.where(np.isnan(scores), -np.inf, np.asarray(scores, dtype=np.float64))
     top1 = scores.argmax(axis=1) if len(labels) else np.empty(0, dtype=np.int64)
     if task.kind == "pair":
@@ -91,17 +93,20 @@ def resampled_metrics(task: PreparedTask, scores: np.ndarray) -> Callable[[np.nd
     ranks = true_class_ranks(scores, labels)
     if task.kind == "hexagon":
         top1 = np.asarray(task.candidates, dtype=np.uint64)[top1]
-        truth = np.asarray(task.test["destination"], dtype=np.uint64)
+        truth = np.asarray(columns["destination"], dtype=np.uint64)
     else:
         truth = labels
     return lambda rows: {"accuracy@1": float((ranks[rows] <= 1).mean()) if rows.size else 0.0,
                          "macro_f1": macro_f1(top1[rows], truth[rows])}
 
 
-def resample_test_rows(task: PreparedTask, n_resamples: int, seed: int | list[int]) -> list[np.ndarray]:
-    """The bootstrap resamples of a task's test rows: pair tasks resample anchor trajectories with all their pairs."""
-    groups = task.test.get("traj_id_a") if task.kind == "pair" else None
-    return bootstrap_resamples(len(task.test["label"]), n_resamples, seed, groups)
+def resample_rows(task: PreparedTask, n_resamples: int, seed: int | list[int], split: str = "test"
+                  ) -> list[np.ndarray]:
+    """The bootstrap resamples of a task's rows of `split`: pair tasks resample anchor trajectories with all their
+    pairs."""
+    columns = getattr(task, split)
+    groups = columns.get("traj_id_a") if task.kind == "pair" else None
+    return bootstrap_resamples(len(columns["label"]), n_resamples, seed, groups)
 
 
 def _bootstrap(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTask],
@@ -116,7 +121,7 @@ def _bootstrap(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTas
     classifier_logits = classifier_logits or {}
     for index, entry in enumerate(results):
         task = tasks[entry]
-        resamples = resample_test_rows(task, n_resamples, [seed, index])
+        resamples = resample_rows(task, n_resamples, [seed, index])
         scorers = {init: logits[entry][init] for init in INITS} | task.baseline_scores
         scorers |= {(init, "classifier"): scores for init, scores in classifier_logits.get(entry, {}).items()}
         metrics = sorted({PRIMARY_METRIC[entry], PRIMARY_F1[entry]})

@@ -21,6 +21,13 @@ baselines are: validation on training examples, test on training + validation. L
 
 Choices on validation (a fused form's weight, the answering form) rank candidates by the entry's primary metric, ties
 broken by `TIE_BREAK_METRIC` where the entry has one (user linking: MRR), then as each choice says.
+
+Which candidate answers (`choose_form`) follows `TaskConfig.form_selection`. `best`: the one ranked first. Validation
+sets hold 100-200 examples, so with several candidates the first is often first by noise. `significant`: a form
+replaces the classifier only when it beats the classifier's primary metric in at least `SIGNIFICANCE` of paired
+bootstrap resamples of the validation rows (pair entries: anchor trajectories with all their pairs); among the forms
+that do, the one ranked first. `downstream.form_selection` measures both rules on held-out halves of validation; on
+NYC's `best` scored higher (README, "Which candidate answers"), so it is the default.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -35,10 +43,12 @@ from tokenization_trajfm import TrajTokenizer
 
 from ..modeling_trajbert import TrajBertPreTrainedModel
 from . import baselines as bl
-from .builders import PRIMARY_METRIC, PreparedTask, task_metrics
+from .builders import FORM_SELECTIONS, PRIMARY_METRIC, PreparedTask, task_metrics
+from .compare import resample_rows
 from .embeddings import contrastive_finetune, embed_trajectories, retrieval_scores, row_cosines
-from .metrics import f1_threshold
+from .metrics import f1_threshold, true_class_ranks
 from .probes import LINKING, PROBE_SETTINGS
+from .stats import N_RESAMPLES
 
 #: The embedding forms of each entry that has any.
 FORMS = {LINKING: ("retrieval_prototype", "retrieval_knn"),
@@ -52,6 +62,10 @@ PROFILE_SUFFIX = "+profile"
 #: reciprocal rank still tells them apart. On NYC validation (3 splits × 2 inits, forms chosen on one random half of
 #: the queries and scored on the other, 300 halvings) it lifted the chosen form's accuracy@1 from 0.901 to 0.908.
 TIE_BREAK_METRIC = {LINKING: "mrr"}
+#: `significant`: the share of paired validation resamples in which a form must beat the classifier to replace it.
+SIGNIFICANCE = 0.95
+#: Each candidate's validation scores, saved beside a fine-tuned entry's task report (`save_validation_scores`).
+VALIDATION_SCORES_FILE = "validation_scores.npz"
 
 
 @dataclass
@@ -221,18 +235,64 @@ def embedding_forms(model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, ta
     return forms(embed, task, profile_fusion)
 
 
-def choose_form(task: PreparedTask, classifier_validation: dict[str, float] | None, forms: dict[str, FormScores]
-                ) -> tuple[str, dict[str, float]]:
-    """The form best on validation (`validation_rank`; the classifier's metrics are those of its selected checkpoint;
-    remaining ties: the classifier, then the first form), and every candidate's validation primary metric. Without
-    validation data the classifier is kept."""
-    ranks = {"classifier": validation_rank(task, classifier_validation)} if classifier_validation else {}
-    for name, scores in forms.items():
-        if scores.validation is not None:
-            ranks[name] = validation_rank(task, task_metrics(task, scores.validation, "validation"))
-    best = max(ranks, key=lambda name: (*ranks[name], name == "classifier"), default="classifier")
-    return best, {name: rank[0] for name, rank in ranks.items()}
+def resample_counts(task: PreparedTask, seed: int, n_resamples: int = N_RESAMPLES) -> np.ndarray:
+    """`(n_resamples, n)` counts: how often each bootstrap resample of the validation rows (`compare.resample_rows`)
+    draws each row."""
+    n = len(task.validation.get("label", []))
+    return np.stack([np.bincount(rows, minlength=n) for rows in resample_rows(task, n_resamples, seed, "validation")])
 
 
-__all__ = ["ENCODER_WEIGHTS", "FORMS", "PROFILE_SUFFIX", "TIE_BREAK_METRIC", "FormScores", "choose_form",
-           "embedding_forms", "threshold_scores", "validation_rank"]
+def primary_by_resample(task: PreparedTask, scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The entry's primary metric (accuracy, accuracy@1 or binary F1) of validation `scores` on each resample of
+    `counts` (`resample_counts`), all at once; a row of ones gives `task_metrics`' figure."""
+    labels = np.asarray(task.validation["label"])
+    if task.kind == "pair":
+        predicted = np.asarray(scores).argmax(axis=1)
+        if PRIMARY_METRIC[task.name] == "f1":
+            tp, fp, fn = (counts @ ((predicted == p) & (labels == t)) for p, t in ((1, 1), (1, 0), (0, 1)))
+            return np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+        correct = predicted == labels
+    elif task.kind == "single":
+        correct = true_class_ranks(scores, labels) <= 1
+    else:
+        raise ValueError(f"{task.name}: no embedding forms, so no form selection.")
+    return counts @ correct / np.maximum(counts.sum(axis=1), 1)
+
+
+def choose_form(task: PreparedTask, classifier: np.ndarray | None, forms: dict[str, FormScores],
+                selection: str = "best", seed: int = 0) -> tuple[str, dict[str, float], dict[str, float]]:
+    """The answering candidate by `selection` (module docstring; `classifier`: the validation logits of the
+    classifier's selected checkpoint; remaining ties: the classifier, then the first form). Returns it, every
+    candidate's validation primary metric and, with `significant`, each form's share of resamples that beat the
+    classifier. Without validation data the classifier is kept."""
+    if selection not in FORM_SELECTIONS:
+        raise ValueError(f"Unknown form selection {selection!r}: choose one of {', '.join(FORM_SELECTIONS)}.")
+    candidates = {"classifier": classifier} if classifier is not None else {}
+    candidates |= {name: scores.validation for name, scores in forms.items() if scores.validation is not None}
+    ranks = {name: validation_rank(task, task_metrics(task, scores, "validation"))
+             for name, scores in candidates.items()}
+    shares = {}
+    if selection == "significant" and classifier is not None:
+        counts = resample_counts(task, seed)
+        incumbent = primary_by_resample(task, classifier, counts)
+        shares = {name: float((primary_by_resample(task, scores, counts) > incumbent).mean())
+                  for name, scores in candidates.items() if name != "classifier"}
+    eligible = [name for name in ranks if shares.get(name, 1.0) >= SIGNIFICANCE]
+    best = max(eligible, key=lambda name: (*ranks[name], name == "classifier"), default="classifier")
+    return best, {name: rank[0] for name, rank in ranks.items()}, shares
+
+
+def save_validation_scores(path: Path, task: PreparedTask, classifier: np.ndarray, forms: dict[str, FormScores]
+                           ) -> None:
+    """Write the labels, the groups the bootstrap resamples (pair entries: anchor trajectories; else one per row) and
+    the validation scores of the classifier and of each form of `task` to `path`."""
+    labels = np.asarray(task.validation["label"])
+    groups = task.validation.get("traj_id_a") if task.kind == "pair" else None
+    scores = {name: form.validation for name, form in forms.items() if form.validation is not None}
+    np.savez(path, label=labels, group=np.arange(len(labels)) if groups is None else np.asarray(groups),
+             classifier=classifier, **scores)
+
+
+__all__ = ["ENCODER_WEIGHTS", "FORMS", "FORM_SELECTIONS", "PROFILE_SUFFIX", "SIGNIFICANCE", "TIE_BREAK_METRIC",
+           "FormScores", "choose_form", "embedding_forms", "primary_by_resample", "resample_counts",
+           "threshold_scores", "validation_rank"]
