@@ -186,24 +186,33 @@ def _port() -> str:
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed")
-def test_two_ranks_train_on_their_own_parts(corpus_dir, tmp_path):
+@pytest.mark.parametrize("positives", [("--contrastive_weight", "0"), ()], ids=["mtm-only", "same-user-pairs"])
+def test_two_ranks_train_on_their_own_parts(corpus_dir, tmp_path, positives):
     """torchrun, 2 CPU ranks, streaming: each rank's loader is its own (not accelerate's rank-0 dispatcher) and trains
-    on exactly its `TrainingStream`, in order: nothing dispatched from rank 0, nothing sharded twice."""
+    on exactly its `TrainingStream`, in order: nothing dispatched from rank 0, nothing sharded twice. With the
+    contrastive term's same-user positives (the default) each rank pairs its own part: adjacent trajectories of one
+    user, each masked twice (two adjacent rows)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     steps, batch = 3, 8
     cmd = [TORCHRUN, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", _port(),
            str(REPO / "tests" / "rank_batches_driver.py"), str(tmp_path),
            *_args(corpus_dir, tmp_path / "ddp", *STREAM, "--max_steps", str(steps), "--eval_strategy", "no",
                   "--do_eval", "false", "--save_strategy", "no", "--ddp_find_unused_parameters", "false",
-                  "--contrastive_weight", "0")]  # one row per trajectory, as the stream yields them
+                  *positives)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     stream = corpus_sequences(corpus_dir, "train", streaming=True)
     for rank in range(2):
         seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert seen["loader"] == "DataLoaderShard"
-        part = TrainingStream(stream, seed=42, buffer_size=50, rank=rank, world_size=2)
-        assert seen["sequences"] == [row["input_ids"] for row in itertools.islice(part, steps * batch)]
+        part = TrainingStream(stream, seed=42, buffer_size=50, rank=rank, world_size=2, pair_users=not positives)
+        expected = list(itertools.islice(part, steps * batch))
+        views = 1 if positives else 2
+        assert seen["sequences"] == [row["input_ids"] for row in expected for _ in range(views)]
+        if not positives:
+            pairs = list(zip(expected[0::2], expected[1::2]))
+            assert all(a["user_id"] == b["user_id"] for a, b in pairs)
+            assert any(a["input_ids"] != b["input_ids"] for a, b in pairs)  # real pairs, not only self-pairs
 
 
 @pytest.mark.parametrize(
