@@ -423,10 +423,11 @@ def answer_with_forms(task: PreparedTask, model: TrajBertPreTrainedModel, tokeni
         out |= {f"test_{key}": value for key, value in scored[form].items()}
     else:
         out |= metrics
-    choice = {"answer_form": form, "form_selection": task_config.form_selection, "validation_by_form": validation,
-              "contrastive_steps": steps}
-    if shares:
-        choice["validation_share_beating_classifier"] = shares
+    choice = {"answer_form": form, "validation_by_form": validation, "contrastive_steps": steps}
+    if task_config.answer_form == "auto":  # the rule that picked the answer
+        choice["form_selection"] = task_config.form_selection
+        if shares:
+            choice["validation_share_beating_classifier"] = shares
     weights = {name: scores.encoder_weight for name, scores in forms.items() if scores.encoder_weight is not None}
     if weights:
         choice["encoder_weights"] = weights  # of every fused form, each chosen on validation
@@ -670,7 +671,8 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Finetune
         validation_logits = _logits(trainer.predict(validation_dataset, metric_key_prefix="validation"))
     metrics, logits, choice = answer_with_forms(task, trainer.model, prepared.tokenizer, (metrics, logits),
                                                 validation_logits, prepared.task_config,
-                                                args.per_device_eval_batch_size, args.seed, output_dir)
+                                                args.per_device_eval_batch_size, args.seed,
+                                                output_dir if trainer.is_world_process_zero() else None)
     metrics["test_samples"] = len(test_dataset)
     if choice:
         metrics["test_answer_form"] = train_metrics["answer_form"] = choice["answer_form"]

@@ -99,9 +99,9 @@ def test_classification_tasks(checkpoint, tmp_path, task, form, keys):
     assert report["form_selection"] == ("significant" if form == "binary" else "best")
     chosen = max(report["validation_by_form"][name] for name in eligible)
     assert report["answer_form"] in eligible and report["validation_by_form"][report["answer_form"]] == chosen
-    saved = np.load(out / "validation_scores.npz")  # every candidate's validation scores, to audit the choice
-    assert set(saved.files) == {"label", "group", "classifier", *form_names}
-    assert saved["classifier"].shape == (len(saved["label"]), _n_labels(report))
+    with np.load(out / "validation_scores.npz") as saved:  # every candidate's validation scores, to audit the choice
+        assert set(saved.files) == {"label", "group", "classifier", *form_names}
+        assert saved["classifier"].shape == (len(saved["label"]), _n_labels(report))
     for name in ["classifier", *form_names]:
         assert _in_unit(results[f"test_{name}_{keys[0].removeprefix('test_')}"])
     assert results[keys[0]] == results[f"test_{report['answer_form']}_{keys[0].removeprefix('test_')}"]
@@ -137,6 +137,7 @@ def test_answer_form_classifier_keeps_the_classifier(checkpoint, tmp_path):
          "--profile_fusion", "false")
     results = _read(out / "all_results.json")
     assert results["answer_form"] == "classifier" and results["test_f1"] == results["test_classifier_f1"]
+    assert "form_selection" not in _read(out / "task_report.json")  # no rule picked the answer
     assert "test_similarity_f1" in results and not any("+profile" in key for key in results)  # encoder forms only
     with pytest.raises(ValueError, match="Unknown --answer_form 'best'"):
         _run(checkpoint, tmp_path / "bad", "--answer_form", "best")

@@ -96,8 +96,8 @@ class TaskConfig:
     answer_form: str = field(
         default="auto",
         metadata={"help": "What answers an entry on test: auto (the classifier or one of the entry's embedding forms, "
-                          "whichever is best on validation: retrieval for user linking, embedding similarity for "
-                          "pair tasks) | classifier."},
+                          "whichever --form_selection picks on validation: retrieval for user linking, embedding "
+                          "similarity for pair tasks) | classifier."},
     )
     form_selection: str = field(
         default="best",

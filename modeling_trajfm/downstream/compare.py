@@ -80,12 +80,10 @@ def avg_f1_improvement(report_tasks: dict[str, dict], entries: Iterable[str], fo
     return relative_improvement(pre, rand)
 
 
-def resampled_metrics(task: PreparedTask, scores: np.ndarray, split: str = "test"
-                      ) -> Callable[[np.ndarray], dict[str, float]]:
-    """`f(indices)` → the primary metric and primary F1 of `scores` (`split`, `(n, n_classes)`) on those rows of the
-    split, equal to `task_metrics` on all rows; the per-row work (ranks, top-1) is done once, for fast bootstrapping."""
-    columns = getattr(task, split)
-    labels = np.asarray(columns["label"])
+def resampled_metrics(task: PreparedTask, scores: np.ndarray) -> Callable[[np.ndarray], dict[str, float]]:
+    """`f(indices)` → the primary metric and primary F1 of `scores` (test, `(n, n_classes)`) on those test rows,
+    equal to `task_metrics` on all rows; the per-row work (ranks, top-1) is done once, for fast bootstrapping."""
+    labels = np.asarray(task.test["label"])
     scores = np.where(np.isnan(scores), -np.inf, np.asarray(scores, dtype=np.float64))
     top1 = scores.argmax(axis=1) if len(labels) else np.empty(0, dtype=np.int64)
     if task.kind == "pair":
@@ -93,7 +91,7 @@ def resampled_metrics(task: PreparedTask, scores: np.ndarray, split: str = "test
     ranks = true_class_ranks(scores, labels)
     if task.kind == "hexagon":
         top1 = np.asarray(task.candidates, dtype=np.uint64)[top1]
-        truth = np.asarray(columns["destination"], dtype=np.uint64)
+        truth = np.asarray(task.test["destination"], dtype=np.uint64)
     else:
         truth = labels
     return lambda rows: {"accuracy@1": float((ranks[rows] <= 1).mean()) if rows.size else 0.0,
@@ -286,7 +284,7 @@ def compare_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {metric} | " + " | ".join(cells) + " |")
         lines += ["", _same_inputs_line(t), ""]
         if "answer_form" in t["pretrained"]:
-            lines[-1:-1] = ["Answered on test by the form best on validation: "
+            lines[-1:-1] = ["Answered on test by the form chosen on validation (`form_selection`): "
                             + ", ".join(f"{init} {t[init].get('answer_form', 'classifier')}" for init in INITS)
                             + " (the `classifier_*` and other forms' rows show each form's test metrics).", ""]
     avg = report["avg_f1_improvement_pct"]

@@ -32,7 +32,6 @@ from .seeds import across_splits
 
 #: Keys of `VALIDATION_SCORES_FILE` that are not candidates.
 _COLUMNS = ("label", "group")
-INITS = ("pretrained", "random")
 
 
 def load_validation_scores(path: Path, entry: str) -> tuple[PreparedTask, dict[str, np.ndarray]]:
@@ -101,6 +100,7 @@ def evaluate_folders(folders: Sequence[str | Path], halvings: int = 300, seed: i
 
 
 def selection_markdown(report: dict[str, Any]) -> str:
+    """The report of `evaluate_folders` as Markdown: one row per fine-tuned entry and init, then the means."""
     rules = list(report["mean_half_b"])
     lines = [f"# Form selection on validation halves ({report['halvings']} halvings per cell)", "",
              "Each rule picks on half A of the validation rows; the figure is the pick's primary metric on half B.", "",
@@ -133,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     (output / "form_selection.md").write_text(selection_markdown(report))
     print(selection_markdown(report))
     return report
+
+
+__all__ = ["evaluate_folders", "halving_scores", "load_validation_scores", "main", "selection_markdown"]
 
 
 if __name__ == "__main__":

@@ -294,5 +294,5 @@ def save_validation_scores(path: Path, task: PreparedTask, classifier: np.ndarra
 
 
 __all__ = ["ENCODER_WEIGHTS", "FORMS", "FORM_SELECTIONS", "PROFILE_SUFFIX", "SIGNIFICANCE", "TIE_BREAK_METRIC",
-           "FormScores", "choose_form", "embedding_forms", "primary_by_resample", "resample_counts",
-           "threshold_scores", "validation_rank"]
+           "VALIDATION_SCORES_FILE", "FormScores", "choose_form", "embedding_forms", "primary_by_resample",
+           "resample_counts", "save_validation_scores", "threshold_scores", "validation_rank"]
