@@ -352,7 +352,8 @@ def test_compare_report(checkpoint, tmp_path):
         assert lo <= linking["same_inputs"][f"{init}_margin"] <= hi
     assert set(report["probes"]["pretrained_better_nn_linking"]) == {"retrieval_prototype", "retrieval_knn"}
     assert "## Probes: frozen encoders" in (out / "compare_report.md").read_text()
-    assert "Answered on test by the form best on validation: pretrained" in (out / "compare_report.md").read_text()
+    answered = "Answered on test by the form chosen on validation (`form_selection`): pretrained"
+    assert answered in (out / "compare_report.md").read_text()
     assert (out / "compare_report.png").stat().st_size > 1000
     # Same data and seeds for both inits: the two runs saw identical splits.
     pre = _read(out / "user_association_linking" / "pretrained" / "task_report.json")["split"]
