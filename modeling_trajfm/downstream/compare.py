@@ -98,13 +98,16 @@ def resampled_metrics(task: PreparedTask, scores: np.ndarray) -> Callable[[np.nd
                          "macro_f1": macro_f1(top1[rows], truth[rows])}
 
 
+def row_groups(task: PreparedTask, split: str = "test") -> list | None:
+    """What the bootstrap resamples together in `split`: a pair task's anchor trajectory of each pair (its positive
+    and negative pairs are not independent); None for tasks of one trajectory (rows resampled alone)."""
+    return getattr(task, split).get("traj_id_a") if task.kind == "pair" else None
+
+
 def resample_rows(task: PreparedTask, n_resamples: int, seed: int | list[int], split: str = "test"
                   ) -> list[np.ndarray]:
-    """The bootstrap resamples of a task's rows of `split`: pair tasks resample anchor trajectories with all their
-    pairs."""
-    columns = getattr(task, split)
-    groups = columns.get("traj_id_a") if task.kind == "pair" else None
-    return bootstrap_resamples(len(columns["label"]), n_resamples, seed, groups)
+    """The bootstrap resamples of a task's rows of `split` (grouped by `row_groups`)."""
+    return bootstrap_resamples(len(getattr(task, split)["label"]), n_resamples, seed, row_groups(task, split))
 
 
 def _bootstrap(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTask],

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .builders import FORM_SELECTIONS, PRIMARY_METRIC, PreparedTask
+from .compare import row_groups
 from .forms import VALIDATION_SCORES_FILE, FormScores, choose_form, primary_by_resample
 from .probes import LINKING
 from .seeds import across_splits
@@ -54,7 +55,8 @@ def halving_scores(task: PreparedTask, candidates: dict[str, np.ndarray], halvin
                    ) -> dict[str, dict[str, Any]]:
     """Per rule (`FORM_SELECTIONS`, and `classifier`: always the classifier): the primary metric on half B of the
     candidate the rule picks on half A, for each of `halvings` seeded halvings, and how often it picked each."""
-    groups = np.asarray(task.validation.get("traj_id_a", np.arange(len(task.validation["label"]))))
+    groups = row_groups(task, "validation")
+    groups = np.arange(len(task.validation["label"])) if groups is None else np.asarray(groups)
     distinct = np.unique(groups)
     rng = np.random.default_rng(seed)
     rules = (*FORM_SELECTIONS, "classifier")

@@ -44,7 +44,7 @@ from tokenization_trajfm import TrajTokenizer
 from ..modeling_trajbert import TrajBertPreTrainedModel
 from . import baselines as bl
 from .builders import FORM_SELECTIONS, PRIMARY_METRIC, PreparedTask, task_metrics
-from .compare import resample_rows
+from .compare import resample_rows, row_groups
 from .embeddings import contrastive_finetune, embed_trajectories, retrieval_scores, row_cosines
 from .metrics import f1_threshold, true_class_ranks
 from .probes import LINKING, PROBE_SETTINGS
@@ -287,7 +287,7 @@ def save_validation_scores(path: Path, task: PreparedTask, classifier: np.ndarra
     """Write the labels, the groups the bootstrap resamples (pair entries: anchor trajectories; else one per row) and
     the validation scores of the classifier and of each form of `task` to `path`."""
     labels = np.asarray(task.validation["label"])
-    groups = task.validation.get("traj_id_a") if task.kind == "pair" else None
+    groups = row_groups(task, "validation")
     scores = {name: form.validation for name, form in forms.items() if form.validation is not None}
     np.savez(path, label=labels, group=np.arange(len(labels)) if groups is None else np.asarray(groups),
              classifier=classifier, **scores)
