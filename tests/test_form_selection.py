@@ -72,3 +72,19 @@ def test_main_writes_the_comparison(tmp_path):
     assert "| **mean** | all |" in (tmp_path / "sel" / "form_selection.md").read_text()
     with pytest.raises(FileNotFoundError, match="validation_scores.npz"):
         main([str(tmp_path / "sel"), "--output_dir", str(tmp_path / "x")])
+
+
+def test_destination_scores_are_replayed_by_rank(tmp_path):
+    """Destination's candidates (the classifier and its fusion with the user's cells) are ranked like linking's: by
+    accuracy@1 on each half, no anchor groups."""
+    labels = np.arange(40) % 4
+    columns = {"label": labels.tolist(), "destination": labels.tolist()}
+    task = PreparedTask("destination", "hexagon", {}, {}, [], candidates=[0, 1, 2, 3], validation=columns)
+    right = np.eye(4)[labels]
+    save_validation_scores(tmp_path / VALIDATION_SCORES_FILE, task, np.roll(right, 1, axis=1),
+                           {"classifier+history": FormScores(right, np.zeros((1, 4)))})
+    loaded, candidates = load_validation_scores(tmp_path / VALIDATION_SCORES_FILE, "destination")
+    assert loaded.kind == "single" and "traj_id_a" not in loaded.validation
+    result = halving_scores(loaded, candidates, halvings=5)
+    assert result["best"]["picks"] == {"classifier+history": 5} and result["best"]["mean"] == 1.0
+    assert result["classifier"]["mean"] == 0.0

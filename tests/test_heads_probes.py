@@ -12,7 +12,7 @@ import torch
 from modeling_trajfm import TrajBertForMaskedTrajectoryModeling
 from modeling_trajfm.downstream import PreparedTask, TaskConfig, build_task
 from modeling_trajfm.downstream import examples as T
-from modeling_trajfm.downstream.baselines import CellProfileKNN, TfidfCells
+from modeling_trajfm.downstream.baselines import CellProfileKNN, TfidfCells, UserFrequentCell
 from modeling_trajfm.downstream.builders import PRIMARY_METRIC, task_metrics
 from modeling_trajfm.downstream.compare import comparable_baselines, compare_markdown, compare_report
 from modeling_trajfm.downstream.embeddings import (
@@ -25,10 +25,12 @@ from modeling_trajfm.downstream.embeddings import (
 )
 from modeling_trajfm.downstream.forms import (
     ENCODER_WEIGHTS,
+    HISTORY_FORM,
     FormScores,
     _fused,
     choose_form,
     embedding_forms,
+    history_forms,
     primary_by_resample,
     resample_counts,
     threshold_scores,
@@ -155,8 +157,19 @@ def test_destination_context_is_an_earlier_training_trajectory_of_the_same_user(
             assert history == latest.traj_id and history not in test_ids  # never a test trajectory
             assert columns["cells_a"][i] == latest.cells[-2:].tolist()  # max_input_visits // 2 visits
     assert found and task.info["test_examples_with_history"] > 0
+    # The user's cell frequencies fused with the classifier: validation sees the training trajectories only, test
+    # the training and validation ones, as the user-history baseline does.
+    train_records = [by_id[i] for i in task.train["traj_id"]]
+    on_training = UserFrequentCell(task.candidates).fit([r.user_id for r in train_records],
+                                                        [r.cells.tolist() for r in train_records],
+                                                        task.train["destination"])
+    assert task.validation["label"]
+    np.testing.assert_array_equal(task.user_history_scores["validation"],
+                                  on_training.scores(task.validation["user_id"]))
+    np.testing.assert_array_equal(task.user_history_scores["test"],
+                                  task.baseline_scores["user_most_frequent_cell"])
     off = build_task("destination", records, TaskConfig(max_input_visits=4), 0)
-    assert off.inputs == "prefix" and "cells_a" not in off.train
+    assert off.inputs == "prefix" and "cells_a" not in off.train and not off.user_history_scores
 
 
 def test_most_recent_earlier_searches_only_the_given_history():
@@ -305,7 +318,8 @@ def test_significant_selection_needs_a_clear_win():
 
 
 def test_primary_by_resample_equals_the_task_metrics():
-    """All resamples at once, as `task_metrics` computes each: binary F1, pair accuracy, linking accuracy@1."""
+    """All resamples at once, as `task_metrics` computes each: binary F1, pair accuracy, linking and destination
+    accuracy@1."""
     rng = np.random.default_rng(0)
     task, classifier, _ = _noisy_pairs(30, classifier_errors=7, form_errors=0)
     next_task = dataclasses.replace(task, name="next_subtrajectory")
@@ -314,8 +328,12 @@ def test_primary_by_resample_equals_the_task_metrics():
     tied = rng.integers(0, 3, size=(40, 4)).astype(float)  # many ties, counted against the true user
     tied[::7, 1] = np.nan
     none_right = np.eye(2)[1 - np.tile([1, 0], 30)]  # F1 0 on every resample
+    cells = encode_cells(40.70 + 0.01 * np.arange(5), np.full(5, -74.0), 8).tolist()
+    labels = linking.validation["label"]  # the last destination is not a candidate
+    destination = PreparedTask("destination", "hexagon", {}, {}, [], candidates=cells[:4], validation={
+        "label": labels, "destination": [cells[label] if label >= 0 else cells[4] for label in labels]})
     for entry, scores in ((task, classifier), (task, none_right), (next_task, rng.normal(size=(60, 2))),
-                          (linking, rng.normal(size=(40, 4))), (linking, tied)):
+                          (linking, rng.normal(size=(40, 4))), (linking, tied), (destination, tied)):
         counts = resample_counts(entry, seed=1, n_resamples=20)
         assert counts.shape == (20, len(entry.validation["label"]))
         figures = primary_by_resample(entry, scores, counts)
@@ -428,6 +446,30 @@ def test_fused_weight_on_validation_ties_to_the_larger_weight():
     assert _fused(task, candidates).encoder_weight == 0.75  # 0.25 and 0.75 tie on validation: the larger weight
     no_validation = {w: FormScores(None, np.full(1, w), w) for w in ENCODER_WEIGHTS}
     assert _fused(task, no_validation).encoder_weight == 0.5  # nothing to choose on: the middle weight
+
+
+def test_history_form_mixes_the_classifier_with_the_users_cells():
+    """Validation: the classifier is confidently wrong on every prefix and the user's cells point to the right one, so
+    of the classifier's weights only 0.25 lets the history decide; test gets that mix, computed by hand."""
+    candidates = encode_cells(40.70 + 0.01 * np.arange(3), np.full(3, -74.0), 8).tolist()
+    labels = [0, 1, 2, 0]
+    columns = {"label": labels, "destination": [candidates[i] for i in labels]}
+    task = PreparedTask("destination", "hexagon", columns, columns, list("abc"), candidates=candidates,
+                        validation=columns)
+    history = 2.0 * np.eye(3)[labels] + 0.1  # two visits of the true cell, popularity back-off
+    task.user_history_scores = {"validation": history, "test": history[::-1]}
+    wrong = 10.0 * np.eye(3)[[(i + 1) % 3 for i in labels]]
+    test_logits = np.arange(12.0).reshape(4, 3)
+    form = history_forms(task, wrong, test_logits)[HISTORY_FORM]
+    assert form.encoder_weight == 0.25
+    assert task_metrics(task, form.validation, "validation")["accuracy@1"] == 1.0
+    softmax = np.exp(test_logits - test_logits.max(axis=1, keepdims=True))
+    softmax /= softmax.sum(axis=1, keepdims=True)
+    users = history[::-1] / history[::-1].sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(form.test, 0.25 * softmax + 0.75 * users)
+    assert history_forms(task, None, test_logits)[HISTORY_FORM].encoder_weight == 0.5  # no validation: the middle
+    task.user_history_scores = {}
+    assert history_forms(task, wrong, test_logits) == {}  # no user context, no history form
 
 
 def test_tfidf_pair_cosines():

@@ -286,6 +286,14 @@ def test_destination_with_user_context(checkpoint, tmp_path):
     assert report["task_config"]["destination_user_context"] is True
     assert 0 < report["split"]["test_examples_with_history"] <= report["split"]["test_examples"]
     assert report["baselines"]["user_most_frequent_cell"]["inputs"] == "user history"
+    # The classifier and its fusion with the user's cell frequencies compete on validation; both are scored on test.
+    assert report["answer_form"] in ("classifier", "classifier+history")
+    assert set(report["validation_by_form"]) == {"classifier", "classifier+history"}
+    assert report["encoder_weights"]["classifier+history"] in (0.25, 0.5, 0.75)
+    results = _read(out / "all_results.json")
+    assert _in_unit(results["test_classifier+history_accuracy@1"]) and _in_unit(results["test_classifier_accuracy@1"])
+    with np.load(out / "validation_scores.npz") as saved:
+        assert {"classifier", "classifier+history", "label"} <= set(saved.files)
 
 
 def test_compare_report(checkpoint, tmp_path):

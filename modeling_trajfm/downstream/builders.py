@@ -108,13 +108,15 @@ class TaskConfig:
     profile_fusion: bool = field(
         default=True,
         metadata={"help": "Embedding forms also come fused with the TF-IDF cell-profile cosine (`<form>+profile`, the "
-                          "encoder's weight chosen on validation among 0.25/0.5/0.75), for --answer_form auto to "
-                          "choose on validation; false: the encoder's forms only."},
+                          "encoder's weight chosen on validation among 0.25/0.5/0.75), and destination under "
+                          "--destination_user_context with the user's cell frequencies (`classifier+history`), for "
+                          "--answer_form auto to choose on validation; false: the encoder's forms only."},
     )
     destination_user_context: bool = field(
         default=False,
         metadata={"help": "destination: give the model the user's most recent earlier training-side trajectory as "
-                          "segment A and the prefix as segment B (what the user-history baselines see)."},
+                          "segment A and the prefix as segment B (what the user-history baselines see); with "
+                          "--profile_fusion the classifier also comes fused with the user's cell frequencies."},
     )
 
     def __post_init__(self):
@@ -197,6 +199,10 @@ class PreparedTask:
     validation: dict[str, list] = field(default_factory=dict)
     baseline_scores: dict[str, np.ndarray] = field(default_factory=dict)
     inputs: str | None = None  # what the model sees; None: MODEL_INPUTS of the entry
+    #: destination under `destination_user_context`: each example's user cell frequencies
+    #: (`baselines.UserFrequentCell`) as each side may see them, `{"validation": fitted on the training trajectories,
+    #: "test": on train + validation}`, for `forms.history_forms` to fuse with the classifier.
+    user_history_scores: dict[str, np.ndarray] = field(default_factory=dict)
 
     def set_baselines(self, scores: dict[str, np.ndarray]) -> None:
         self.baseline_scores = {name: np.asarray(s, dtype=np.float64) for name, s in scores.items()}
@@ -354,6 +360,10 @@ def build_destination(records: Sequence[T.Record], config: TaskConfig, seed: int
     if config.destination_user_context:
         _add_user_context(task, [*train_records, *validation_records],
                           [*train_records, *validation_records, *test_records], max(1, config.max_input_visits // 2))
+        per_user_train = bl.UserFrequentCell(candidates).fit(
+            [r.user_id for r in train_records], [r.cells.tolist() for r in train_records], train["destination"])
+        task.user_history_scores = {"validation": per_user_train.scores(validation["user_id"]),
+                                    "test": task.baseline_scores["user_most_frequent_cell"]}
     return task
 
 

@@ -25,10 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from .builders import FORM_SELECTIONS, PRIMARY_METRIC, PreparedTask
+from .builders import FORM_SELECTIONS, PAIR_ENTRIES, PRIMARY_METRIC, PreparedTask
 from .compare import row_groups
 from .forms import VALIDATION_SCORES_FILE, FormScores, choose_form, primary_by_resample
-from .probes import LINKING
 from .seeds import across_splits
 
 #: Keys of `VALIDATION_SCORES_FILE` that are not candidates.
@@ -40,9 +39,10 @@ def load_validation_scores(path: Path, entry: str) -> tuple[PreparedTask, dict[s
     with np.load(path) as saved:
         candidates = {name: saved[name] for name in saved.files if name not in _COLUMNS}
         validation = {"label": saved["label"]}
-        if entry != LINKING:
+        if entry in PAIR_ENTRIES:
             validation["traj_id_a"] = saved["group"]
-    task = PreparedTask(entry, "single" if entry == LINKING else "pair", {}, {}, [], validation=validation)
+    # Destination ranks its candidate cells as linking ranks users: the same rank metrics decide (accuracy@1, MRR).
+    task = PreparedTask(entry, "pair" if entry in PAIR_ENTRIES else "single", {}, {}, [], validation=validation)
     return task, candidates
 
 

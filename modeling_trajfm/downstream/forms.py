@@ -19,6 +19,11 @@ states blur which exact cells a trajectory visits; the profile keeps them, so th
 baselines are: validation on training examples, test on training + validation. Linking's profile is
 `baselines.CellProfileKNN`; pairs compare the two segments' TF-IDF vectors, with the pairs' segments as IDF documents.
 
+Destination under `destination_user_context` sees the user's history, as `baselines.UserFrequentCell` does; with
+`profile_fusion` its classifier also comes fused with that baseline (`classifier+history`, `history_forms`): the
+classifier's softmax weighted by `w` plus the user's cell frequencies (normalised per row) by `1 - w`. A classifier
+trained on a few hundred prefixes cannot count a user's visits over all their trajectories; the frequencies can.
+
 Choices on validation (a fused form's weight, the answering form) rank candidates by the entry's primary metric, ties
 broken by `TIE_BREAK_METRIC` where the entry has one (user linking: MRR), then as each choice says.
 
@@ -47,7 +52,7 @@ from .builders import FORM_SELECTIONS, PRIMARY_METRIC, PreparedTask, task_metric
 from .compare import resample_rows, row_groups
 from .embeddings import contrastive_finetune, embed_trajectories, retrieval_scores, row_cosines
 from .metrics import f1_threshold, true_class_ranks
-from .probes import LINKING, PROBE_SETTINGS
+from .probes import DESTINATION, LINKING, PROBE_SETTINGS
 from .stats import N_RESAMPLES
 
 #: The embedding forms of each entry that has any.
@@ -57,11 +62,14 @@ FORMS = {LINKING: ("retrieval_prototype", "retrieval_knn"),
 #: All in (0, 1]: a class the encoder scores -inf (no gallery trajectory) must stay -inf after fusion.
 ENCODER_WEIGHTS = (0.25, 0.5, 0.75)
 PROFILE_SUFFIX = "+profile"
+#: The destination classifier fused with the user's cell frequencies (`history_forms`).
+HISTORY_FORM = "classifier+history"
 #: A finer metric that breaks ties of the primary one on validation. Linking's accuracy@1 over 94 queries (NYC) ties
 #: often, first among a fused form's three weights, then among the classifier and four forms; the true user's
 #: reciprocal rank still tells them apart. On NYC validation (3 splits × 2 inits, forms chosen on one random half of
 #: the queries and scored on the other, 300 halvings) it lifted the chosen form's accuracy@1 from 0.901 to 0.908.
-TIE_BREAK_METRIC = {LINKING: "mrr"}
+#: Destination's accuracy@1 over about 90 validation prefixes ties as often (the fused form's weights).
+TIE_BREAK_METRIC = {LINKING: "mrr", DESTINATION: "mrr"}
 #: `significant`: the share of paired validation resamples in which a form must beat the classifier to replace it.
 SIGNIFICANCE = 0.95
 #: Each candidate's validation scores, saved beside a fine-tuned entry's task report (`save_validation_scores`).
@@ -71,7 +79,8 @@ VALIDATION_SCORES_FILE = "validation_scores.npz"
 @dataclass
 class FormScores:
     """A form's `(n, n_classes)` scores of the validation (None without validation examples) and test examples;
-    `encoder_weight`: the encoder's share in a `+profile` form."""
+    `encoder_weight`: the model's share in a fused form (the encoder's cosine in a `+profile` form, the classifier's
+    softmax in `HISTORY_FORM`)."""
 
     validation: np.ndarray | None
     test: np.ndarray
@@ -235,6 +244,33 @@ def embedding_forms(model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, ta
     return forms(embed, task, profile_fusion)
 
 
+def _row_distribution(scores: np.ndarray) -> np.ndarray:
+    """Non-negative scores (counts with a back-off) → one probability distribution per row."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return scores / np.maximum(scores.sum(axis=1, keepdims=True), np.finfo(np.float64).tiny)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def history_forms(task: PreparedTask, classifier_validation: np.ndarray | None, classifier_test: np.ndarray
+                  ) -> dict[str, FormScores]:
+    """`{HISTORY_FORM: scores}` for a destination task that carries `user_history_scores` (module docstring), the
+    classifier's weight chosen on validation among `ENCODER_WEIGHTS`; `{}` otherwise."""
+    history = task.user_history_scores
+    if not history:
+        return {}
+    on_validation = None
+    if classifier_validation is not None and len(task.validation.get("label", [])):
+        on_validation = (_softmax(classifier_validation), _row_distribution(history["validation"]))
+    on_test = _softmax(classifier_test), _row_distribution(history["test"])
+    return {HISTORY_FORM: _fused(task, {w: FormScores(None if on_validation is None else _mix(*on_validation, w),
+                                                      _mix(*on_test, w), w) for w in ENCODER_WEIGHTS})}
+
+
 def resample_counts(task: PreparedTask, seed: int, n_resamples: int = N_RESAMPLES) -> np.ndarray:
     """`(n_resamples, n)` counts: how often each bootstrap resample of the validation rows (`compare.resample_rows`)
     draws each row."""
@@ -252,10 +288,8 @@ def primary_by_resample(task: PreparedTask, scores: np.ndarray, counts: np.ndarr
             tp, fp, fn = (counts @ ((predicted == p) & (labels == t)) for p, t in ((1, 1), (1, 0), (0, 1)))
             return np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
         correct = predicted == labels
-    elif task.kind == "single":
+    else:  # ranked classes: user linking, destination
         correct = true_class_ranks(scores, labels) <= 1
-    else:
-        raise ValueError(f"{task.name}: no embedding forms, so no form selection.")
     return counts @ correct / np.maximum(counts.sum(axis=1), 1)
 
 
@@ -293,6 +327,7 @@ def save_validation_scores(path: Path, task: PreparedTask, classifier: np.ndarra
              classifier=classifier, **scores)
 
 
-__all__ = ["ENCODER_WEIGHTS", "FORMS", "FORM_SELECTIONS", "PROFILE_SUFFIX", "SIGNIFICANCE", "TIE_BREAK_METRIC",
-           "VALIDATION_SCORES_FILE", "FormScores", "choose_form", "embedding_forms", "primary_by_resample",
-           "resample_counts", "save_validation_scores", "threshold_scores", "validation_rank"]
+__all__ = ["ENCODER_WEIGHTS", "FORMS", "FORM_SELECTIONS", "HISTORY_FORM", "PROFILE_SUFFIX", "SIGNIFICANCE",
+           "TIE_BREAK_METRIC", "VALIDATION_SCORES_FILE", "FormScores", "choose_form", "embedding_forms",
+           "history_forms", "primary_by_resample", "resample_counts", "save_validation_scores", "threshold_scores",
+           "validation_rank"]
