@@ -12,7 +12,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench nyc nyc-seeds nyc-seen nyc-seen-seeds geolife
+.PHONY: demo test lint bench nyc nyc-seeds nyc-seen nyc-seen-seeds geolife nyc-context geolife-context
 
 $(VENV)/.installed: requirements-cpu.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,16 @@ geolife: $(VENV)/.installed
 	done
 	$(PY) -m modeling_trajfm.downstream.seeds geolife-compare $(addprefix geolife-compare-seed,$(GEOLIFE_SEEDS)) \
 		--output_dir geolife-seeds
+
+# After `make nyc` or `make geolife`: destination with the user's context (the user's most recent earlier trajectory
+# as segment A), compared with the baselines that see the user's history, on CONTEXT_SEEDS splits of the held-out users.
+CONTEXT_SEEDS ?= 42 43 44
+nyc-context geolife-context: $(VENV)/.installed
+	for seed in $(CONTEXT_SEEDS); do \
+		$(PY) run_finetune.py configs/$(@:-context=)_compare.yaml --tasks destination --destination_user_context true \
+			--data_seed $$seed --output_dir $@-seed$$seed || exit 1; \
+	done
+	$(PY) -m modeling_trajfm.downstream.seeds $(addprefix $@-seed,$(CONTEXT_SEEDS)) --output_dir $@
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -51,3 +51,14 @@ def test_make_nyc_recipe_is_run_mtm_defaults():
     recipe = {"vocab_size", "spelling", "contrastive_weight", "contrastive_positives", "visible_token_weight"}
     nyc = _config("nyc_pretrain.yaml")
     assert {key: nyc[key] for key in recipe} == {key: defaults[key] for key in recipe}
+
+
+def test_make_context_targets_run_each_compare_config_with_the_users_context():
+    """`make nyc-context` / `make geolife-context` run `<dataset>_compare.yaml`'s destination entry with the context:
+    the target's name must name an existing compare config."""
+    recipes = _make_recipes()
+    targets = next(line for line in recipes if line.startswith("nyc-context geolife-context:"))
+    step = " ".join(next(line for line in recipes if "--destination_user_context true" in line).split())
+    assert "run_finetune.py configs/$(@:-context=)_compare.yaml --tasks destination" in step
+    for target in targets.split(":")[0].split():
+        assert (CONFIGS / f"{target.removesuffix('-context')}_compare.yaml").exists()
