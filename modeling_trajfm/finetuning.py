@@ -406,11 +406,12 @@ def answer_with_forms(task: PreparedTask, model: TrajBertPreTrainedModel, tokeni
                       task_config: TaskConfig, batch_size: int, seed: int, output_dir: Path | None = None
                       ) -> tuple[dict[str, float], np.ndarray, dict[str, Any]]:
     """The entry's answer: the classifier's test metrics and logits, or (with `answer_form="auto"`) those of the
-    embedding form of `downstream.forms` that `forms.choose_form` picks on validation by `task_config.form_selection`
-    (`classifier_validation`: the validation logits of the classifier's selected checkpoint). The metrics also hold
-    every form's test metrics (`test_classifier_*`, `test_retrieval_knn_*`, ...); the choice is returned with the
-    validation figures it was made on. With `output_dir`, every candidate's validation scores go to
-    `VALIDATION_SCORES_FILE` there, so the choice can be audited and the rules compared (`downstream.form_selection`).
+    form of `downstream.forms` (an embedding form, or destination's `classifier+history`) that `forms.choose_form`
+    picks on validation by `task_config.form_selection` (`classifier_validation`: the validation logits of the
+    classifier's selected checkpoint). The metrics also hold every form's test metrics (`test_classifier_*`,
+    `test_retrieval_knn_*`, ...); the choice is returned with the validation figures it was made on. With
+    `output_dir`, every candidate's validation scores go to `VALIDATION_SCORES_FILE` there, so the choice can be
+    audited and the rules compared (`downstream.form_selection`).
     """
     metrics, logits = classifier
     steps = task_config.contrastive_steps_for(task.name)
@@ -676,7 +677,8 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Finetune
     metrics["test_loss"] = prediction.metrics.get("test_loss")
     metrics = {k: v for k, v in metrics.items() if v is not None}
     validation_logits = None
-    if validation_dataset is not None and (task.name in FORMS or task.user_history_scores):  # for choosing a form
+    has_forms = task.name in FORMS or (task.user_history_scores and prepared.task_config.profile_fusion)
+    if validation_dataset is not None and has_forms:  # the selected checkpoint's, for choosing a form
         validation_logits = _logits(trainer.predict(validation_dataset, metric_key_prefix="validation"))
     metrics, logits, choice = answer_with_forms(task, trainer.model, prepared.tokenizer, (metrics, logits),
                                                 validation_logits, prepared.task_config,
@@ -756,7 +758,7 @@ def compare(
     output_root = Path(training_args.output_dir)
     results: dict[str, dict[str, dict[str, float]]] = {}
     logits: dict[str, dict[str, np.ndarray]] = {}
-    classifier_logits: dict[str, dict[str, np.ndarray]] = {}  # entries an embedding form may answer
+    classifier_logits: dict[str, dict[str, np.ndarray]] = {}  # entries another form may answer
     for entry in prepared.tasks:
         results[entry], logits[entry] = {}, {}
         for init in INITS:

@@ -194,9 +194,10 @@ def _task(entry: str) -> PreparedTask:
 
 def test_compare_formula_by_hand():
     results = {
-        "next_subtrajectory": {"pretrained": {"test_f1": 0.6, "test_loss": 0.5},
-                               "random": {"test_f1": 0.4, "test_loss": 1.0}},
-        "destination": {"pretrained": {"test_macro_f1": 0.3}, "random": {"test_macro_f1": 0.1}},
+        "next_subtrajectory": {"pretrained": {"test_f1": 0.6, "test_loss": 0.5, "test_classifier_loss": 0.5},
+                               "random": {"test_f1": 0.4, "test_loss": 1.0, "test_classifier_loss": 1.0}},
+        "destination": {"pretrained": {"test_macro_f1": 0.3, "test_classifier+history_distance_km_mean": 2.0},
+                        "random": {"test_macro_f1": 0.1, "test_classifier+history_distance_km_mean": 4.0}},
         "user_association_binary": {"pretrained": {"test_f1": 0.9}, "random": {"test_f1": 0.5}},
     }
     report = compare_report(results, {e: _task(e) for e in results})
@@ -204,6 +205,8 @@ def test_compare_formula_by_hand():
     assert math.isclose(report["avg_f1_improvement_pct"], 80.0)
     assert math.isclose(report["avg_f1_improvement_pct_paper_tasks"], 80.0)
     assert math.isclose(report["tasks"]["next_subtrajectory"]["improvement_pct"]["loss"], 50.0)  # lower is better
+    assert math.isclose(report["tasks"]["next_subtrajectory"]["improvement_pct"]["classifier_loss"], 50.0)  # a form's
+    assert math.isclose(report["tasks"]["destination"]["improvement_pct"]["classifier+history_distance_km_mean"], 50.0)
     assert avg_f1_improvement(report["tasks"], ["destination"]) == pytest.approx(200.0)
     assert relative_improvement(0.5, 0.0) is None and relative_improvement(float("nan"), 0.5) is None
     without_paper_task = {k: v for k, v in results.items() if k != "destination"}

@@ -135,39 +135,49 @@ def _grid_records(n_users=3, per_user=5, length=6):
     return records
 
 
-def test_destination_context_is_an_earlier_training_trajectory_of_the_same_user():
-    records = _grid_records()
+def test_destination_context_is_an_earlier_known_trajectory_of_the_same_user():
+    """Training and validation prefixes take their context from the training trajectories, test prefixes from
+    training + validation (what the baselines are fitted on): validation mirrors test, and no validation destination
+    reaches a training input."""
+    records = _grid_records(n_users=3, per_user=8)
     by_id = {r.traj_id: r for r in records}
     task = build_task("destination", records, TaskConfig(max_input_visits=4, destination_user_context=True), 0)
     assert task.inputs == "prefix + user history"
-    test_ids = set(task.test["traj_id"])
-    train_side = [r for r in records if r.traj_id not in test_ids]
-    found = 0
-    for columns in (task.train, task.test):
+    test_ids, validation_ids = set(task.test["traj_id"]), set(task.validation["traj_id"])
+    train_side = [r for r in records if r.traj_id not in test_ids | validation_ids]
+    known = {"train": train_side, "validation": train_side, "test": [r for r in records if r.traj_id not in test_ids]}
+    found = {}
+    for side, columns in (("train", task.train), ("validation", task.validation), ("test", task.test)):
         assert columns["cells_b"] == columns["cells"]
+        found[side] = 0
         for i, traj_id in enumerate(columns["traj_id"]):
             own = by_id[traj_id]
-            earlier = [r for r in train_side if r.user_id == own.user_id and r.timestamps[0] < own.timestamps[0]]
+            earlier = [r for r in known[side] if r.user_id == own.user_id and r.timestamps[0] < own.timestamps[0]]
             history = columns["history_traj_id"][i]
             if not earlier:
                 assert history is None and columns["cells_a"][i] == columns["cells"][i]
                 continue
-            found += 1
+            found[side] += 1
             latest = max(earlier, key=lambda r: r.timestamps[0])
             assert history == latest.traj_id and history not in test_ids  # never a test trajectory
             assert columns["cells_a"][i] == latest.cells[-2:].tolist()  # max_input_visits // 2 visits
-    assert found and task.info["test_examples_with_history"] > 0
-    # The user's cell frequencies fused with the classifier: validation sees the training trajectories only, test
+        assert task.info[f"{side}_examples_with_history"] == found[side] > 0
+    assert any(h in validation_ids for h in task.test["history_traj_id"])  # test may know validation trajectories
+    # The user's cell frequencies fused with the classifier: validation knows the training trajectories only, test
     # the training and validation ones, as the user-history baseline does.
-    train_records = [by_id[i] for i in task.train["traj_id"]]
-    on_training = UserFrequentCell(task.candidates).fit([r.user_id for r in train_records],
-                                                        [r.cells.tolist() for r in train_records],
-                                                        task.train["destination"])
-    assert task.validation["label"]
-    np.testing.assert_array_equal(task.user_history_scores["validation"],
-                                  on_training.scores(task.validation["user_id"]))
-    np.testing.assert_array_equal(task.user_history_scores["test"],
-                                  task.baseline_scores["user_most_frequent_cell"])
+    def frequencies(fitted_on, users):
+        return UserFrequentCell(task.candidates).fit([r.user_id for r in fitted_on], [r.cells.tolist() for r in
+                                                                                     fitted_on],
+                                                     task.train["destination"]).scores(users)
+
+    on_validation = frequencies(train_side, task.validation["user_id"])
+    np.testing.assert_array_equal(task.user_history_scores["validation"], on_validation)
+    assert not np.array_equal(on_validation, frequencies(known["test"], task.validation["user_id"]))
+    np.testing.assert_array_equal(task.user_history_scores["test"], task.baseline_scores["user_most_frequent_cell"])
+    capped = build_task("destination", records, TaskConfig(max_input_visits=4, destination_user_context=True,
+                                                           max_train_samples=5, max_test_samples=3), 0)
+    assert [len(capped.user_history_scores[side]) for side in ("validation", "test")] == [
+        len(capped.validation["label"]), len(capped.test["label"])] == [len(task.validation["label"]), 3]
     off = build_task("destination", records, TaskConfig(max_input_visits=4), 0)
     assert off.inputs == "prefix" and "cells_a" not in off.train and not off.user_history_scores
 

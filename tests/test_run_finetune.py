@@ -17,6 +17,7 @@ from modeling_trajfm import TrajBertForHexagonPrediction
 from modeling_trajfm.cards import build_finetune_card
 from modeling_trajfm.downstream import BUILDERS, PreparedTask, TaskConfig
 from modeling_trajfm.downstream import examples as T
+from modeling_trajfm.downstream.metrics import ranking_metrics
 from modeling_trajfm.finetuning import (
     load_heldout_trajectories,
     load_tokenizer_and_config,
@@ -292,8 +293,14 @@ def test_destination_with_user_context(checkpoint, tmp_path):
     assert report["encoder_weights"]["classifier+history"] in (0.25, 0.5, 0.75)
     results = _read(out / "all_results.json")
     assert _in_unit(results["test_classifier+history_accuracy@1"]) and _in_unit(results["test_classifier_accuracy@1"])
+    assert results["test_accuracy@1"] == results[f"test_{report['answer_form']}_accuracy@1"]
+    # The saved validation scores are the selected checkpoint's, row for row: they give the logged evaluation's MRR.
+    best_step = _read(out / "train_results.json")["best_step"]
+    logged = next(e for e in _read(out / "trainer_state.json")["log_history"]
+                  if e.get("step") == best_step and "eval_mrr" in e)
     with np.load(out / "validation_scores.npz") as saved:
         assert {"classifier", "classifier+history", "label"} <= set(saved.files)
+        assert ranking_metrics(saved["classifier"], saved["label"])["mrr"] == pytest.approx(logged["eval_mrr"])
 
 
 def test_compare_report(checkpoint, tmp_path):

@@ -8,8 +8,9 @@ better) or binary predictions, so the same metrics apply to models and baselines
   a prefix's destination candidates are ranked by the number of transitions from the prefix's last cell to them,
   ties and unseen cells backing off to global destination popularity (training destinations).
 * `UserFrequentCell`: per-user most-frequent-hexagon model: candidates ranked by how often the trajectory's user
-  visited them in the training trajectories, backing off to global destination popularity. It uses the user id,
-  which the model never sees: an upper-bound-ish reference, not a fair competitor.
+  visited them in the training trajectories, backing off to global destination popularity. It uses the user's
+  history, which the model sees only with `destination_user_context` (its inputs: "user history"), so the report
+  compares the two only then.
 * `CellProfileKNN`: trajectory-user linking by cell profiles, the "one check-in identifies the user" heuristic
   (Najjar & Mede, arXiv 2212.07081): TF-IDF over cells (users as documents), users ranked by the cosine similarity of
   their profile with the trajectory's.

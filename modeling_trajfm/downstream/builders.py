@@ -43,7 +43,7 @@ BASELINE_INPUTS = {"majority": "none", "markov": "prefix", "user_most_frequent_c
                    "cell_profile_knn": "trajectory", "cell_profile_similarity": "trajectory pair",
                    "time_gap": "trajectory pair"}
 
-#: `TaskConfig.answer_form`: choose on validation among the classifier and the embedding forms, or the classifier.
+#: `TaskConfig.answer_form`: choose on validation among the classifier and the entry's other forms, or the classifier.
 ANSWER_FORMS = ("auto", "classifier")
 #: `TaskConfig.form_selection`: how validation picks the answering candidate (see `downstream.forms`).
 FORM_SELECTIONS = ("best", "significant")
@@ -95,14 +95,15 @@ class TaskConfig:
     )
     answer_form: str = field(
         default="auto",
-        metadata={"help": "What answers an entry on test: auto (the classifier or one of the entry's embedding forms, "
+        metadata={"help": "What answers an entry on test: auto (the classifier or one of the entry's other forms, "
                           "whichever --form_selection picks on validation: retrieval for user linking, embedding "
-                          "similarity for pair tasks) | classifier."},
+                          "similarity for pair tasks, the fusion with the user's cell frequencies for destination "
+                          "with --destination_user_context) | classifier."},
     )
     form_selection: str = field(
         default="best",
         metadata={"help": "How --answer_form auto picks on validation: best (the candidate best on validation) | "
-                          "significant (an embedding form replaces the classifier only when it beats it in >= 95% of "
+                          "significant (another form replaces the classifier only when it beats it in >= 95% of "
                           "paired bootstrap resamples of validation; lower on NYC's validation halves, see README)."},
     )
     profile_fusion: bool = field(
@@ -358,8 +359,10 @@ def build_destination(records: Sequence[T.Record], config: TaskConfig, seed: int
     for columns in (train, validation, test):
         _slice_visits(columns, ("cells", "timestamps"), config.max_input_visits, last=True)
     if config.destination_user_context:
-        _add_user_context(task, [*train_records, *validation_records],
-                          [*train_records, *validation_records, *test_records], max(1, config.max_input_visits // 2))
+        # What each side may know of a user: the training trajectories, and for test the validation ones too (as the
+        # baselines), so that validation mirrors test and no validation destination reaches a training input.
+        known = {"train": train_records, "validation": train_records, "test": fit_records}
+        _add_user_context(task, known, [*fit_records, *test_records], max(1, config.max_input_visits // 2))
         per_user_train = bl.UserFrequentCell(candidates).fit(
             [r.user_id for r in train_records], [r.cells.tolist() for r in train_records], train["destination"])
         task.user_history_scores = {"validation": per_user_train.scores(validation["user_id"]),
@@ -367,10 +370,10 @@ def build_destination(records: Sequence[T.Record], config: TaskConfig, seed: int
     return task
 
 
-def _add_user_context(task: PreparedTask, train_records: Sequence[T.Record], records: Sequence[T.Record],
+def _add_user_context(task: PreparedTask, known: dict[str, Sequence[T.Record]], records: Sequence[T.Record],
                       history_visits: int) -> None:
     """Segment A of every destination example: the last `history_visits` visits of the user's most recent earlier
-    non-test trajectory (`train_records`: train + validation), or the prefix itself when there is none (no history
+    trajectory among those its side may know (`known[side]`), or the prefix itself when there is none (no history
     beyond it); the prefix is segment B."""
     task.inputs = "prefix + user history"
     start_of = {r.traj_id: int(r.timestamps[0]) for r in records}
@@ -378,7 +381,7 @@ def _add_user_context(task: PreparedTask, train_records: Sequence[T.Record], rec
         if not columns.get("traj_id"):
             continue
         starts = [start_of[i] for i in columns["traj_id"]]
-        earlier = T.most_recent_earlier(train_records, columns["user_id"], starts)
+        earlier = T.most_recent_earlier(known[side], columns["user_id"], starts)
         columns["history_traj_id"] = [None if r is None else r.traj_id for r in earlier]
         columns["cells_a"] = [c if r is None else r.cells[-history_visits:].tolist()
                               for r, c in zip(earlier, columns["cells"])]

@@ -5,16 +5,16 @@
 over the report's task entries t, with F1 = binary F1 (next_subtrajectory, user_association_binary) or macro-F1
 (destination, user_association_linking): the relative improvement of the average F1, as the paper's "33.6 % better in
 average F1". `avg_f1_improvement_pct_paper_tasks` is the same over the paper's three tasks (binary association).
-When entries are answered by an embedding form (`downstream.forms`), `avg_f1_improvement_pct_classifier` (and
-`_paper_tasks_classifier`) apply the formula to the classifiers' F1 (`classifier_*` metrics): the paper's protocol,
-where both inits are fine-tuned as classifiers.
+When entries are answered by a form other than the classifier (`downstream.forms`),
+`avg_f1_improvement_pct_classifier` (and `_paper_tasks_classifier`) apply the formula to the classifiers' F1
+(`classifier_*` metrics): the paper's protocol, where both inits are fine-tuned as classifiers.
 
 Confidence intervals (`downstream.stats`): per entry, `ci95[scorer][metric]` = [lo, hi] for the entry's primary
 metric and primary F1, for both inits and every baseline, from a seeded percentile bootstrap over the test examples
 (pair tasks: over anchor trajectories, each with all its pairs). Every scorer of an entry is evaluated on the same
 resamples. The improvement's interval is a paired bootstrap: resample b draws one resample per entry, both inits
 are scored on it, and the formula above is applied to those F1s; the interval is the percentiles over b. Given the
-classifiers' test logits of entries an embedding form answers, `ci95[init]["classifier_<metric>"]` and the
+classifiers' test logits of entries another form answers, `ci95[init]["classifier_<metric>"]` and the
 `avg_f1_improvement_pct[_paper_tasks]_classifier_ci95` intervals come from the same resamples.
 
 Each entry says what its model sees (`inputs`) and compares it only with the baselines that see nothing more
@@ -59,6 +59,11 @@ def primary_f1(entry: str, metrics: dict[str, float], form: str | None = None) -
     """The entry's primary F1 in `metrics`; with `form`, that form's (`{form}_macro_f1`, ...) when it was scored."""
     key = PRIMARY_F1[entry]
     return float(metrics.get(f"{form}_{key}", metrics[key]) if form else metrics[key])
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether `metric` is one of `LOWER_IS_BETTER`, bare or a form's (`classifier_loss`, ...)."""
+    return any(metric == name or metric.endswith(f"_{name}") for name in LOWER_IS_BETTER)
 
 
 def relative_improvement(pre: float, rand: float, lower_is_better: bool = False) -> float | None:
@@ -205,7 +210,7 @@ def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, Prepare
                    classifier_logits: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
     """`results[entry][init]` = test metrics (keys `test_*`) → the report (see the module docstring); with the test
     `logits[entry][init]` of the answers, bootstrap 95% intervals too (`seed`, `n_resamples`), and with the
-    classifiers' test logits (`classifier_logits[entry][init]`, for entries an embedding form answers) those of the
+    classifiers' test logits (`classifier_logits[entry][init]`, for entries another form answers) those of the
     classifier protocol; `probes` (`probes[init][entry][probe]` = metrics of the frozen encoder) adds the `probes`
     section."""
     report_tasks = {}
@@ -213,7 +218,7 @@ def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, Prepare
         pre = {k.removeprefix("test_"): v for k, v in by_init["pretrained"].items()}
         rand = {k.removeprefix("test_"): v for k, v in by_init["random"].items()}
         improvement = {
-            k: relative_improvement(pre[k], rand[k], k in LOWER_IS_BETTER)
+            k: relative_improvement(pre[k], rand[k], lower_is_better(k))
             for k in pre if k in rand and isinstance(pre[k], float) and not k.endswith("samples")
         }
         report_tasks[entry] = {
@@ -310,7 +315,7 @@ def compare_markdown(report: dict[str, Any]) -> str:
                  f"{_fmt_pct(paper_classifier)}"
                  f"{_fmt_interval(report.get('avg_f1_improvement_pct_paper_tasks_classifier_ci95'), '%')} over the "
                  "paper's three tasks"]
-        lines += ["", "With the classifiers alone (the paper's protocol; entries answered by an embedding form use "
+        lines += ["", "With the classifiers alone (the paper's protocol; entries answered by another form use "
                       f"their `classifier_*` F1): {', '.join(parts)}."]
     if "bootstrap" in report:
         b = report["bootstrap"]
@@ -359,7 +364,7 @@ def _probes_markdown(probes: dict[str, Any]) -> list[str]:
         for probe, rows in by_probe.items():
             pre, rand = rows.get("pretrained", {}), rows.get("random", {})
             for metric, value in pre.items():
-                improvement = relative_improvement(value, rand.get(metric, math.nan), metric in LOWER_IS_BETTER)
+                improvement = relative_improvement(value, rand.get(metric, math.nan), lower_is_better(metric))
                 lines.append(f"| {entry} | {probe} | {metric} | {_fmt(value)} | {_fmt(rand.get(metric))} | "
                              + ("n/a" if improvement is None else f"{improvement:+.1f}%") + " |")
     for probe, better in probes["pretrained_better_nn_linking"].items():

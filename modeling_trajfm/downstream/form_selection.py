@@ -1,11 +1,11 @@
 """How well each rule of `forms.choose_form` (`TaskConfig.form_selection`) picks an entry's answer, measured on
 validation alone.
 
-Every fine-tuned entry with embedding forms saves each candidate's validation scores in `forms.VALIDATION_SCORES_FILE`:
-the classifier's selected checkpoint and each form, with the labels and the pairs' anchor trajectories. A rule is
-judged by what it picks on one half of the validation rows and how that pick scores on the other half, over
-`halvings` random halvings per fine-tuned entry and init (pair entries split by anchor trajectory). Test rows are
-never read:
+Every fine-tuned entry with forms beside the classifier saves each candidate's validation scores in
+`forms.VALIDATION_SCORES_FILE`: the classifier's selected checkpoint and each form, with the labels and the pairs'
+anchor trajectories. A rule is judged by what it picks on one half of the validation rows and how that pick scores on
+the other half, over `halvings` random halvings per fine-tuned entry and init (pair entries split by anchor
+trajectory). Test rows are never read:
 
     python -m modeling_trajfm.downstream.form_selection nyc-compare nyc-compare-seed43 --output_dir nyc-form-selection
 
@@ -84,7 +84,8 @@ def evaluate_folders(folders: Sequence[str | Path], halvings: int = 300, seed: i
         found = sorted(Path(folder).glob(f"*/*/{VALIDATION_SCORES_FILE}"))
         if not found:
             raise FileNotFoundError(f"No */*/{VALIDATION_SCORES_FILE} in {folder}: pass output folders of "
-                                    "run_finetune.py --compare whose entries have embedding forms and validation data.")
+                                    "run_finetune.py --compare whose entries have forms beside the classifier and "
+                                    "validation data.")
         for path in found:
             entry, init = path.parent.parent.name, path.parent.name
             task, candidates = load_validation_scores(path, entry)

@@ -1,5 +1,6 @@
-"""Embedding forms of the task entries: predictions from trajectory embeddings instead of a classifier, scored on
-validation and test, so that `finetuning` can choose per init, on validation only, which form answers an entry.
+"""Forms of the task entries beside the classifier, scored on validation and test, so that `finetuning` can choose
+per init, on validation only, which form answers an entry: embedding forms (predictions from trajectory embeddings)
+and, for destination with the user's context, the classifier fused with the user's cell frequencies (below).
 
 * User linking: `retrieval_prototype` and `retrieval_knn` (`embeddings.prototype_scores` / `knn_scores`). Validation
   queries are matched against the training trajectories; test queries against training + validation trajectories,
@@ -25,7 +26,7 @@ classifier's softmax weighted by `w` plus the user's cell frequencies (normalise
 trained on a few hundred prefixes cannot count a user's visits over all their trajectories; the frequencies can.
 
 Choices on validation (a fused form's weight, the answering form) rank candidates by the entry's primary metric, ties
-broken by `TIE_BREAK_METRIC` where the entry has one (user linking: MRR), then as each choice says.
+broken by `TIE_BREAK_METRIC` where the entry has one (user linking and destination: MRR), then as each choice says.
 
 Which candidate answers (`choose_form`) follows `TaskConfig.form_selection`. `best`: the one ranked first. Validation
 sets hold 100-200 examples, so with several candidates the first is often first by noise. `significant`: a form
@@ -58,8 +59,9 @@ from .stats import N_RESAMPLES
 #: The embedding forms of each entry that has any.
 FORMS = {LINKING: ("retrieval_prototype", "retrieval_knn"),
          "next_subtrajectory": ("similarity",), "user_association_binary": ("similarity",)}
-#: Weights of the encoder's cosine in a `+profile` form, tried on validation (the profile's cosine gets the rest).
-#: All in (0, 1]: a class the encoder scores -inf (no gallery trajectory) must stay -inf after fusion.
+#: Weights of the model's score in a fused form, tried on validation: the encoder's cosine in a `+profile` form (the
+#: profile's cosine gets the rest), the classifier's softmax in `HISTORY_FORM` (the user's cells get the rest). All in
+#: (0, 1]: a class the encoder scores -inf (no gallery trajectory) must stay -inf after fusion.
 ENCODER_WEIGHTS = (0.25, 0.5, 0.75)
 PROFILE_SUFFIX = "+profile"
 #: The destination classifier fused with the user's cell frequencies (`history_forms`).
