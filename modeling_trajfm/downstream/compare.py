@@ -61,7 +61,7 @@ def primary_f1(entry: str, metrics: dict[str, float], form: str | None = None) -
     return float(metrics.get(f"{form}_{key}", metrics[key]) if form else metrics[key])
 
 
-def lower_is_better(metric: str) -> bool:
+def is_lower_better(metric: str) -> bool:
     """Whether `metric` is one of `LOWER_IS_BETTER`, bare or a form's (`classifier_loss`, ...)."""
     return any(metric == name or metric.endswith(f"_{name}") for name in LOWER_IS_BETTER)
 
@@ -218,7 +218,7 @@ def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, Prepare
         pre = {k.removeprefix("test_"): v for k, v in by_init["pretrained"].items()}
         rand = {k.removeprefix("test_"): v for k, v in by_init["random"].items()}
         improvement = {
-            k: relative_improvement(pre[k], rand[k], lower_is_better(k))
+            k: relative_improvement(pre[k], rand[k], is_lower_better(k))
             for k in pre if k in rand and isinstance(pre[k], float) and not k.endswith("samples")
         }
         report_tasks[entry] = {
@@ -364,7 +364,7 @@ def _probes_markdown(probes: dict[str, Any]) -> list[str]:
         for probe, rows in by_probe.items():
             pre, rand = rows.get("pretrained", {}), rows.get("random", {})
             for metric, value in pre.items():
-                improvement = relative_improvement(value, rand.get(metric, math.nan), lower_is_better(metric))
+                improvement = relative_improvement(value, rand.get(metric, math.nan), is_lower_better(metric))
                 lines.append(f"| {entry} | {probe} | {metric} | {_fmt(value)} | {_fmt(rand.get(metric))} | "
                              + ("n/a" if improvement is None else f"{improvement:+.1f}%") + " |")
     for probe, better in probes["pretrained_better_nn_linking"].items():
