@@ -53,10 +53,10 @@ from .downstream.builders import (
 )
 from .downstream.compare import INITS, compare_markdown, compare_plot, compare_report
 from .downstream.forms import (
-    FORMS,
     VALIDATION_SCORES_FILE,
     choose_form,
     embedding_forms,
+    has_forms,
     history_forms,
     save_validation_scores,
 )
@@ -416,8 +416,7 @@ def answer_with_forms(task: PreparedTask, model: TrajBertPreTrainedModel, tokeni
     metrics, logits = classifier
     steps = task_config.contrastive_steps_for(task.name)
     forms = embedding_forms(model, tokenizer, task, batch_size, steps, seed, task_config.profile_fusion)
-    if task_config.profile_fusion:
-        forms |= history_forms(task, classifier_validation, logits)
+    forms |= history_forms(task, classifier_validation, logits, task_config.profile_fusion)
     if not forms:
         return metrics, logits, {}
     form, validation, shares = choose_form(task, classifier_validation, forms, task_config.form_selection, seed)
@@ -677,8 +676,7 @@ def _run_one(prepared: _Prepared, entry: str, init: str, training_args: Finetune
     metrics["test_loss"] = prediction.metrics.get("test_loss")
     metrics = {k: v for k, v in metrics.items() if v is not None}
     validation_logits = None
-    has_forms = task.name in FORMS or (task.user_history_scores and prepared.task_config.profile_fusion)
-    if validation_dataset is not None and has_forms:  # the selected checkpoint's, for choosing a form
+    if validation_dataset is not None and has_forms(task, prepared.task_config.profile_fusion):  # to choose a form
         validation_logits = _logits(trainer.predict(validation_dataset, metric_key_prefix="validation"))
     metrics, logits, choice = answer_with_forms(task, trainer.model, prepared.tokenizer, (metrics, logits),
                                                 validation_logits, prepared.task_config,

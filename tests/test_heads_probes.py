@@ -30,6 +30,7 @@ from modeling_trajfm.downstream.forms import (
     _fused,
     choose_form,
     embedding_forms,
+    has_forms,
     history_forms,
     primary_by_resample,
     resample_counts,
@@ -478,8 +479,10 @@ def test_history_form_mixes_the_classifier_with_the_users_cells():
     users = history[::-1] / history[::-1].sum(axis=1, keepdims=True)
     np.testing.assert_allclose(form.test, 0.25 * softmax + 0.75 * users)
     assert history_forms(task, None, test_logits)[HISTORY_FORM].encoder_weight == 0.5  # no validation: the middle
+    assert has_forms(task, profile_fusion=True) and not has_forms(task, profile_fusion=False)
+    assert history_forms(task, wrong, test_logits, profile_fusion=False) == {}  # fusion off, no history form
     task.user_history_scores = {}
-    assert history_forms(task, wrong, test_logits) == {}  # no user context, no history form
+    assert history_forms(task, wrong, test_logits) == {} and not has_forms(task, True)  # no user context
 
 
 def test_tfidf_pair_cosines():

@@ -258,13 +258,22 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def history_forms(task: PreparedTask, classifier_validation: np.ndarray | None, classifier_test: np.ndarray
-                  ) -> dict[str, FormScores]:
-    """`{HISTORY_FORM: scores}` for a destination task that carries `user_history_scores` (module docstring), the
-    classifier's weight chosen on validation among `ENCODER_WEIGHTS`; `{}` otherwise."""
-    history = task.user_history_scores
-    if not history:
+def _fuses_history(task: PreparedTask, profile_fusion: bool) -> bool:
+    return profile_fusion and bool(task.user_history_scores)
+
+
+def has_forms(task: PreparedTask, profile_fusion: bool) -> bool:
+    """Whether candidates compete with the entry's classifier: embedding forms (`FORMS`), or `HISTORY_FORM`."""
+    return task.name in FORMS or _fuses_history(task, profile_fusion)
+
+
+def history_forms(task: PreparedTask, classifier_validation: np.ndarray | None, classifier_test: np.ndarray,
+                  profile_fusion: bool = True) -> dict[str, FormScores]:
+    """`{HISTORY_FORM: scores}` for a destination task that carries `user_history_scores` (module docstring), with
+    `profile_fusion`, the classifier's weight chosen on validation among `ENCODER_WEIGHTS`; `{}` otherwise."""
+    if not _fuses_history(task, profile_fusion):
         return {}
+    history = task.user_history_scores
     on_validation = None
     if classifier_validation is not None and len(task.validation.get("label", [])):
         on_validation = (_softmax(classifier_validation), _row_distribution(history["validation"]))
@@ -330,6 +339,6 @@ def save_validation_scores(path: Path, task: PreparedTask, classifier: np.ndarra
 
 
 __all__ = ["ENCODER_WEIGHTS", "FORMS", "FORM_SELECTIONS", "HISTORY_FORM", "PROFILE_SUFFIX", "SIGNIFICANCE",
-           "TIE_BREAK_METRIC", "VALIDATION_SCORES_FILE", "FormScores", "choose_form", "embedding_forms",
+           "TIE_BREAK_METRIC", "VALIDATION_SCORES_FILE", "FormScores", "choose_form", "embedding_forms", "has_forms",
            "history_forms", "primary_by_resample", "resample_counts", "save_validation_scores", "threshold_scores",
            "validation_rank"]
