@@ -12,7 +12,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench nyc nyc-seeds nyc-seen nyc-seen-seeds geolife nyc-context geolife-context
+.PHONY: demo test lint bench nyc nyc-seeds nyc-seen nyc-seen-seeds geolife nyc-context geolife-context nyc-folds
 
 $(VENV)/.installed: requirements-cpu.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,17 @@ nyc-context geolife-context: $(VENV)/.installed
 			--data_seed $$seed --output_dir $@-seed$$seed || exit 1; \
 	done
 	$(PY) -m modeling_trajfm.downstream.seeds $(addprefix $@-seed,$(CONTEXT_SEEDS)) --output_dir $@
+
+# After `make nyc`: k-fold over the held-out users' trajectories, NYC_FOLDS runs whose test folds are disjoint and
+# cover every trajectory, pooled with bootstrap intervals in nyc-folds/folds_report.{json,md}.
+NYC_FOLDS ?= 5
+FOLD_IDS = $(shell seq 0 $$(($(NYC_FOLDS) - 1)))
+nyc-folds: $(VENV)/.installed
+	for fold in $(FOLD_IDS); do \
+		$(PY) run_finetune.py configs/nyc_compare.yaml --num_folds $(NYC_FOLDS) --test_fold $$fold \
+			--output_dir nyc-fold$$fold || exit 1; \
+	done
+	$(PY) -m modeling_trajfm.downstream.folds $(addprefix nyc-fold,$(FOLD_IDS)) --output_dir nyc-folds
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -52,6 +52,7 @@ from .downstream.builders import (
     task_metrics,
 )
 from .downstream.compare import INITS, compare_markdown, compare_plot, compare_report
+from .downstream.folds import TEST_SCORES_FILE, save_test_scores
 from .downstream.forms import (
     VALIDATION_SCORES_FILE,
     choose_form,
@@ -773,6 +774,8 @@ def compare(
     report = compare_report(results, prepared.tasks, logits, seed=training_args.seed, probes=probes,
                             classifier_logits=classifier_logits)
     if training_args.process_index == 0:
+        for entry, task in prepared.tasks.items():  # for pooling the folds of --num_folds (downstream.folds)
+            save_test_scores(output_root / entry / TEST_SCORES_FILE, task, logits[entry])
         (output_root / "compare_report.json").write_text(json.dumps(report, indent=1, default=str))
         markdown = compare_markdown(report)
         (output_root / "compare_report.md").write_text(markdown)

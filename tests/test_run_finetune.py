@@ -15,7 +15,7 @@ from conftest import TINY_CORPUS_ARGS
 import run_finetune
 from modeling_trajfm import TrajBertForHexagonPrediction
 from modeling_trajfm.cards import build_finetune_card
-from modeling_trajfm.downstream import BUILDERS, PreparedTask, TaskConfig
+from modeling_trajfm.downstream import BUILDERS, PreparedTask, TaskConfig, folds, task_metrics
 from modeling_trajfm.downstream import examples as T
 from modeling_trajfm.downstream.metrics import ranking_metrics
 from modeling_trajfm.finetuning import (
@@ -585,3 +585,46 @@ def test_output_dir_is_protected(checkpoint, tmp_path):
         _run(checkpoint, other, "--task", "destination")
     _run(checkpoint, other, "--task", "destination", "--overwrite_output_dir")
     assert _read(other / "all_results.json")["test_samples"] > 0
+
+
+def test_folds_pool_every_trajectory_once(checkpoint, tmp_path):
+    """--num_folds 2: the two runs test disjoint trajectories; the pooled report holds both folds' rows (linking's
+    accuracy@1 = the folds' rows-weighted mean), picks the best same-inputs baseline on the pooled rows and refuses
+    an incomplete or overlapping set of folds."""
+    outs = [tmp_path / f"fold{fold}" for fold in range(2)]
+    for fold, out in enumerate(outs):
+        _run(checkpoint, out, "--compare", "--tasks", "user_association", "--num_folds", "2", "--test_fold", str(fold),
+             "--validation_fraction", "0.4")
+    report = folds.main([*map(str, outs), "--output_dir", str(tmp_path / "pooled")])
+    assert (tmp_path / "pooled" / "folds_report.md").is_file()
+    for entry, pooled in report["tasks"].items():
+        saved = [np.load(out / entry / folds.TEST_SCORES_FILE) for out in outs]
+        fold_reports = [_read(out / "compare_report.json")["tasks"][entry] for out in outs]
+        assert pooled["rows_per_fold"] == [fold["label"].size for fold in saved]
+        assert not set(saved[0]["trajectory"]) & set(saved[1]["trajectory"])
+        metric, scores = pooled["metric"], pooled["scores"]
+        for fold, fold_report in zip(saved, fold_reports):  # the saved answers are the reported ones
+            for init in ("pretrained", "random"):
+                task = PreparedTask(entry, "pair" if entry.endswith("binary") else "single", {},
+                                    {"label": fold["label"].tolist()}, [])
+                assert math.isclose(task_metrics(task, fold[f"answer_{init}"])[metric], fold_report[init][metric])
+        if metric == "accuracy@1":
+            expected = np.average([r["pretrained"][metric] for r in fold_reports], weights=pooled["rows_per_fold"])
+            assert math.isclose(scores["pretrained"]["value"], expected)
+        best = pooled["best_baseline"]
+        assert best == max(pooled["same_inputs_baselines"], key=lambda name: scores[name]["value"])
+        assert math.isclose(pooled["pretrained_margin"], scores["pretrained"]["value"] - scores[best]["value"])
+        lo, hi = pooled["pretrained_margin_ci95"]
+        assert lo <= pooled["pretrained_margin"] <= hi
+    with pytest.raises(ValueError, match="every fold"):
+        folds.pool_folds([outs[0], outs[0]])
+    overlapping = tmp_path / "overlap"
+    shutil.copytree(outs[1], overlapping)
+    for entry in report["tasks"]:
+        path = overlapping / entry / folds.TEST_SCORES_FILE
+        with np.load(path) as fold:
+            contents = {key: fold[key] for key in fold.files}
+        contents["trajectory"][0] = np.load(outs[0] / entry / folds.TEST_SCORES_FILE)["trajectory"][0]
+        np.savez(path, **contents)
+    with pytest.raises(ValueError, match="another fold tests too"):
+        folds.pool_folds([outs[0], overlapping])

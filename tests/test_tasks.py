@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modeling_trajfm.downstream import baselines as bl
 from modeling_trajfm.downstream import examples as T
@@ -181,6 +183,44 @@ def test_split_trajectories_disjoint_and_seeded():
     assert len(test) == 10 and not set(train) & set(test) and set(train) | set(test) == set(range(50))
     assert (train, test) == T.split_trajectories(range(50), 0.2, seed=3)
     assert test != T.split_trajectories(range(50), 0.2, seed=4)[1]
+
+
+@given(st.integers(2, 60), st.integers(2, 7), st.integers(0, 10_000))
+@settings(max_examples=40, deadline=None)
+def test_folds_partition_the_trajectories(n, k, seed):
+    """k-fold: the k test folds of one seed are disjoint, cover every trajectory, differ in size by at most one, and
+    each fold's rest is everything else."""
+    if n < k:
+        with pytest.raises(ValueError, match="at least"):
+            T.fold_trajectories(range(n), k, 0, seed)
+        return
+    folds = [T.fold_trajectories(range(n), k, f, seed) for f in range(k)]
+    tests = [set(test) for _, test in folds]
+    assert sum(map(len, tests)) == n and set().union(*tests) == set(range(n))
+    assert max(map(len, tests)) - min(map(len, tests)) <= 1
+    assert all(set(rest) == set(range(n)) - test for (rest, _), test in zip(folds, tests))
+    assert folds[0] == T.fold_trajectories(range(n), k, 0, seed)
+
+
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=12), st.integers(2, 6), st.integers(0, 10_000))
+@settings(max_examples=40, deadline=None)
+def test_user_folds_keep_every_user_in_train(per_user, k, seed):
+    """Per-user k-fold (user linking): the folds partition the trajectories of users with two or more, every such
+    user keeps a trajectory in train in every fold, and a user's trajectories spread evenly over the folds."""
+    records = [T.Record(f"u{u}", 100 * u + i, np.zeros(2, dtype=np.uint64), np.zeros(2, dtype=np.int64))
+               for u, count in enumerate(per_user) for i in range(count)]
+    folds = [T.fold_trajectories_by_user(records, k, f, seed) for f in range(k)]
+    user_of = {r.traj_id: r.user_id for r in records}
+    tested = [i for _, test in folds for i in test]
+    assert len(tested) == len(set(tested))
+    assert set(tested) == {r.traj_id for r in records if per_user[int(r.user_id[1:])] >= 2}
+    for rest, test in folds:
+        assert not set(rest) & set(test) and set(rest) | set(test) == set(user_of)
+        for user, count in enumerate(per_user):
+            in_test = sum(user_of[i] == f"u{user}" for i in test)
+            assert count - in_test >= 1 and in_test <= -(-count // k)
+    with pytest.raises(ValueError, match="fold"):
+        T.fold_trajectories_by_user(records, k, k, seed)
 
 
 # ---------------------------------------------------------------------------------------------------- baselines

@@ -1,8 +1,8 @@
 """Downstream tasks in one place: example builders (`examples`), the task config and prepared tasks (`builders`),
 simple baselines (`baselines`), task metrics (`metrics`), bootstrap intervals (`stats`), the pre-trained-vs-random
-report (`compare`) and its summary across split seeds (`seeds`), trajectory embeddings with the heads that use them
-(`embeddings`), the frozen-encoder probes (`probes`) and the split files of the paper's seen-user protocol
-(`seen_users`)."""
+report (`compare`), its summary across split seeds (`seeds`) and the pooling of k-fold runs (`folds`), trajectory
+embeddings with the heads that use them (`embeddings`), the frozen-encoder probes (`probes`) and the split files of
+the paper's seen-user protocol (`seen_users`)."""
 
 from .builders import (
     BUILDERS,

@@ -62,6 +62,13 @@ class TaskConfig:
                           "a trajfm_corpus.json, a text file (one user per line) or a comma-separated list."},
     )
     test_fraction: float = field(default=0.2, metadata={"help": "Share of trajectories in the test split."})
+    num_folds: int | None = field(
+        default=None,
+        metadata={"help": "k-fold over the held-out users' trajectories instead of --test_fraction: cut them into this "
+                          "many disjoint folds (seeded by --data_seed) and test on fold --test_fold; run every fold "
+                          "and pool them with `python -m modeling_trajfm.downstream.folds` (`make nyc-folds`)."},
+    )
+    test_fold: int = field(default=0, metadata={"help": "With --num_folds: the fold tested, 0 to num_folds - 1."})
     validation_fraction: float = field(
         default=0.2,
         metadata={"help": "Share of the non-test trajectories held out for validation (checkpoint selection, early "
@@ -130,6 +137,9 @@ class TaskConfig:
                              f"{self.prefix_fraction}.")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"--test_fraction must be in (0, 1), got {self.test_fraction}.")
+        if self.num_folds is not None and (self.num_folds < 2 or not 0 <= self.test_fold < self.num_folds):
+            raise ValueError(f"--num_folds must be at least 2 and --test_fold in 0..num_folds - 1, got --num_folds "
+                             f"{self.num_folds} --test_fold {self.test_fold}.")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"--validation_fraction must be in [0, 1), got {self.validation_fraction}.")
         if self.num_users is not None and self.num_users < 2:
@@ -239,14 +249,23 @@ def _split_info(records, columns, label_key, names=None) -> dict[str, Any]:
 
 
 def _three_way(records: Sequence[T.Record], config: TaskConfig, seed: int, by_user: bool = False):
-    """(train, validation, test) records: the given partitions, or test first, then validation from the rest, so it
-    never touches test. `by_user` splits each user's trajectories (user linking: every class user keeps trajectories
-    in train)."""
+    """(train, validation, test) records: the given partitions, or test first (a `test_fraction` or, with `num_folds`,
+    fold `test_fold`), then validation from the rest, so it never touches test. `by_user` splits each user's
+    trajectories (user linking: every class user keeps trajectories in train)."""
     if isinstance(records, GivenSplit):
+        if config.num_folds is not None:
+            raise ValueError("--num_folds cuts the held-out users' trajectories into folds, but split files already "
+                             "fix the test split: drop --num_folds or the split files.")
         return records.train, records.validation, records.test
     split = T.split_trajectories_by_user if by_user else (
         lambda rs, fraction, s: T.split_trajectories([r.traj_id for r in rs], fraction, s))
-    rest_ids, test_ids = split(records, config.test_fraction, seed)
+    if config.num_folds is None:
+        rest_ids, test_ids = split(records, config.test_fraction, seed)
+    elif by_user:
+        rest_ids, test_ids = T.fold_trajectories_by_user(records, config.num_folds, config.test_fold, seed)
+    else:
+        rest_ids, test_ids = T.fold_trajectories([r.traj_id for r in records], config.num_folds, config.test_fold,
+                                                 seed)
     rest = T.select(records, rest_ids)
     if config.validation_fraction == 0:
         return rest, [], T.select(records, test_ids)

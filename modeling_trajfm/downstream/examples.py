@@ -5,7 +5,8 @@ Every function takes trajectory *records* (see `trajectory_records`) and returns
 
 Splits are by trajectory: `split_trajectories` (or `split_trajectories_by_user` for user linking, so that every user
 has trajectories on both sides) partitions the trajectory ids first, and pair tasks are then built *inside* each
-partition, so no trajectory appears in both a train example and a test example.
+partition, so no trajectory appears in both a train example and a test example. `fold_trajectories` (and
+`fold_trajectories_by_user`) hold out one of k disjoint folds instead, so that k runs test every trajectory once.
 
 Tasks (arXiv 2312.00076, section "Downstream tasks"):
 
@@ -102,6 +103,44 @@ def split_trajectories_by_user(
         n_test = min(max(1, round(test_fraction * len(ids))), len(ids) - 1)
         test += [ids[i] for i in order[:n_test]]
         train += [ids[i] for i in order[n_test:]]
+    return sorted(train), sorted(test)
+
+
+def _check_fold(num_folds: int, fold: int) -> None:
+    if num_folds < 2 or not 0 <= fold < num_folds:
+        raise ValueError(f"Need num_folds >= 2 and 0 <= fold < num_folds, got fold {fold} of {num_folds}.")
+
+
+def fold_trajectories(traj_ids: Iterable[int], num_folds: int, fold: int, seed: int) -> tuple[list[int], list[int]]:
+    """(rest, test) of k-fold over distinct trajectory ids: a seeded permutation cut into `num_folds` near-equal
+    folds, test = fold `fold`; the folds of one seed are disjoint and cover every trajectory."""
+    _check_fold(num_folds, fold)
+    distinct = sorted({int(i) for i in traj_ids})
+    if len(distinct) < num_folds:
+        raise ValueError(f"{num_folds} folds need at least {num_folds} trajectories, got {len(distinct)}.")
+    held = set(np.array_split(np.random.default_rng(seed).permutation(distinct), num_folds)[fold].tolist())
+    return [i for i in distinct if i not in held], sorted(held)
+
+
+def fold_trajectories_by_user(records: Sequence[Record], num_folds: int, fold: int, seed: int
+                              ) -> tuple[list[int], list[int]]:
+    """(rest, test) of per-user k-fold: each user's trajectories, in seeded order, are dealt to the folds from a
+    seeded first fold on, so a user with n >= 2 of them has at most ceil(n / num_folds) <= n - 1 in any test fold
+    (always one in train); users with one trajectory stay in train."""
+    _check_fold(num_folds, fold)
+    by_user: dict[str, list[int]] = defaultdict(list)
+    for r in records:
+        by_user[r.user_id].append(r.traj_id)
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for user in sorted(by_user):
+        ids = sorted(by_user[user])
+        if len(ids) < 2:
+            train += ids
+            continue
+        first = int(rng.integers(num_folds))
+        for position, i in enumerate(rng.permutation(len(ids))):
+            (test if (first + position) % num_folds == fold else train).append(ids[i])
     return sorted(train), sorted(test)
 
 
@@ -389,6 +428,8 @@ __all__ = [
     "class_balance",
     "destination_candidates",
     "destination_examples",
+    "fold_trajectories",
+    "fold_trajectories_by_user",
     "label_indices",
     "linking_examples",
     "linking_users",
