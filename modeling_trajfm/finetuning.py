@@ -51,8 +51,14 @@ from .downstream.builders import (
     report_entries,
     task_metrics,
 )
-from .downstream.compare import INITS, compare_markdown, compare_plot, compare_report
-from .downstream.folds import TEST_SCORES_FILE, save_test_scores
+from .downstream.compare import (
+    INITS,
+    TEST_SCORES_FILE,
+    compare_markdown,
+    compare_plot,
+    compare_report,
+    save_test_scores,
+)
 from .downstream.forms import (
     VALIDATION_SCORES_FILE,
     choose_form,

@@ -17,6 +17,7 @@ from modeling_trajfm import TrajBertForHexagonPrediction
 from modeling_trajfm.cards import build_finetune_card
 from modeling_trajfm.downstream import BUILDERS, PreparedTask, TaskConfig, folds, task_metrics
 from modeling_trajfm.downstream import examples as T
+from modeling_trajfm.downstream.compare import TEST_SCORES_FILE
 from modeling_trajfm.downstream.metrics import ranking_metrics
 from modeling_trajfm.finetuning import (
     load_heldout_trajectories,
@@ -598,7 +599,7 @@ def test_folds_pool_every_trajectory_once(checkpoint, tmp_path):
     report = folds.main([*map(str, outs), "--output_dir", str(tmp_path / "pooled")])
     assert (tmp_path / "pooled" / "folds_report.md").is_file()
     for entry, pooled in report["tasks"].items():
-        saved = [np.load(out / entry / folds.TEST_SCORES_FILE) for out in outs]
+        saved = [np.load(out / entry / TEST_SCORES_FILE) for out in outs]
         fold_reports = [_read(out / "compare_report.json")["tasks"][entry] for out in outs]
         assert pooled["rows_per_fold"] == [fold["label"].size for fold in saved]
         assert not set(saved[0]["trajectory"]) & set(saved[1]["trajectory"])
@@ -621,10 +622,10 @@ def test_folds_pool_every_trajectory_once(checkpoint, tmp_path):
     overlapping = tmp_path / "overlap"
     shutil.copytree(outs[1], overlapping)
     for entry in report["tasks"]:
-        path = overlapping / entry / folds.TEST_SCORES_FILE
+        path = overlapping / entry / TEST_SCORES_FILE
         with np.load(path) as fold:
             contents = {key: fold[key] for key in fold.files}
-        contents["trajectory"][0] = np.load(outs[0] / entry / folds.TEST_SCORES_FILE)["trajectory"][0]
+        contents["trajectory"][0] = np.load(outs[0] / entry / TEST_SCORES_FILE)["trajectory"][0]
         np.savez(path, **contents)
     with pytest.raises(ValueError, match="another fold tests too"):
         folds.pool_folds([outs[0], overlapping])

@@ -20,7 +20,8 @@ classifiers' test logits of entries another form answers, `ci95[init]["classifie
 Each entry says what its model sees (`inputs`) and compares it only with the baselines that see nothing more
 (`same_inputs`: "beats" means beats those); with logits, `same_inputs[f"{init}_margin_ci95"]` is the paired
 interval of init minus the best of those baselines on the primary metric (same resamples). The optional `probes`
-section holds the frozen-encoder probes of `downstream.probes`, pre-trained vs random init.
+section holds the frozen-encoder probes of `downstream.probes`, pre-trained vs random init. `save_test_scores` keeps
+each entry's test rows and scores (`TEST_SCORES_FILE`), so that `downstream.folds` can pool the runs of a k-fold.
 """
 
 from __future__ import annotations
@@ -113,6 +114,21 @@ def resample_rows(task: PreparedTask, n_resamples: int, seed: int | list[int], s
                   ) -> list[np.ndarray]:
     """The bootstrap resamples of a task's rows of `split` (grouped by `row_groups`)."""
     return bootstrap_resamples(len(getattr(task, split)["label"]), n_resamples, seed, row_groups(task, split))
+
+
+#: Per entry of a compare (`save_test_scores`): each test row's anchor trajectory and label, the answers' and the
+#: baselines' test scores (keys `answer_<init>`, `BASELINE_SCORES_PREFIX + name`), for pooling k folds (`folds`).
+TEST_SCORES_FILE = "test_scores.npz"
+BASELINE_SCORES_PREFIX = "baseline_"
+
+
+def save_test_scores(path: Path, task: PreparedTask, answers: dict[str, np.ndarray]) -> None:
+    """Write `task`'s test rows (anchor trajectory: a pair's segment A, else the row's own), labels, each init's
+    answer scores (`answers[init]`) and every baseline's scores to `path`."""
+    trajectories = task.test["traj_id_a" if task.kind == "pair" else "traj_id"]
+    np.savez(path, trajectory=np.asarray(trajectories, dtype=np.int64), label=np.asarray(task.test["label"]),
+             **{f"answer_{init}": np.asarray(scores, dtype=np.float64) for init, scores in answers.items()},
+             **{BASELINE_SCORES_PREFIX + name: scores for name, scores in task.baseline_scores.items()})
 
 
 def _bootstrap(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTask],

@@ -32,7 +32,7 @@ Tasks (arXiv 2312.00076, section "Downstream tasks"):
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,11 +84,10 @@ def split_trajectories(traj_ids: Iterable[int], test_fraction: float, seed: int)
     return seeded_split((int(i) for i in traj_ids), test_fraction, seed, "trajectories")
 
 
-def split_trajectories_by_user(
-    records: Sequence[Record], test_fraction: float, seed: int
-) -> tuple[list[int], list[int]]:
-    """Per-user (stratified) seeded split: each user with >= 2 trajectories has at least one on each side."""
-    _check_fraction(test_fraction)
+def _split_each_user(records: Sequence[Record], seed: int,
+                     held_out: Callable[[list[int], np.random.Generator], list[int]]) -> tuple[list[int], list[int]]:
+    """(train, test) ids: `held_out(ids, rng)` picks the test ones among each user's sorted trajectory ids (users in
+    id order, one seeded generator); users with one trajectory stay in train."""
     by_user: dict[str, list[int]] = defaultdict(list)
     for r in records:
         by_user[r.user_id].append(r.traj_id)
@@ -96,14 +95,23 @@ def split_trajectories_by_user(
     train, test = [], []
     for user in sorted(by_user):
         ids = sorted(by_user[user])
-        if len(ids) < 2:
-            train += ids
-            continue
-        order = rng.permutation(len(ids))
-        n_test = min(max(1, round(test_fraction * len(ids))), len(ids) - 1)
-        test += [ids[i] for i in order[:n_test]]
-        train += [ids[i] for i in order[n_test:]]
+        held = set(held_out(ids, rng)) if len(ids) >= 2 else set()
+        test += [i for i in ids if i in held]
+        train += [i for i in ids if i not in held]
     return sorted(train), sorted(test)
+
+
+def split_trajectories_by_user(
+    records: Sequence[Record], test_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Per-user (stratified) seeded split: each user with >= 2 trajectories has at least one on each side."""
+    _check_fraction(test_fraction)
+
+    def held_out(ids: list[int], rng: np.random.Generator) -> list[int]:
+        n_test = min(max(1, round(test_fraction * len(ids))), len(ids) - 1)
+        return [ids[i] for i in rng.permutation(len(ids))[:n_test]]
+
+    return _split_each_user(records, seed, held_out)
 
 
 def _check_fold(num_folds: int, fold: int) -> None:
@@ -128,20 +136,13 @@ def fold_trajectories_by_user(records: Sequence[Record], num_folds: int, fold: i
     seeded first fold on, so a user with n >= 2 of them has at most ceil(n / num_folds) <= n - 1 in any test fold
     (always one in train); users with one trajectory stay in train."""
     _check_fold(num_folds, fold)
-    by_user: dict[str, list[int]] = defaultdict(list)
-    for r in records:
-        by_user[r.user_id].append(r.traj_id)
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for user in sorted(by_user):
-        ids = sorted(by_user[user])
-        if len(ids) < 2:
-            train += ids
-            continue
+
+    def held_out(ids: list[int], rng: np.random.Generator) -> list[int]:
         first = int(rng.integers(num_folds))
-        for position, i in enumerate(rng.permutation(len(ids))):
-            (test if (first + position) % num_folds == fold else train).append(ids[i])
-    return sorted(train), sorted(test)
+        return [ids[i] for position, i in enumerate(rng.permutation(len(ids)))
+                if (first + position) % num_folds == fold]
+
+    return _split_each_user(records, seed, held_out)
 
 
 def select(records: Sequence[Record], traj_ids: Iterable[int]) -> list[Record]:

@@ -1,9 +1,9 @@
 """k-fold over the held-out users' trajectories, pooled: every trajectory tested once, so each entry's figures and its
 margin to the best same-inputs baseline rest on all the test rows of k runs instead of one run's 100-444.
 
-Each run of `run_finetune.py --compare --num_folds k --test_fold f` (same `--data_seed`) tests on fold f and writes
-`<entry>/TEST_SCORES_FILE` beside its report: every test row's anchor trajectory, label and the test scores of both
-inits' answers and of every baseline. This module pools the k runs' rows:
+Each run of `run_finetune.py --compare --num_folds k --test_fold f` (same `--data_seed`) tests on fold f, and every
+compare writes `<entry>/test_scores.npz` beside its report (`compare.save_test_scores`): each test row's anchor
+trajectory and label, the test scores of both inits' answers and of every baseline. This module pools the k runs:
 
     for f in 0 1 2 3 4; do
         python run_finetune.py configs/nyc_compare.yaml --num_folds 5 --test_fold $f --output_dir nyc-fold$f
@@ -27,28 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from .builders import PAIR_ENTRIES, PRIMARY_METRIC, PreparedTask
-from .compare import INITS
+from .builders import PAIR_ENTRIES, PRIMARY_METRIC
+from .compare import BASELINE_SCORES_PREFIX, INITS, TEST_SCORES_FILE
 from .metrics import primary_by_counts, row_outcomes
 from .stats import N_RESAMPLES, bootstrap_resamples, percentile_interval
 
-#: Per entry of a compare: each test row's anchor trajectory and label, the answers' and baselines' test scores.
-TEST_SCORES_FILE = "test_scores.npz"
-_BASELINE_PREFIX = "baseline_"
 REPORT_FILE = "compare_report.json"
-
-
-def _row_trajectories(task: PreparedTask) -> np.ndarray:
-    """The trajectory each test row is built on (a pair's anchor, segment A)."""
-    return np.asarray(task.test["traj_id_a" if task.kind == "pair" else "traj_id"], dtype=np.int64)
-
-
-def save_test_scores(path: Path, task: PreparedTask, answers: dict[str, np.ndarray]) -> None:
-    """Write `task`'s test rows (anchor trajectory, label), each init's answer scores (`answers[init]`) and every
-    baseline's scores to `path`, for `pool_folds`."""
-    np.savez(path, trajectory=_row_trajectories(task), label=np.asarray(task.test["label"]),
-             **{f"answer_{init}": np.asarray(scores, dtype=np.float64) for init, scores in answers.items()},
-             **{_BASELINE_PREFIX + name: scores for name, scores in task.baseline_scores.items()})
 
 
 def _fold_of(folder: Path, entry: str) -> tuple[int | None, int]:
@@ -89,7 +73,7 @@ def pool_entry(entry: str, saved: list[dict[str, np.ndarray]], baselines: list[s
     groups = np.concatenate([[f"{i}/{t}" for t in fold["trajectory"]] for i, fold in enumerate(saved)])
     scorers = [*INITS, *baselines]
     outcomes = {name: np.concatenate([row_outcomes(kind, fold[f"answer_{name}" if name in INITS
-                                                               else _BASELINE_PREFIX + name], fold["label"])
+                                                               else BASELINE_SCORES_PREFIX + name], fold["label"])
                                       for fold in saved]) for name in scorers}
     counts = np.stack([np.bincount(rows, minlength=labels.size)
                        for rows in bootstrap_resamples(labels.size, n_resamples, seed, groups)])
@@ -184,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return report
 
 
-__all__ = ["TEST_SCORES_FILE", "folds_markdown", "main", "pool_entry", "pool_folds", "save_test_scores"]
+__all__ = ["folds_markdown", "main", "pool_entry", "pool_folds"]
 
 
 if __name__ == "__main__":
