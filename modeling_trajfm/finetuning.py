@@ -781,7 +781,8 @@ def compare(
                             classifier_logits=classifier_logits)
     if training_args.process_index == 0:
         for entry, task in prepared.tasks.items():  # for pooling the folds of --num_folds (downstream.folds)
-            save_test_scores(output_root / entry / TEST_SCORES_FILE, task, logits[entry])
+            save_test_scores(output_root / entry / TEST_SCORES_FILE, task, logits[entry],
+                             classifier_logits.get(entry, logits[entry]))
         (output_root / "compare_report.json").write_text(json.dumps(report, indent=1, default=str))
         markdown = compare_markdown(report)
         (output_root / "compare_report.md").write_text(markdown)

@@ -589,42 +589,53 @@ def test_output_dir_is_protected(checkpoint, tmp_path):
 
 
 def test_folds_pool_every_trajectory_once(checkpoint, tmp_path):
-    """--num_folds 2: the two runs test disjoint trajectories; the pooled report holds both folds' rows (linking's
-    accuracy@1 = the folds' rows-weighted mean), picks the best same-inputs baseline on the pooled rows and refuses
-    an incomplete or overlapping set of folds."""
+    """--num_folds 2: the two runs test disjoint trajectories; the pooled compare report holds both folds' rows
+    (linking's accuracy@1 = the folds' rows-weighted mean, binary F1 from the pooled counts), the saved scores are
+    the reported ones, and an incomplete or overlapping set of folds is refused."""
     outs = [tmp_path / f"fold{fold}" for fold in range(2)]
     for fold, out in enumerate(outs):
         _run(checkpoint, out, "--compare", "--tasks", "user_association", "--num_folds", "2", "--test_fold", str(fold),
-             "--validation_fraction", "0.4")
+             "--validation_fraction", "0.4", "--contrastive_steps", "2")
     report = folds.main([*map(str, outs), "--output_dir", str(tmp_path / "pooled")])
-    assert (tmp_path / "pooled" / "folds_report.md").is_file()
+    assert _read(tmp_path / "pooled" / "compare_report.json")["folds"] == [str(out) for out in outs]
+    assert (tmp_path / "pooled" / "compare_report.png").is_file()
     for entry, pooled in report["tasks"].items():
-        saved = [np.load(out / entry / TEST_SCORES_FILE) for out in outs]
+        saved = [dict(np.load(out / entry / TEST_SCORES_FILE)) for out in outs]
         fold_reports = [_read(out / "compare_report.json")["tasks"][entry] for out in outs]
-        assert pooled["rows_per_fold"] == [fold["label"].size for fold in saved]
+        assert pooled["split"]["test_examples_per_fold"] == [fold["label"].size for fold in saved]
         assert not set(saved[0]["trajectory"]) & set(saved[1]["trajectory"])
-        metric, scores = pooled["metric"], pooled["scores"]
-        for fold, fold_report in zip(saved, fold_reports):  # the saved answers are the reported ones
+        metric = pooled["same_inputs"]["metric"]
+        for fold, fold_report in zip(saved, fold_reports):  # the saved answers and classifiers are the reported ones
+            task = PreparedTask(entry, str(fold["kind"]), {}, {"label": fold["label"].tolist()}, [])
             for init in ("pretrained", "random"):
-                task = PreparedTask(entry, "pair" if entry.endswith("binary") else "single", {},
-                                    {"label": fold["label"].tolist()}, [])
                 assert math.isclose(task_metrics(task, fold[f"answer_{init}"])[metric], fold_report[init][metric])
+                assert math.isclose(task_metrics(task, fold[f"classifier_{init}"])[metric],
+                                    fold_report[init].get(f"classifier_{metric}", fold_report[init][metric]))
         if metric == "accuracy@1":
-            expected = np.average([r["pretrained"][metric] for r in fold_reports], weights=pooled["rows_per_fold"])
-            assert math.isclose(scores["pretrained"]["value"], expected)
-        best = pooled["best_baseline"]
-        assert best == max(pooled["same_inputs_baselines"], key=lambda name: scores[name]["value"])
-        assert math.isclose(pooled["pretrained_margin"], scores["pretrained"]["value"] - scores[best]["value"])
-        lo, hi = pooled["pretrained_margin_ci95"]
-        assert lo <= pooled["pretrained_margin"] <= hi
+            expected = np.average([r["pretrained"][metric] for r in fold_reports],
+                                  weights=pooled["split"]["test_examples_per_fold"])
+        else:
+            predicted = np.concatenate([fold["answer_pretrained"].argmax(1) for fold in saved])
+            labels = np.concatenate([fold["label"] for fold in saved])
+            tp = np.sum((predicted == 1) & (labels == 1))
+            expected = 2 * tp / (2 * tp + np.sum(predicted != labels))
+        assert math.isclose(pooled["pretrained"][metric], expected)
+        verdict = pooled["same_inputs"]
+        assert verdict["best_baseline"] == max(verdict["baselines"], key=lambda name: pooled["baselines"][name][metric])
+        lo, hi = verdict["pretrained_margin_ci95"]
+        assert lo <= verdict["pretrained_margin"] <= hi
+        assert len(pooled["fold_margins"]) == 2
+    f1 = {init: np.mean([t[init][t["primary_metric"]] for t in report["tasks"].values()]) for init in ("pretrained",
+                                                                                                          "random")}
+    if f1["random"]:
+        assert math.isclose(report["avg_f1_improvement_pct"], 100 * (f1["pretrained"] - f1["random"]) / f1["random"])
     with pytest.raises(ValueError, match="every fold"):
         folds.pool_folds([outs[0], outs[0]])
     overlapping = tmp_path / "overlap"
     shutil.copytree(outs[1], overlapping)
     for entry in report["tasks"]:
         path = overlapping / entry / TEST_SCORES_FILE
-        with np.load(path) as fold:
-            contents = {key: fold[key] for key in fold.files}
+        contents = dict(np.load(path))
         contents["trajectory"][0] = np.load(outs[0] / entry / TEST_SCORES_FILE)["trajectory"][0]
         np.savez(path, **contents)
     with pytest.raises(ValueError, match="another fold tests too"):

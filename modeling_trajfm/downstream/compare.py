@@ -116,18 +116,28 @@ def resample_rows(task: PreparedTask, n_resamples: int, seed: int | list[int], s
     return bootstrap_resamples(len(getattr(task, split)["label"]), n_resamples, seed, row_groups(task, split))
 
 
-#: Per entry of a compare (`save_test_scores`): each test row's anchor trajectory and label, the answers' and the
-#: baselines' test scores (keys `answer_<init>`, `BASELINE_SCORES_PREFIX + name`), for pooling k folds (`folds`).
+#: Per entry of a compare (`save_test_scores`): what `downstream.folds` needs to rebuild the entry's test side and
+#: pool the runs of a k-fold. Keys: `kind`, `trajectory` (each row's anchor), the test columns of `POOLED_COLUMNS`,
+#: `label_names`, `candidates`, `answer_<init>` and `classifier_<init>` scores, `BASELINE_SCORES_PREFIX + name`.
 TEST_SCORES_FILE = "test_scores.npz"
 BASELINE_SCORES_PREFIX = "baseline_"
+#: Test columns kept besides the scores: labels, destination's true cells, next sub-trajectory's negative kinds.
+POOLED_COLUMNS = ("label", "destination", "difficulty")
 
 
-def save_test_scores(path: Path, task: PreparedTask, answers: dict[str, np.ndarray]) -> None:
-    """Write `task`'s test rows (anchor trajectory: a pair's segment A, else the row's own), labels, each init's
-    answer scores (`answers[init]`) and every baseline's scores to `path`."""
+def save_test_scores(path: Path, task: PreparedTask, answers: dict[str, np.ndarray],
+                     classifiers: dict[str, np.ndarray]) -> None:
+    """Write `task`'s test side to `path` (`TEST_SCORES_FILE`): each row's anchor trajectory (a pair's segment A, else
+    the row's own), the `POOLED_COLUMNS` it has, its classes, each init's answer and classifier scores and every
+    baseline's scores."""
     trajectories = task.test["traj_id_a" if task.kind == "pair" else "traj_id"]
-    np.savez(path, trajectory=np.asarray(trajectories, dtype=np.int64), label=np.asarray(task.test["label"]),
+    columns = {name: np.asarray(task.test[name]) for name in POOLED_COLUMNS if name in task.test}
+    if "destination" in columns:
+        columns["destination"] = columns["destination"].astype(np.uint64)
+    np.savez(path, kind=np.asarray(task.kind), trajectory=np.asarray(trajectories, dtype=np.int64), **columns,
+             label_names=np.asarray(task.label_names, dtype=str), candidates=np.asarray(task.candidates, np.uint64),
              **{f"answer_{init}": np.asarray(scores, dtype=np.float64) for init, scores in answers.items()},
+             **{f"classifier_{init}": np.asarray(scores, dtype=np.float64) for init, scores in classifiers.items()},
              **{BASELINE_SCORES_PREFIX + name: scores for name, scores in task.baseline_scores.items()})
 
 

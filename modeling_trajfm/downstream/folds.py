@@ -1,36 +1,50 @@
-"""k-fold over the held-out users' trajectories, pooled: every trajectory tested once, so each entry's figures and its
-margin to the best same-inputs baseline rest on all the test rows of k runs instead of one run's 100-444.
+"""k-fold over the held-out users' trajectories, pooled: every trajectory tested once, so each entry's figures, its
+margin to the best same-inputs baseline and the average-F1 improvement rest on all the test rows of k runs instead
+of one run's 100-444.
 
 Each run of `run_finetune.py --compare --num_folds k --test_fold f` (same `--data_seed`) tests on fold f, and every
 compare writes `<entry>/test_scores.npz` beside its report (`compare.save_test_scores`): each test row's anchor
-trajectory and label, the test scores of both inits' answers and of every baseline. This module pools the k runs:
+trajectory, labels and classes, and the test scores of both inits' answers and classifiers and of every baseline.
+This module pools the k runs:
 
     for f in 0 1 2 3 4; do
         python run_finetune.py configs/nyc_compare.yaml --num_folds 5 --test_fold $f --output_dir nyc-fold$f
     done
     python -m modeling_trajfm.downstream.folds nyc-fold0 nyc-fold1 nyc-fold2 nyc-fold3 nyc-fold4 --output_dir nyc-folds
 
-Per entry it reports the primary metric of each scorer on the pooled rows with a 95% percentile bootstrap interval,
-the best baseline among those that see the same inputs (every fold's report lists them) and each init's margin to
-it with a paired interval: the same resamples of anchor trajectories for every scorer, as `compare` does on one test
-set. Rows are pooled as they are, so each fold's answer keeps the form, checkpoint and thresholds its own validation
-chose. Only the primary metric pools this way: destination's macro-F1 is over each fold's own candidate cells.
+It rebuilds each entry's test side from the k folds' rows (`pooled_task`) and hands it to `compare.compare_report`,
+so the pooled `compare_report.{json,md,png}` has the schema of any compare: every metric of both inits (the answers
+and, as `classifier_*`, the classifiers: the paper's protocol) and of every baseline, bootstrap intervals, the
+same-inputs verdict with its paired margin interval and the average-F1 improvements. Destination's folds rank their
+own candidate cells (each fold's training destinations): the pooled rows rank the union, a fold's scores -inf on the
+cells it could not predict and its labels as they were, so a destination outside a fold's candidates stays wrong.
+Each fold's answer keeps the form, checkpoint and thresholds its own validation chose; the frozen probes are per
+fold only (each fold's report).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .builders import PAIR_ENTRIES, PRIMARY_METRIC
-from .compare import BASELINE_SCORES_PREFIX, INITS, TEST_SCORES_FILE
-from .metrics import primary_by_counts, row_outcomes
-from .stats import N_RESAMPLES, bootstrap_resamples, percentile_interval
+from .builders import PreparedTask, task_metrics
+from .compare import (
+    BASELINE_SCORES_PREFIX,
+    INITS,
+    POOLED_COLUMNS,
+    TEST_SCORES_FILE,
+    compare_markdown,
+    compare_plot,
+    compare_report,
+)
+from .examples import IGNORE_INDEX
+from .stats import N_RESAMPLES
 
 REPORT_FILE = "compare_report.json"
 
@@ -58,45 +72,67 @@ def _check_partition(folders: Sequence[Path], entry: str, trajectories: list[np.
         seen |= anchors
 
 
-def _same_inputs_baselines(reports: list[dict[str, Any]], entry: str) -> list[str]:
-    """The baselines every fold's report counts as seeing the model's inputs."""
-    lists = [report["tasks"][entry]["same_inputs"]["baselines"] for report in reports]
-    return [name for name in lists[0] if all(name in names for names in lists[1:])]
+def _scores(saved: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A fold's score matrices by scorer: `answer_<init>`, `classifier_<init>` and the baselines' names."""
+    return {key.removeprefix(BASELINE_SCORES_PREFIX): value for key, value in saved.items()
+            if key.startswith(("answer_", "classifier_", BASELINE_SCORES_PREFIX))}
 
 
-def pool_entry(entry: str, saved: list[dict[str, np.ndarray]], baselines: list[str], seed: int = 0,
-               n_resamples: int = N_RESAMPLES) -> dict[str, Any]:
-    """One entry's pooled figures from each fold's `TEST_SCORES_FILE` contents (module docstring)."""
-    kind = "pair" if entry in PAIR_ENTRIES else "single"
-    metric = PRIMARY_METRIC[entry]
-    labels = np.concatenate([fold["label"] for fold in saved])
-    groups = np.concatenate([[f"{i}/{t}" for t in fold["trajectory"]] for i, fold in enumerate(saved)])
-    scorers = [*INITS, *baselines]
-    outcomes = {name: np.concatenate([row_outcomes(kind, fold[f"answer_{name}" if name in INITS
-                                                               else BASELINE_SCORES_PREFIX + name], fold["label"])
-                                      for fold in saved]) for name in scorers}
-    counts = np.stack([np.bincount(rows, minlength=labels.size)
-                       for rows in bootstrap_resamples(labels.size, n_resamples, seed, groups)])
-    ones = np.ones((1, labels.size))
-    values = {name: float(primary_by_counts(metric, kind, outcomes[name], labels, ones)[0]) for name in scorers}
-    resampled = {name: primary_by_counts(metric, kind, outcomes[name], labels, counts) for name in scorers}
-    best = max(baselines, key=values.__getitem__, default=None)
-    pooled: dict[str, Any] = {
-        "metric": metric, "rows": int(labels.size), "trajectories": int(np.unique(groups).size),
-        "rows_per_fold": [int(fold["label"].size) for fold in saved], "same_inputs_baselines": baselines,
-        "scores": {name: {"value": values[name], "ci95": percentile_interval(resampled[name])} for name in scorers},
-        "best_baseline": best,
-    }
-    for init in INITS:
-        if best is not None:
-            pooled[f"{init}_margin"] = values[init] - values[best]
-            pooled[f"{init}_margin_ci95"] = percentile_interval(resampled[init] - resampled[best])
-            pooled[f"{init}_beats"] = pooled[f"{init}_margin"] >= 0
-    return pooled
+def _on_candidates(saved: dict[str, np.ndarray], union: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A destination fold's labels and scores over the `union` of the folds' candidate cells: its scores -inf on the
+    cells it did not rank, a label outside its own candidates still `IGNORE_INDEX` (wrong)."""
+    columns = np.searchsorted(union, saved["candidates"])
+    labels = np.where(saved["label"] >= 0, columns[np.maximum(saved["label"], 0)], IGNORE_INDEX)
+    scores = {}
+    for name, matrix in _scores(saved).items():
+        full = np.full((matrix.shape[0], union.size), -np.inf)
+        full[:, columns] = matrix
+        scores[name] = full
+    return labels, scores
+
+
+def pooled_task(entry: str, saved: list[dict[str, np.ndarray]], inputs: str, baseline_inputs: dict[str, str]
+                ) -> tuple[PreparedTask, dict[str, np.ndarray]]:
+    """The entry's test side rebuilt from its folds' `TEST_SCORES_FILE` contents (`saved`, in fold order) with the
+    baselines' pooled scores set (`baseline_inputs`: each baseline's inputs), and the pooled scores of
+    `answer_<init>` / `classifier_<init>`."""
+    kind = str(saved[0]["kind"])
+    if kind == "hexagon":
+        union = np.unique(np.concatenate([fold["candidates"] for fold in saved]))
+        remapped = [_on_candidates(fold, union) for fold in saved]
+        labels, by_fold = [labels for labels, _ in remapped], [scores for _, scores in remapped]
+        names = [format(int(cell), "x") for cell in union]
+    else:
+        if len({tuple(fold["label_names"].tolist()) for fold in saved}) > 1:
+            raise ValueError(f"{entry}: the folds have different classes; pool the folds of one k-fold.")
+        union, labels, by_fold = np.zeros(0, np.uint64), [fold["label"] for fold in saved], list(map(_scores, saved))
+        names = saved[0]["label_names"].tolist()
+    test: dict[str, list] = {"label": np.concatenate(labels).tolist()}
+    for name in POOLED_COLUMNS[1:]:
+        if all(name in fold for fold in saved):
+            test[name] = np.concatenate([fold[name] for fold in saved]).tolist()
+    # rows resampled together: a pair task's anchor trajectory, told apart by fold
+    test["traj_id_a" if kind == "pair" else "traj_id"] = [f"{i}/{t}" for i, fold in enumerate(saved)
+                                                          for t in fold["trajectory"]]
+    info = {"folds": len(saved), "test_examples": len(test["label"]),
+            "test_examples_per_fold": [int(fold["label"].size) for fold in saved]}
+    task = PreparedTask(entry, kind, {}, test, names, info,
+                        candidates=union.tolist(), inputs=inputs)
+    pooled = {name: np.concatenate([scores[name] for scores in by_fold]) for name in by_fold[0]}
+    task.set_baselines({name: pooled.pop(name) for name in baseline_inputs})
+    for name, row in task.baselines.items():
+        row["inputs"] = baseline_inputs[name]
+    return task, pooled
+
+
+def _answered_by(forms: list[str]) -> str:
+    """The folds' answering forms, counted: "classifier 3, similarity 2"."""
+    return ", ".join(f"{form} {count}" for form, count in Counter(forms).most_common())
 
 
 def pool_folds(folders: Sequence[str | Path], seed: int = 0, n_resamples: int = N_RESAMPLES) -> dict[str, Any]:
-    """The pooled report of the k fold runs in `folders` (module docstring)."""
+    """The pooled compare report of the k fold runs in `folders` (module docstring), with `folds` (the folders) and,
+    per entry, `fold_margins` (each fold's pre-trained margin to its best same-inputs baseline)."""
     folders = [Path(folder) for folder in folders]
     reports = []
     for folder in folders:
@@ -104,9 +140,8 @@ def pool_folds(folders: Sequence[str | Path], seed: int = 0, n_resamples: int = 
             raise FileNotFoundError(f"No {REPORT_FILE} in {folder}: pass the output folders of run_finetune.py "
                                     "--compare --num_folds k --test_fold f.")
         reports.append(json.loads((folder / REPORT_FILE).read_text()))
-    entries = list(reports[0]["tasks"])
-    tasks = {}
-    for entry in entries:
+    tasks, results, answers, classifiers = {}, {}, {}, {}
+    for entry, first in reports[0]["tasks"].items():
         paths = [folder / entry / TEST_SCORES_FILE for folder in folders]
         missing = [str(path) for path in paths if not path.is_file()]
         if missing:
@@ -117,58 +152,42 @@ def pool_folds(folders: Sequence[str | Path], seed: int = 0, n_resamples: int = 
             with np.load(path) as fold:
                 saved.append({key: fold[key] for key in fold.files})
         _check_partition(folders, entry, [fold["trajectory"] for fold in saved])
-        tasks[entry] = pool_entry(entry, saved, _same_inputs_baselines(reports, entry), seed, n_resamples)
-        tasks[entry]["fold_margins"] = [report["tasks"][entry]["same_inputs"]["pretrained_margin"]
-                                        for report in reports]
-        tasks[entry]["answer_forms"] = {init: [report["tasks"][entry][init].get("answer_form", "classifier")
-                                               for report in reports] for init in INITS}
-    return {"folds": [str(folder) for folder in folders], "tasks": tasks,
-            "bootstrap": {"resamples": n_resamples, "seed": seed, "confidence": 0.95,
-                          "method": "percentile bootstrap over the pooled test rows' anchor trajectories, the same "
-                                    "resamples for every scorer of an entry (margins paired)"}}
-
-
-def _interval(ci: list[float] | None, sign: bool = False) -> str:
-    form = "{:+.3f}" if sign else "{:.3f}"
-    return "" if ci is None else f" [{form.format(ci[0])}, {form.format(ci[1])}]"
-
-
-def folds_markdown(report: dict[str, Any]) -> str:
-    """The pooled report as a Markdown table."""
-    k = len(report["folds"])
-    lines = [f"# {k} folds pooled ({', '.join(report['folds'])})", "",
-             "Every trajectory tested once; [95% bootstrap interval over anchor trajectories]; margin = pre-trained "
-             "minus the best baseline that sees the same inputs on the pooled rows (paired interval).", "",
-             "| entry (metric) | rows | pre-trained | random init | best same-inputs baseline | margin, pre-trained | "
-             "folds where pre-trained ≥ baseline |", "|---|---|---|---|---|---|---|"]
+        task, pooled = pooled_task(entry, saved, first["inputs"],
+                                   {name: row["inputs"] for name, row in first["baselines"].items()})
+        tasks[entry], answers[entry], classifiers[entry], results[entry] = task, {}, {}, {}
+        for init in INITS:
+            answers[entry][init], classifiers[entry][init] = pooled[f"answer_{init}"], pooled[f"classifier_{init}"]
+            metrics = task_metrics(task, answers[entry][init])
+            metrics |= {f"classifier_{k}": v for k, v in task_metrics(task, classifiers[entry][init]).items()}
+            metrics["answer_form"] = _answered_by([report["tasks"][entry][init].get("answer_form", "classifier")
+                                                  for report in reports])
+            results[entry][init] = {f"test_{k}": v for k, v in metrics.items()}
+    report = compare_report(results, tasks, answers, seed=seed, n_resamples=n_resamples, classifier_logits=classifiers)
+    report["folds"] = [str(folder) for folder in folders]
     for entry, task in report["tasks"].items():
-        scores, best = task["scores"], task["best_baseline"]
-        cells = [f"{scores[name]['value']:.3f}{_interval(scores[name]['ci95'])}" for name in INITS]
-        baseline = "n/a" if best is None else f"{scores[best]['value']:.3f}{_interval(scores[best]['ci95'])} {best}"
-        margin = ("n/a" if best is None
-                  else f"{task['pretrained_margin']:+.3f}{_interval(task['pretrained_margin_ci95'], sign=True)}")
-        at_or_above = sum(m is not None and m >= 0 for m in task["fold_margins"])
-        lines.append(f"| {entry} ({task['metric']}) | {task['rows']} | {cells[0]} | {cells[1]} | {baseline} | "
-                     f"{margin} | {at_or_above} / {k} |")
-    return "\n".join(lines) + "\n"
+        task["fold_margins"] = [fold["tasks"][entry]["same_inputs"]["pretrained_margin"] for fold in reports]
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description="Pool the k fold runs of run_finetune.py --compare --num_folds k.")
+    parser = argparse.ArgumentParser(description="Pool the k fold runs of run_finetune.py --compare --num_folds k "
+                                                 "into one compare report.")
     parser.add_argument("folders", nargs="+", help="Output folders of the runs, one per --test_fold.")
-    parser.add_argument("--output_dir", required=True, help="Where folds_report.{json,md} are written.")
+    parser.add_argument("--output_dir", required=True, help="Where compare_report.{json,md,png} are written.")
     parser.add_argument("--seed", type=int, default=0, help="Bootstrap seed.")
     args = parser.parse_args(argv)
     report = pool_folds(args.folders, args.seed)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "folds_report.json").write_text(json.dumps(report, indent=1))
-    (output / "folds_report.md").write_text(folds_markdown(report))
-    print(folds_markdown(report))
+    markdown = f"# {len(report['folds'])} folds pooled ({', '.join(report['folds'])})\n\n" + compare_markdown(report)
+    (output / REPORT_FILE).write_text(json.dumps(report, indent=1, default=str))
+    (output / "compare_report.md").write_text(markdown)
+    compare_plot(report, output / "compare_report.png")
+    print(markdown)
     return report
 
 
-__all__ = ["folds_markdown", "main", "pool_entry", "pool_folds"]
+__all__ = ["main", "pool_folds", "pooled_task"]
 
 
 if __name__ == "__main__":

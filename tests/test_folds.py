@@ -1,0 +1,62 @@
+"""Pooling the folds of a k-fold (`downstream.folds.pooled_task`) on hand-made folds: destination's candidate cells
+differ per fold, so the pooled rows rank the union without letting a fold predict a cell it never ranked."""
+
+from __future__ import annotations
+
+import h3
+import numpy as np
+import pytest
+
+from modeling_trajfm.downstream import PreparedTask, task_metrics
+from modeling_trajfm.downstream.examples import IGNORE_INDEX
+from modeling_trajfm.downstream.folds import pooled_task
+
+
+def _fold(candidates, destinations, answer, baseline, trajectories):
+    candidates = np.asarray(candidates, dtype=np.uint64)
+    labels = [list(candidates).index(d) if d in candidates else IGNORE_INDEX for d in destinations]
+    answer = np.asarray(answer, dtype=np.float64)
+    return {"kind": np.asarray("hexagon"), "trajectory": np.asarray(trajectories), "label": np.asarray(labels),
+            "destination": np.asarray(destinations, dtype=np.uint64), "candidates": candidates,
+            "label_names": np.asarray([format(int(c), "x") for c in candidates]), "answer_pretrained": answer,
+            "classifier_pretrained": answer, "baseline_markov": np.asarray(baseline, dtype=np.float64)}
+
+
+# three H3 cells of Manhattan (resolution 8), in increasing id order
+C1, C2, C3 = sorted(int(h3.str_to_int(h3.latlng_to_cell(40.70 + 0.02 * i, -74.0, 8))) for i in range(3))
+
+
+def test_destination_folds_rank_the_union_of_their_candidates():
+    # fold a ranks C1, C2: right on its first two rows; its third destination (C3) is not among its candidates
+    a = _fold([C1, C2], [C1, C2, C3], [[2, 1], [0, 1], [1, 0]], [[0, 1], [0, 1], [0, 1]], [1, 2, 3])
+    # fold b ranks C2, C3: right on its first row, wrong on its second
+    b = _fold([C2, C3], [C3, C2], [[0, 1], [0, 1]], [[0, 1], [1, 0]], [4, 5])
+    task, scores = pooled_task("destination", [a, b], "prefix", {"markov": "prefix"})
+    assert task.candidates == [C1, C2, C3] and task.label_names == [format(c, "x") for c in (C1, C2, C3)]
+    assert task.test["label"] == [0, 1, IGNORE_INDEX, 2, 1]  # C3 stays wrong for fold a, which never ranked it
+    answer = scores["answer_pretrained"]
+    assert np.isneginf(answer[:3, 2]).all() and np.isneginf(answer[3:, 0]).all()
+    metrics = task_metrics(task, answer)
+    by_fold = [task_metrics(_as_task(fold), fold["answer_pretrained"])["accuracy@1"] for fold in (a, b)]
+    assert metrics["accuracy@1"] == pytest.approx(3 / 5) == pytest.approx(np.average(by_fold, weights=[3, 2]))
+    # macro-F1 over the cells: predicted C1 C2 C1 C3 C3 for true C1 C2 C3 C3 C2 -> F1 2/3, 2/3, 1/2
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1 / 2) / 3)
+    markov = task.baselines["markov"]
+    assert markov["accuracy@1"] == pytest.approx(3 / 5) and markov["inputs"] == "prefix"
+
+
+def _as_task(fold):
+    columns = {"label": fold["label"].tolist(), "destination": fold["destination"].tolist()}
+    return PreparedTask("destination", "hexagon", {}, columns, fold["label_names"].tolist(),
+                        candidates=fold["candidates"].tolist())
+
+
+def test_linking_folds_must_share_their_classes():
+    fold = {"kind": np.asarray("single"), "trajectory": np.arange(2), "label": np.arange(2),
+            "candidates": np.zeros(0, np.uint64), "label_names": np.asarray(["u1", "u2"]),
+            "answer_pretrained": np.eye(2), "classifier_pretrained": np.eye(2)}
+    other = dict(fold, label_names=np.asarray(["u1", "u3"]), trajectory=np.arange(2, 4))
+    with pytest.raises(ValueError, match="different classes"):
+        pooled_task("user_association_linking", [fold, other], "trajectory", {})
+    task, _ = pooled_task("user_association_linking", [fold, dict(fold, trajectory=np.arange(2, 4))], "trajectory", {})
+    assert task.test["label"] == [0, 1, 0, 1] and task.label_names == ["u1", "u2"]
