@@ -82,7 +82,7 @@ nyc-context geolife-context: $(VENV)/.installed
 	$(PY) -m modeling_trajfm.downstream.seeds $(addprefix $@-seed,$(CONTEXT_SEEDS)) --output_dir $@
 
 # After `make nyc`: k-fold over the held-out users' trajectories, NYC_FOLDS runs whose test folds are disjoint and
-# cover every trajectory, pooled with bootstrap intervals in nyc-folds/folds_report.{json,md}.
+# cover every trajectory, pooled into one compare report of all their test rows: nyc-folds/compare_report.{json,md,png}.
 NYC_FOLDS ?= 5
 FOLD_IDS = $(shell seq 0 $$(($(NYC_FOLDS) - 1)))
 nyc-folds: $(VENV)/.installed

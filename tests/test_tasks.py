@@ -288,6 +288,29 @@ def test_next_subtrajectory_has_a_time_gap_baseline_when_times_are_known():
     assert "time_gap" not in untimed_task.baselines and "no visit times" in untimed_task.info["time_gap"]
 
 
+def test_folds_test_each_trajectory_once_and_never_train_on_it():
+    """TaskConfig(num_folds=k, test_fold=f): the k builds test disjoint trajectories that cover the task's anchors,
+    and no build trains or validates on a trajectory it tests; split files cannot be folded."""
+    from modeling_trajfm.downstream import GivenSplit, TaskConfig, build_task
+
+    records = _records(n_users=5, per_user=6, length=10)
+    tested = []
+    for fold in range(3):
+        task = build_task("next_subtrajectory", records, TaskConfig(num_folds=3, test_fold=fold), 0)
+        test = set(task.test["traj_id_a"]) | set(task.test["traj_id_b"])
+        seen = {i for side in (task.train, task.validation) for key in ("traj_id_a", "traj_id_b") for i in side[key]}
+        assert not test & seen
+        tested += sorted(set(task.test["traj_id_a"]))
+        linking = build_task("user_association_linking", records, TaskConfig(num_folds=3, test_fold=fold), 0)
+        assert not set(linking.test["traj_id"]) & (set(linking.train["traj_id"]) | set(linking.validation["traj_id"]))
+    assert sorted(tested) == [r.traj_id for r in records]
+    with pytest.raises(ValueError, match="--num_folds must be at least 2"):
+        TaskConfig(num_folds=3, test_fold=3)
+    given = GivenSplit(records[:20], records[25:], records[20:25])
+    with pytest.raises(ValueError, match="split files already fix the test split"):
+        build_task("next_subtrajectory", given, TaskConfig(num_folds=3), 0)
+
+
 def test_majority_label_is_top_of_majority_scores():
     for labels in ([0, 1, 1], [0, 1], [3, 3, 0, -100, -100, -100], [2, 5, 5, 2, 7]):
         scores = bl.majority_scores(labels, 2, 8)
