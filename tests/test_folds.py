@@ -7,7 +7,9 @@ import h3
 import numpy as np
 import pytest
 
-from modeling_trajfm.downstream import PreparedTask, task_metrics
+from modeling_trajfm.downstream import PreparedTask, TaskConfig, build_task, task_metrics
+from modeling_trajfm.downstream import examples as T
+from modeling_trajfm.downstream.compare import INITS, TEST_SCORES_FILE, row_groups, save_test_scores
 from modeling_trajfm.downstream.examples import IGNORE_INDEX
 from modeling_trajfm.downstream.folds import pooled_task
 
@@ -60,3 +62,30 @@ def test_linking_folds_must_share_their_classes():
         pooled_task("user_association_linking", [fold, other], "trajectory", {})
     task, _ = pooled_task("user_association_linking", [fold, dict(fold, trajectory=np.arange(2, 4))], "trajectory", {})
     assert task.test["label"] == [0, 1, 0, 1] and task.label_names == ["u1", "u2"]
+
+
+def test_saved_test_scores_pool_pairs_by_anchor_and_fold(tmp_path):
+    """`compare.save_test_scores` keeps each scorer under its own key and the rows' anchors; pooled pair rows are
+    resampled by (fold, anchor), so equal anchor ids of two folds stay two groups."""
+    records = [T.Record(f"u{u}", 10 * u + k, np.arange(8, dtype=np.uint64) + np.uint64(100 * (10 * u + k)),
+                        1_700_000_000 + 600 * np.arange(8, dtype=np.int64) + 86_400 * (10 * u + k))
+               for u in range(4) for k in range(4)]
+    task = build_task("next_subtrajectory", records, TaskConfig(), 0)
+    n = len(task.test["label"])
+    rng = np.random.default_rng(0)
+    arrays = {f"{scorer}_{init}": rng.normal(size=(n, 2)) for scorer in ("answer", "classifier") for init in INITS}
+    path = tmp_path / TEST_SCORES_FILE
+    save_test_scores(path, task, {init: arrays[f"answer_{init}"] for init in INITS},
+                     {init: arrays[f"classifier_{init}"] for init in INITS})
+    saved = dict(np.load(path))
+    for key, array in arrays.items():
+        assert np.array_equal(saved[key], array)
+    assert saved["trajectory"].tolist() == task.test["traj_id_a"] and str(saved["kind"]) == "pair"
+    assert saved["difficulty"].tolist() == task.test["difficulty"]
+    assert np.array_equal(saved["baseline_time_gap"], task.baseline_scores["time_gap"])
+    inputs = {name: row["inputs"] for name, row in task.baselines.items()}
+    pooled, scores = pooled_task("next_subtrajectory", [saved, saved], "trajectory pair", inputs)
+    groups = row_groups(pooled)
+    assert len(set(groups)) == 2 * len(set(task.test["traj_id_a"])) and groups[0] != groups[n]
+    assert np.array_equal(scores["classifier_random"], np.concatenate([arrays["classifier_random"]] * 2))
+    assert pooled.baselines["time_gap"]["accuracy"] == pytest.approx(task.baselines["time_gap"]["accuracy"])

@@ -140,6 +140,9 @@ class TaskConfig:
         if self.num_folds is not None and (self.num_folds < 2 or not 0 <= self.test_fold < self.num_folds):
             raise ValueError(f"--num_folds must be at least 2 and --test_fold in 0..num_folds - 1, got --num_folds "
                              f"{self.num_folds} --test_fold {self.test_fold}.")
+        if self.num_folds is not None and self.max_test_samples is not None:
+            raise ValueError("--num_folds tests every trajectory once across the folds, and --max_test_samples would "
+                             "drop some of them: drop one of the two.")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"--validation_fraction must be in [0, 1), got {self.validation_fraction}.")
         if self.num_users is not None and self.num_users < 2:

@@ -49,20 +49,27 @@ from .stats import N_RESAMPLES
 REPORT_FILE = "compare_report.json"
 
 
-def _fold_of(folder: Path, entry: str) -> tuple[int | None, int]:
-    """(num_folds, test_fold) of the run that wrote `folder/entry`."""
-    config = json.loads((folder / entry / INITS[0] / "task_report.json").read_text())["task_config"]
-    return config.get("num_folds"), config.get("test_fold", 0)
+def _task_config(folder: Path, entry: str) -> dict[str, Any]:
+    """The task settings of the run that wrote `folder/entry`."""
+    return json.loads((folder / entry / INITS[0] / "task_report.json").read_text())["task_config"]
 
 
 def _check_partition(folders: Sequence[Path], entry: str, trajectories: list[np.ndarray]) -> None:
-    """The folders must be the k folds of one k-fold: k runs, folds 0..k-1, disjoint test trajectories."""
-    folds = [_fold_of(folder, entry) for folder in folders]
-    k = folds[0][0]
-    if k is None or any(n != k for n, _ in folds) or sorted(f for _, f in folds) != list(range(k)):
-        raise ValueError(f"{entry}: the folders hold folds {[f for _, f in folds]} of --num_folds "
-                         f"{sorted({n for n, _ in folds}, key=str)}; pass the runs of every fold 0..k-1 of one "
-                         "k-fold (run_finetune.py --num_folds k --test_fold f, the same --data_seed).")
+    """The folders must be the k folds of one k-fold: k runs of the same task settings, folds 0..k-1, disjoint test
+    trajectories (folds of another `--data_seed` would overlap)."""
+    configs = [_task_config(folder, entry) for folder in folders]
+    folds = [config.get("test_fold", 0) for config in configs]
+    k = configs[0].get("num_folds")
+    if k is None or sorted(folds) != list(range(k)):
+        raise ValueError(f"{entry}: the folders hold folds {folds} of --num_folds "
+                         f"{sorted({config.get('num_folds') for config in configs}, key=str)}; pass the runs of "
+                         "every fold 0..k-1 of one k-fold (run_finetune.py --num_folds k --test_fold f, the same "
+                         "--data_seed).")
+    settings = [{key: value for key, value in config.items() if key != "test_fold"} for config in configs]
+    differ = sorted({key for other in settings[1:] for key in other if other[key] != settings[0].get(key)})
+    if differ:
+        raise ValueError(f"{entry}: the folds ran with different task settings ({', '.join(differ)}); run every "
+                         "fold with the same arguments but --test_fold.")
     seen: set[int] = set()
     for folder, rows in zip(folders, trajectories):
         anchors = set(rows.tolist())
@@ -116,9 +123,13 @@ def pooled_task(entry: str, saved: list[dict[str, np.ndarray]], inputs: str, bas
                                                           for t in fold["trajectory"]]
     info = {"folds": len(saved), "test_examples": len(test["label"]),
             "test_examples_per_fold": [int(fold["label"].size) for fold in saved]}
-    task = PreparedTask(entry, kind, {}, test, names, info,
-                        candidates=union.tolist(), inputs=inputs)
-    pooled = {name: np.concatenate([scores[name] for scores in by_fold]) for name in by_fold[0]}
+    models = {f"{scorer}_{init}" for scorer in ("answer", "classifier") for init in INITS}
+    dropped = sorted(set().union(*by_fold) - models - set(baseline_inputs))
+    if dropped:
+        info["baselines_not_in_every_fold"] = dropped
+    task = PreparedTask(entry, kind, {}, test, names, info, candidates=union.tolist(), inputs=inputs)
+    pooled = {name: np.concatenate([scores[name] for scores in by_fold]) for name in by_fold[0]
+              if all(name in scores for scores in by_fold)}
     task.set_baselines({name: pooled.pop(name) for name in baseline_inputs})
     for name, row in task.baselines.items():
         row["inputs"] = baseline_inputs[name]
@@ -152,8 +163,11 @@ def pool_folds(folders: Sequence[str | Path], seed: int = 0, n_resamples: int = 
             with np.load(path) as fold:
                 saved.append({key: fold[key] for key in fold.files})
         _check_partition(folders, entry, [fold["trajectory"] for fold in saved])
+        # a baseline some fold lacks (time gap: a fold without visit times) is not pooled
+        in_every_fold = [name for name in first["baselines"] if all(name in report["tasks"][entry]["baselines"]
+                                                                     for report in reports)]
         task, pooled = pooled_task(entry, saved, first["inputs"],
-                                   {name: row["inputs"] for name, row in first["baselines"].items()})
+                                   {name: first["baselines"][name]["inputs"] for name in in_every_fold})
         tasks[entry], answers[entry], classifiers[entry], results[entry] = task, {}, {}, {}
         for init in INITS:
             answers[entry][init], classifiers[entry][init] = pooled[f"answer_{init}"], pooled[f"classifier_{init}"]

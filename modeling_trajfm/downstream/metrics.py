@@ -118,9 +118,8 @@ def row_outcomes(kind: str, scores: np.ndarray, labels: np.ndarray) -> np.ndarra
     """What a task's primary metric needs of each row: a pair task's predicted class (arg-max), else 1 when the true
     class ranks first (`true_class_ranks`). Rows of several test sets can be pooled this way even when their class
     sets differ (destination's candidates)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    if kind == "pair":
-        return np.where(np.isnan(scores), -np.inf, scores).argmax(axis=1)
+    if kind == "pair":  # as `task_metrics` predicts pairs
+        return np.asarray(scores).argmax(axis=1)
     return (true_class_ranks(scores, labels) <= 1).astype(np.int64)
 
 
