@@ -44,9 +44,8 @@ from .compare import (
     compare_report,
 )
 from .examples import IGNORE_INDEX
+from .seeds import REPORT_FILE
 from .stats import N_RESAMPLES
-
-REPORT_FILE = "compare_report.json"
 
 
 def _task_config(folder: Path, entry: str) -> dict[str, Any]:
@@ -118,9 +117,8 @@ def pooled_task(entry: str, saved: list[dict[str, np.ndarray]], inputs: str, bas
     for name in POOLED_COLUMNS[1:]:
         if all(name in fold for fold in saved):
             test[name] = np.concatenate([fold[name] for fold in saved]).tolist()
-    # rows resampled together: a pair task's anchor trajectory, told apart by fold
-    test["traj_id_a" if kind == "pair" else "traj_id"] = [f"{i}/{t}" for i, fold in enumerate(saved)
-                                                          for t in fold["trajectory"]]
+    if kind == "pair":  # rows resampled together (`compare.row_groups`): the anchor trajectory, told apart by fold
+        test["traj_id_a"] = [f"{i}/{t}" for i, fold in enumerate(saved) for t in fold["trajectory"]]
     info = {"folds": len(saved), "test_examples": len(test["label"]),
             "test_examples_per_fold": [int(fold["label"].size) for fold in saved]}
     models = {f"{scorer}_{init}" for scorer in ("answer", "classifier") for init in INITS}

@@ -52,7 +52,7 @@ from . import baselines as bl
 from .builders import FORM_SELECTIONS, PRIMARY_METRIC, PreparedTask, task_metrics
 from .compare import resample_rows, row_groups
 from .embeddings import contrastive_finetune, embed_trajectories, retrieval_scores, row_cosines
-from .metrics import f1_threshold, primary_by_counts, row_outcomes
+from .metrics import f1_threshold, true_class_ranks
 from .probes import DESTINATION, LINKING, PROBE_SETTINGS
 from .stats import N_RESAMPLES
 
@@ -293,8 +293,15 @@ def primary_by_resample(task: PreparedTask, scores: np.ndarray, counts: np.ndarr
     """The entry's primary metric (accuracy, accuracy@1 or binary F1) of validation `scores` on each resample of
     `counts` (`resample_counts`), all at once; a row of ones gives `task_metrics`' figure."""
     labels = np.asarray(task.validation["label"])
-    return primary_by_counts(PRIMARY_METRIC[task.name], task.kind, row_outcomes(task.kind, scores, labels), labels,
-                             counts)
+    if task.kind == "pair":
+        predicted = np.asarray(scores).argmax(axis=1)
+        if PRIMARY_METRIC[task.name] == "f1":
+            tp, fp, fn = (counts @ ((predicted == p) & (labels == t)) for p, t in ((1, 1), (1, 0), (0, 1)))
+            return np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+        correct = predicted == labels
+    else:  # ranked classes: user linking, destination
+        correct = true_class_ranks(scores, labels) <= 1
+    return counts @ correct / np.maximum(counts.sum(axis=1), 1)
 
 
 def choose_form(task: PreparedTask, classifier: np.ndarray | None, forms: dict[str, FormScores],

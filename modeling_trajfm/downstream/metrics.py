@@ -114,27 +114,6 @@ def binary_metrics(predictions: Sequence[int], labels: Sequence[int]) -> dict[st
     return {"accuracy": accuracy(predictions, labels), "f1": binary_f1(predictions, labels)}
 
 
-def row_outcomes(kind: str, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """What a task's primary metric needs of each row: a pair task's predicted class (arg-max), else 1 when the true
-    class ranks first (`true_class_ranks`). Rows of several test sets can be pooled this way even when their class
-    sets differ (destination's candidates)."""
-    if kind == "pair":  # as `task_metrics` predicts pairs
-        return np.asarray(scores).argmax(axis=1)
-    return (true_class_ranks(scores, labels) <= 1).astype(np.int64)
-
-
-def primary_by_counts(metric: str, kind: str, outcomes: np.ndarray, labels: np.ndarray, counts: np.ndarray
-                      ) -> np.ndarray:
-    """The primary `metric` (binary `f1`, `accuracy` or `accuracy@1`) of `row_outcomes` on each row of `counts`
-    (`(n_resamples, n)`: how often each resample draws each row), all at once; a row of ones gives the plain figure."""
-    outcomes, labels = np.asarray(outcomes), np.asarray(labels)
-    if kind == "pair" and metric == "f1":
-        tp, fp, fn = (counts @ ((outcomes == p) & (labels == t)) for p, t in ((1, 1), (1, 0), (0, 1)))
-        return np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
-    correct = outcomes == labels if kind == "pair" else outcomes
-    return counts @ correct / np.maximum(counts.sum(axis=1), 1)
-
-
 def ranking_metrics(
     scores: np.ndarray,
     labels: np.ndarray,
@@ -171,8 +150,6 @@ __all__ = [
     "f1_threshold",
     "macro_f1",
     "mean_reciprocal_rank",
-    "primary_by_counts",
     "ranking_metrics",
-    "row_outcomes",
     "true_class_ranks",
 ]
