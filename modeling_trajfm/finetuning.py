@@ -67,7 +67,7 @@ from .downstream.forms import (
     history_forms,
     save_validation_scores,
 )
-from .downstream.probes import frozen_probes
+from .downstream.probes import frozen_probe_scores, probe_metrics
 from .hub import check_push_possible, push_checkpoint
 from .modeling_trajbert import (
     TrajBertForHexagonPrediction,
@@ -774,15 +774,18 @@ def compare(
                                                                              folder)
             if "test_answer_form" in results[entry][init]:
                 classifier_logits.setdefault(entry, {})[init] = classifier
-    probes = {init: frozen_probes(load_encoder(prepared.model_path, prepared.base_config, init, training_args.seed),
-                                  prepared.tokenizer, prepared.tasks, training_args.seed,
-                                  training_args.per_device_eval_batch_size) for init in INITS}
+    probe_scores = {init: frozen_probe_scores(load_encoder(prepared.model_path, prepared.base_config, init,
+                                                           training_args.seed),
+                                              prepared.tokenizer, prepared.tasks, training_args.seed,
+                                              training_args.per_device_eval_batch_size) for init in INITS}
+    probes = {init: probe_metrics(prepared.tasks, scores) for init, scores in probe_scores.items()}
     report = compare_report(results, prepared.tasks, logits, seed=training_args.seed, probes=probes,
-                            classifier_logits=classifier_logits)
+                            classifier_logits=classifier_logits, probe_scores=probe_scores)
     if training_args.process_index == 0:
         for entry, task in prepared.tasks.items():  # for pooling the folds of --num_folds (downstream.folds)
             save_test_scores(output_root / entry / TEST_SCORES_FILE, task, logits[entry],
-                             classifier_logits.get(entry, logits[entry]))
+                             classifier_logits.get(entry, logits[entry]),
+                             {init: scores[entry] for init, scores in probe_scores.items() if entry in scores})
         (output_root / "compare_report.json").write_text(json.dumps(report, indent=1, default=str))
         markdown = compare_markdown(report)
         (output_root / "compare_report.md").write_text(markdown)

@@ -47,6 +47,20 @@ def test_destination_folds_rank_the_union_of_their_candidates():
     assert markov["accuracy@1"] == pytest.approx(3 / 5) and markov["inputs"] == "prefix"
 
 
+def test_probe_scores_pool_like_the_answers():
+    """The frozen probes' saved scores are pooled over the union of candidates as the answers are; they are not
+    baselines, and a probe some fold did not save is not pooled."""
+    a = _fold([C1, C2], [C1, C2, C3], [[2, 1], [0, 1], [1, 0]], [[0, 1], [0, 1], [0, 1]], [1, 2, 3])
+    b = _fold([C2, C3], [C3, C2], [[0, 1], [0, 1]], [[0, 1], [1, 0]], [4, 5])
+    a["probe_random_linear_probe"], b["probe_random_linear_probe"] = a["baseline_markov"], b["baseline_markov"]
+    a["probe_pretrained_linear_probe"] = a["answer_pretrained"]
+    task, scores = pooled_task("destination", [a, b], "prefix", {"markov": "prefix"})
+    assert "baselines_not_in_every_fold" not in task.info and "probe_pretrained_linear_probe" not in scores
+    probe = scores["probe_random_linear_probe"]
+    assert np.isneginf(probe[:3, 2]).all() and np.isneginf(probe[3:, 0]).all()
+    assert task_metrics(task, probe)["accuracy@1"] == pytest.approx(task.baselines["markov"]["accuracy@1"])
+
+
 def _as_task(fold):
     columns = {"label": fold["label"].tolist(), "destination": fold["destination"].tolist()}
     return PreparedTask("destination", "hexagon", {}, columns, fold["label_names"].tolist(),
@@ -65,8 +79,8 @@ def test_linking_folds_must_share_their_classes():
 
 
 def test_saved_test_scores_pool_pairs_by_anchor_and_fold(tmp_path):
-    """`compare.save_test_scores` keeps each scorer under its own key and the rows' anchors; pooled pair rows are
-    resampled by (fold, anchor), so equal anchor ids of two folds stay two groups."""
+    """`compare.save_test_scores` keeps each scorer (the probes too) under its own key and the rows' anchors; pooled
+    pair rows are resampled by (fold, anchor), so equal anchor ids of two folds stay two groups."""
     records = [T.Record(f"u{u}", 10 * u + k, np.arange(8, dtype=np.uint64) + np.uint64(100 * (10 * u + k)),
                         1_700_000_000 + 600 * np.arange(8, dtype=np.int64) + 86_400 * (10 * u + k))
                for u in range(4) for k in range(4)]
@@ -75,10 +89,11 @@ def test_saved_test_scores_pool_pairs_by_anchor_and_fold(tmp_path):
     rng = np.random.default_rng(0)
     arrays = {f"{scorer}_{init}": rng.normal(size=(n, 2)) for scorer in ("answer", "classifier") for init in INITS}
     path = tmp_path / TEST_SCORES_FILE
+    probe = rng.normal(size=(n, 2))
     save_test_scores(path, task, {init: arrays[f"answer_{init}"] for init in INITS},
-                     {init: arrays[f"classifier_{init}"] for init in INITS})
+                     {init: arrays[f"classifier_{init}"] for init in INITS}, {"random": {"retrieval_knn": probe}})
     saved = dict(np.load(path))
-    for key, array in arrays.items():
+    for key, array in (arrays | {"probe_random_retrieval_knn": probe}).items():
         assert np.array_equal(saved[key], array)
     assert saved["trajectory"].tolist() == task.test["traj_id_a"] and str(saved["kind"]) == "pair"
     assert saved["difficulty"].tolist() == task.test["difficulty"]

@@ -230,6 +230,40 @@ def test_probes_section_and_markdown():
     assert "probes" not in compare_report(results, {"user_association_linking": task})
 
 
+def test_probe_intervals_are_paired_on_the_answers_resamples():
+    """Given the probes' test scores, the report bootstraps them on the entry's own resamples: a probe scoring like the
+    answer gets the answer's interval, an always-right probe [1, 1], and pre-trained minus random is paired."""
+    labels = np.arange(40) % 4
+    right = np.eye(4)[labels]
+    half_wrong = np.where((np.arange(40) % 2 == 0)[:, None], right, np.eye(4)[(labels + 1) % 4])
+    task = PreparedTask("user_association_linking", "single", {}, {"label": labels.tolist()},
+                        ["u0", "u1", "u2", "u3"], inputs="trajectory")
+    logits = {"user_association_linking": {"pretrained": half_wrong, "random": half_wrong}}
+    metrics = {init: {f"test_{k}": v for k, v in task_metrics(task, half_wrong).items()} for init in ("pretrained",
+                                                                                                       "random")}
+    scores = {"pretrained": {"user_association_linking": {"retrieval_knn": right, "retrieval_prototype": half_wrong}},
+              "random": {"user_association_linking": {"retrieval_knn": half_wrong, "retrieval_prototype": half_wrong}}}
+    probes = {init: {entry: {probe: ranking_metrics(matrix, labels) for probe, matrix in by_probe.items()}
+                     for entry, by_probe in by_entry.items()} for init, by_entry in scores.items()}
+    results = {"user_association_linking": metrics}
+    report = compare_report(results, {"user_association_linking": task}, logits, seed=3, n_resamples=200,
+                            probes=probes, probe_scores=scores)
+    section, answer = report["probes"], report["tasks"]["user_association_linking"]["ci95"]
+    ci = section["ci95"]["user_association_linking"]
+    assert ci["retrieval_prototype"]["pretrained"]["accuracy@1"] == answer["pretrained"]["accuracy@1"]
+    assert ci["retrieval_knn"]["pretrained"]["accuracy@1"] == [1.0, 1.0]
+    lo, hi = ci["retrieval_knn"]["random"]["accuracy@1"]
+    assert lo < 0.5 < hi
+    margins = section["margin_ci95"]["user_association_linking"]
+    assert margins["retrieval_prototype"] == [0.0, 0.0]  # the same scores: zero on every resample
+    assert 0 < margins["retrieval_knn"][0] < 0.5 < margins["retrieval_knn"][1] < 1
+    markdown = compare_markdown(report)
+    assert "| retrieval_knn | accuracy@1 | 1.0000 [1.000, 1.000] |" in markdown
+    assert "pre-trained minus random, paired 95% interval [+0.000, +0.000]" in markdown
+    without = compare_report(results, {"user_association_linking": task}, logits, probes=probes)["probes"]
+    assert "ci95" not in without and "margin_ci95" not in without
+
+
 def test_frozen_probes_on_real_tasks(encoder_and_records):
     path, tokenizer, config, records = encoder_and_records
     config_ = TaskConfig(max_input_visits=16)

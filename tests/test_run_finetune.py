@@ -590,8 +590,8 @@ def test_output_dir_is_protected(checkpoint, tmp_path):
 
 def test_folds_pool_every_trajectory_once(checkpoint, tmp_path):
     """--num_folds 2: the two runs test disjoint trajectories; the pooled compare report holds both folds' rows
-    (linking's accuracy@1 = the folds' rows-weighted mean, binary F1 from the pooled counts), the saved scores are
-    the reported ones, and an incomplete or overlapping set of folds is refused."""
+    (linking's accuracy@1 = the folds' rows-weighted mean, binary F1 from the pooled counts; the frozen probes too),
+    the saved scores are the reported ones, and an incomplete or overlapping set of folds is refused."""
     outs = [tmp_path / f"fold{fold}" for fold in range(2)]
     for fold, out in enumerate(outs):
         _run(checkpoint, out, "--compare", "--tasks", "user_association", "--num_folds", "2", "--test_fold", str(fold),
@@ -624,6 +624,15 @@ def test_folds_pool_every_trajectory_once(checkpoint, tmp_path):
         assert verdict["best_baseline"] == max(verdict["baselines"], key=lambda name: pooled["baselines"][name][metric])
         lo, hi = verdict["pretrained_margin_ci95"]
         assert -1 <= lo <= hi <= 1 and len(pooled["fold_margins"]) == 2
+    linking = "user_association_linking"  # the frozen probes: bootstrapped per fold, pooled from the saved scores
+    fold_probes = [_read(out / "compare_report.json")["probes"] for out in outs]
+    for probe, by_init in report["probes"]["tasks"][linking].items():
+        expected = np.average([fold["tasks"][linking][probe]["pretrained"]["accuracy@1"] for fold in fold_probes],
+                              weights=report["tasks"][linking]["split"]["test_examples_per_fold"])
+        assert math.isclose(by_init["pretrained"]["accuracy@1"], expected)
+        for probes in (report["probes"], *fold_probes):
+            lo, hi = probes["margin_ci95"][linking][probe]
+            assert -1 <= lo <= hi <= 1 and probes["ci95"][linking][probe]["random"]["accuracy@1"] is not None
     f1 = {init: np.mean([t[init][t["primary_metric"]] for t in report["tasks"].values()]) for init in ("pretrained",
                                                                                                           "random")}
     if f1["random"]:

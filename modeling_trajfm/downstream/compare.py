@@ -20,14 +20,16 @@ classifiers' test logits of entries another form answers, `ci95[init]["classifie
 Each entry says what its model sees (`inputs`) and compares it only with the baselines that see nothing more
 (`same_inputs`: "beats" means beats those); with logits, `same_inputs[f"{init}_margin_ci95"]` is the paired
 interval of init minus the best of those baselines on the primary metric (same resamples). The optional `probes`
-section holds the frozen-encoder probes of `downstream.probes`, pre-trained vs random init. `save_test_scores` keeps
-each entry's test rows and scores (`TEST_SCORES_FILE`), so that `downstream.folds` can pool the runs of a k-fold.
+section holds the frozen-encoder probes of `downstream.probes`, pre-trained vs random init; given their test scores,
+with intervals on the entry's resamples and the paired interval of pre-trained minus random (`probe_intervals`).
+`save_test_scores` keeps each entry's test rows and scores (`TEST_SCORES_FILE`), so that `downstream.folds` can pool
+the runs of a k-fold.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,8 @@ PRIMARY_F1 = {
 #: The metric that decides whether the model beats the baselines that see the same inputs: the primary one.
 BEATS_METRIC = PRIMARY_METRIC
 LOWER_IS_BETTER = ("distance_km_mean", "distance_km_median", "loss")
+#: The probe metrics given intervals (`probe_intervals`): the retrieval and linear-probe metrics the report leads with.
+PROBE_CI_METRICS = ("accuracy@1", "macro_f1")
 BOOTSTRAP_METHOD = ("percentile bootstrap over test examples (pair tasks: anchor trajectories with all their pairs), "
                     "the same resamples for every scorer of a task; improvement: paired, one resample per task")
 AVG_F1_FORMULA = ("100 * (mean_t F1_pretrained(t) - mean_t F1_random(t)) / mean_t F1_random(t); F1 = binary F1 for "
@@ -118,18 +122,21 @@ def resample_rows(task: PreparedTask, n_resamples: int, seed: int | list[int], s
 
 #: Per entry of a compare (`save_test_scores`): what `downstream.folds` needs to rebuild the entry's test side and
 #: pool the runs of a k-fold. Keys: `kind`, `trajectory` (each row's anchor), the test columns of `POOLED_COLUMNS`,
-#: `label_names`, `candidates`, `answer_<init>` and `classifier_<init>` scores, `BASELINE_SCORES_PREFIX + name`.
+#: `label_names`, `candidates`, `answer_<init>` and `classifier_<init>` scores, `BASELINE_SCORES_PREFIX + name` and,
+#: for the entries with frozen probes, `PROBE_SCORES_PREFIX + f"{init}_{probe}"`.
 TEST_SCORES_FILE = "test_scores.npz"
 BASELINE_SCORES_PREFIX = "baseline_"
+PROBE_SCORES_PREFIX = "probe_"
 #: Test columns kept besides the scores: labels, destination's true cells, next sub-trajectory's negative kinds.
 POOLED_COLUMNS = ("label", "destination", "difficulty")
 
 
 def save_test_scores(path: Path, task: PreparedTask, answers: dict[str, np.ndarray],
-                     classifiers: dict[str, np.ndarray]) -> None:
+                     classifiers: dict[str, np.ndarray], probes: dict[str, dict[str, np.ndarray]] | None = None
+                     ) -> None:
     """Write `task`'s test side to `path` (`TEST_SCORES_FILE`): each row's anchor trajectory (a pair's segment A, else
-    the row's own), the `POOLED_COLUMNS` it has, its classes, each init's answer and classifier scores and every
-    baseline's scores."""
+    the row's own), the `POOLED_COLUMNS` it has, its classes, each init's answer and classifier scores, every
+    baseline's scores and the frozen probes' (`probes[init][probe]`)."""
     trajectories = task.test["traj_id_a" if task.kind == "pair" else "traj_id"]
     columns = {name: np.asarray(task.test[name]) for name in POOLED_COLUMNS if name in task.test}
     if "destination" in columns:
@@ -138,7 +145,9 @@ def save_test_scores(path: Path, task: PreparedTask, answers: dict[str, np.ndarr
              label_names=np.asarray(task.label_names, dtype=str), candidates=np.asarray(task.candidates, np.uint64),
              **{f"answer_{init}": np.asarray(scores, dtype=np.float64) for init, scores in answers.items()},
              **{f"classifier_{init}": np.asarray(scores, dtype=np.float64) for init, scores in classifiers.items()},
-             **{BASELINE_SCORES_PREFIX + name: scores for name, scores in task.baseline_scores.items()})
+             **{BASELINE_SCORES_PREFIX + name: scores for name, scores in task.baseline_scores.items()},
+             **{f"{PROBE_SCORES_PREFIX}{init}_{probe}": np.asarray(scores, dtype=np.float64)
+                for init, by_probe in (probes or {}).items() for probe, scores in by_probe.items()})
 
 
 def _bootstrap(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTask],
@@ -217,8 +226,33 @@ def same_inputs_verdict(entry: str, inputs: str, by_init: dict[str, dict], basel
     return verdict
 
 
-def probes_section(probes: dict[str, dict[str, dict[str, dict[str, float]]]]) -> dict[str, Any]:
-    """`probes[init][entry][probe]` = test metrics of a frozen encoder → the report's `probes` section."""
+def probe_intervals(tasks: dict[str, PreparedTask], probe_scores: dict[str, dict[str, dict[str, np.ndarray]]],
+                    seed: int, n_resamples: int = N_RESAMPLES, order: Sequence[str] = ()) -> dict[str, Any]:
+    """Bootstrap intervals of the frozen probes' test scores (`probe_scores[init][entry][probe]`): `ci95[entry][probe]
+    [init][metric]` for accuracy@1 and macro-F1, and the paired interval of pre-trained minus random accuracy@1
+    (`margin_ci95[entry][probe]`, both inits on the same resamples). An entry listed in `order` (the report's entries)
+    draws the resamples its answers are bootstrapped on."""
+    ci: dict[str, dict] = {}
+    margins: dict[str, dict] = {}
+    for entry, by_probe in probe_scores[INITS[0]].items():
+        task = tasks[entry]
+        index = list(order).index(entry) if entry in order else len(order)
+        resamples = resample_rows(task, n_resamples, [seed, index])
+        for probe in by_probe:
+            values = {init: [resampled_metrics(task, probe_scores[init][entry][probe])(rows) for rows in resamples]
+                      for init in INITS}
+            ci.setdefault(entry, {})[probe] = {
+                init: {metric: percentile_interval([v[metric] for v in rows]) for metric in PROBE_CI_METRICS}
+                for init, rows in values.items()}
+            margins.setdefault(entry, {})[probe] = percentile_interval(
+                [pre["accuracy@1"] - rand["accuracy@1"] for pre, rand in zip(*(values[init] for init in INITS))])
+    return {"ci95": ci, "margin_ci95": margins}
+
+
+def probes_section(probes: dict[str, dict[str, dict[str, dict[str, float]]]],
+                   intervals: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`probes[init][entry][probe]` = test metrics of a frozen encoder → the report's `probes` section, with the
+    `probe_intervals` when given."""
     tasks: dict[str, dict[str, dict]] = {}
     for init, entries in probes.items():
         for entry, by_probe in entries.items():
@@ -227,18 +261,19 @@ def probes_section(probes: dict[str, dict[str, dict[str, dict[str, float]]]]) ->
     better = {probe: rows["pretrained"]["accuracy@1"] > rows["random"]["accuracy@1"]
               for probe, rows in tasks.get(LINKING, {}).items() if set(INITS) <= set(rows)}
     return {"encoder": "frozen (no fine-tuning)", "settings": PROBE_SETTINGS, "tasks": tasks,
-            "pretrained_better_nn_linking": better}
+            "pretrained_better_nn_linking": better, **(intervals or {})}
 
 
 def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTask],
                    logits: dict[str, dict[str, np.ndarray]] | None = None, seed: int = 0,
                    n_resamples: int = N_RESAMPLES, probes: dict[str, dict] | None = None,
-                   classifier_logits: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
+                   classifier_logits: dict[str, dict[str, np.ndarray]] | None = None,
+                   probe_scores: dict[str, dict[str, dict[str, np.ndarray]]] | None = None) -> dict[str, Any]:
     """`results[entry][init]` = test metrics (keys `test_*`) → the report (see the module docstring); with the test
     `logits[entry][init]` of the answers, bootstrap 95% intervals too (`seed`, `n_resamples`), and with the
     classifiers' test logits (`classifier_logits[entry][init]`, for entries another form answers) those of the
     classifier protocol; `probes` (`probes[init][entry][probe]` = metrics of the frozen encoder) adds the `probes`
-    section."""
+    section, with intervals when bootstrapping and given their test scores (`probe_scores`, same keys)."""
     report_tasks = {}
     for entry, by_init in results.items():
         pre = {k.removeprefix("test_"): v for k, v in by_init["pretrained"].items()}
@@ -285,7 +320,9 @@ def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, Prepare
         report["bootstrap"] = {"resamples": n_resamples, "seed": seed, "confidence": 0.95,
                                "method": BOOTSTRAP_METHOD}
     if probes:
-        report["probes"] = probes_section(probes)
+        intervals = (probe_intervals(tasks, probe_scores, seed, n_resamples, list(results))
+                     if logits is not None and probe_scores else None)
+        report["probes"] = probes_section(probes, intervals)
     return report
 
 
@@ -382,20 +419,33 @@ def _same_inputs_line(t: dict[str, Any]) -> str:
             f"({verdict['best_baseline_value']:.4f}); " + ", ".join(parts) + ".")
 
 
+def _with_interval(value: Any, intervals: dict[str, dict], init: str, metric: str) -> str:
+    """`value`, followed by its 95% interval when `intervals[init][metric]` has one."""
+    interval = intervals.get(init, {}).get(metric)
+    return _fmt(value) + ("" if interval is None else f" [{interval[0]:.3f}, {interval[1]:.3f}]")
+
+
 def _probes_markdown(probes: dict[str, Any]) -> list[str]:
     settings = ", ".join(f"{k} {v}" for k, v in probes["settings"].items())
+    ci = probes.get("ci95", {})
     lines = ["## Probes: frozen encoders, no fine-tuning (what pre-training teaches)", "", f"Settings: {settings}.",
              "", "| task | probe | metric | pretrained | random | improvement |", "|---|---|---|---|---|---|"]
     for entry, by_probe in probes["tasks"].items():
         for probe, rows in by_probe.items():
             pre, rand = rows.get("pretrained", {}), rows.get("random", {})
+            intervals = ci.get(entry, {}).get(probe, {})
             for metric, value in pre.items():
                 improvement = relative_improvement(value, rand.get(metric, math.nan), is_lower_better(metric))
-                lines.append(f"| {entry} | {probe} | {metric} | {_fmt(value)} | {_fmt(rand.get(metric))} | "
+                pre_cell = _with_interval(value, intervals, "pretrained", metric)
+                rand_cell = _with_interval(rand.get(metric), intervals, "random", metric)
+                lines.append(f"| {entry} | {probe} | {metric} | {pre_cell} | {rand_cell} | "
                              + ("n/a" if improvement is None else f"{improvement:+.1f}%") + " |")
     for probe, better in probes["pretrained_better_nn_linking"].items():
+        margin = probes.get("margin_ci95", {}).get(LINKING, {}).get(probe)
         lines += ["", f"Nearest-neighbour user linking ({probe}, accuracy@1): pre-trained frozen embeddings "
-                      f"{'beat' if better else 'do not beat'} random-init ones."]
+                      f"{'beat' if better else 'do not beat'} random-init ones"
+                      + ("." if margin is None else
+                         f"; pre-trained minus random, paired 95% interval [{margin[0]:+.3f}, {margin[1]:+.3f}].")]
     return lines
 
 

@@ -18,8 +18,9 @@ and, as `classifier_*`, the classifiers: the paper's protocol) and of every base
 same-inputs verdict with its paired margin interval and the average-F1 improvements. Destination's folds rank their
 own candidate cells (each fold's training destinations): the pooled rows rank the union, a fold's scores -inf on the
 cells it could not predict and its labels as they were, so a destination outside a fold's candidates stays wrong.
-Each fold's answer keeps the form, checkpoint and thresholds its own validation chose; the frozen probes are per
-fold only (each fold's report).
+Each fold's answer keeps the form, checkpoint and thresholds its own validation chose. The frozen probes (user linking
+by nearest neighbours, destination's linear probe) are pooled the same way from their saved test scores, with the
+paired interval of pre-trained minus random init (`compare.probe_intervals`), when every fold saved them.
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ from .compare import (
     BASELINE_SCORES_PREFIX,
     INITS,
     POOLED_COLUMNS,
+    PROBE_SCORES_PREFIX,
     TEST_SCORES_FILE,
     compare_markdown,
     compare_plot,
     compare_report,
 )
 from .examples import IGNORE_INDEX
+from .probes import probe_metrics
 from .seeds import REPORT_FILE
 from .stats import N_RESAMPLES
 
@@ -79,9 +82,10 @@ def _check_partition(folders: Sequence[Path], entry: str, trajectories: list[np.
 
 
 def _scores(saved: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A fold's score matrices by scorer: `answer_<init>`, `classifier_<init>` and the baselines' names."""
+    """A fold's score matrices by scorer: `answer_<init>`, `classifier_<init>`, the baselines' names and the probes'
+    `PROBE_SCORES_PREFIX` keys."""
     return {key.removeprefix(BASELINE_SCORES_PREFIX): value for key, value in saved.items()
-            if key.startswith(("answer_", "classifier_", BASELINE_SCORES_PREFIX))}
+            if key.startswith(("answer_", "classifier_", BASELINE_SCORES_PREFIX, PROBE_SCORES_PREFIX))}
 
 
 def _on_candidates(saved: dict[str, np.ndarray], union: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -122,7 +126,8 @@ def pooled_task(entry: str, saved: list[dict[str, np.ndarray]], inputs: str, bas
     info = {"folds": len(saved), "test_examples": len(test["label"]),
             "test_examples_per_fold": [int(fold["label"].size) for fold in saved]}
     models = {f"{scorer}_{init}" for scorer in ("answer", "classifier") for init in INITS}
-    dropped = sorted(set().union(*by_fold) - models - set(baseline_inputs))
+    dropped = sorted(name for name in set().union(*by_fold) - models - set(baseline_inputs)
+                     if not name.startswith(PROBE_SCORES_PREFIX))
     if dropped:
         info["baselines_not_in_every_fold"] = dropped
     task = PreparedTask(entry, kind, {}, test, names, info, candidates=union.tolist(), inputs=inputs)
@@ -150,6 +155,7 @@ def pool_folds(folders: Sequence[str | Path], seed: int = 0, n_resamples: int = 
                                     "--compare --num_folds k --test_fold f.")
         reports.append(json.loads((folder / REPORT_FILE).read_text()))
     tasks, results, answers, classifiers = {}, {}, {}, {}
+    probe_scores: dict[str, dict[str, dict[str, np.ndarray]]] = {init: {} for init in INITS}
     for entry, first in reports[0]["tasks"].items():
         paths = [folder / entry / TEST_SCORES_FILE for folder in folders]
         missing = [str(path) for path in paths if not path.is_file()]
@@ -174,7 +180,13 @@ def pool_folds(folders: Sequence[str | Path], seed: int = 0, n_resamples: int = 
             metrics["answer_form"] = _answered_by([report["tasks"][entry][init].get("answer_form", "classifier")
                                                   for report in reports])
             results[entry][init] = {f"test_{k}": v for k, v in metrics.items()}
-    report = compare_report(results, tasks, answers, seed=seed, n_resamples=n_resamples, classifier_logits=classifiers)
+            prefix = f"{PROBE_SCORES_PREFIX}{init}_"
+            by_probe = {key.removeprefix(prefix): scores for key, scores in pooled.items() if key.startswith(prefix)}
+            if by_probe:
+                probe_scores[init][entry] = by_probe
+    probes = {init: probe_metrics(tasks, scores) for init, scores in probe_scores.items()}
+    report = compare_report(results, tasks, answers, seed=seed, n_resamples=n_resamples, classifier_logits=classifiers,
+                            probes=probes if all(probes.values()) else None, probe_scores=probe_scores)
     report["folds"] = [str(folder) for folder in folders]
     for entry, task in report["tasks"].items():
         task["fold_margins"] = [fold["tasks"][entry]["same_inputs"]["pretrained_margin"] for fold in reports]

@@ -1,11 +1,12 @@
 """Retrieval heads for user linking and probes of frozen encoders (the paper's open question 2: what does
 pre-training teach?), computed on a prepared task's own train/test split with settings fixed in advance.
 
-* `retrieval_metrics`: user linking by embedding similarity, per-user prototype and k nearest training trajectories
-  (`embeddings.prototype_scores` / `knn_scores`), with the classifier's ranking metrics.
-* `frozen_probes`: for an encoder that is not fine-tuned, the retrieval forms on user linking and a linear probe
-  (`embeddings.linear_probe_scores`) on destination; `compare` runs it on the pre-trained and the random-init
-  encoder, so any difference comes from pre-training alone.
+* `retrieval_probe_scores`: user linking by embedding similarity, per-user prototype and k nearest training
+  trajectories (`embeddings.prototype_scores` / `knn_scores`), scored with the classifier's ranking metrics.
+* `frozen_probe_scores` / `frozen_probes`: for an encoder that is not fine-tuned, the retrieval forms on user linking
+  and a linear probe (`embeddings.linear_probe_scores`) on destination, as test scores / as metrics (`probe_metrics`);
+  `compare` runs them on the pre-trained and the random-init encoder, so any difference comes from pre-training
+  alone, and bootstraps the scores (`compare.probe_intervals`).
 """
 
 from __future__ import annotations
@@ -33,36 +34,53 @@ def _embed(model, tokenizer, columns: dict[str, list], batch_size: int) -> np.nd
                               PROBE_SETTINGS["pooling"])
 
 
-def retrieval_metrics(model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, task: PreparedTask,
-                      batch_size: int = 64) -> dict[str, dict[str, float]]:
-    """`{"retrieval_prototype": metrics, "retrieval_knn": metrics}` of a user-linking task, test queries against
-    the training trajectories, with `ranking_metrics` (accuracy@1/@5, MRR, macro-F1)."""
+def retrieval_probe_scores(model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, task: PreparedTask,
+                           batch_size: int = 64) -> dict[str, np.ndarray]:
+    """`{"retrieval_prototype": scores, "retrieval_knn": scores}` of a user-linking task: `(n_test, n_users)`, test
+    queries against the training trajectories."""
     train, test = _embed(model, tokenizer, task.train, batch_size), _embed(model, tokenizer, task.test, batch_size)
-    truth = np.asarray(task.test["label"])
-    return {name: ranking_metrics(scores, truth) for name, scores in
-            retrieval_scores(train, task.train["label"], test, len(task.label_names), PROBE_SETTINGS["knn_k"]).items()}
+    return retrieval_scores(train, task.train["label"], test, len(task.label_names), PROBE_SETTINGS["knn_k"])
 
 
-def linear_probe_metrics(model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, task: PreparedTask,
-                         seed: int, batch_size: int = 64) -> dict[str, float]:
-    """Destination metrics of a linear probe over the candidate cells, trained on the frozen prefix embeddings."""
+def destination_probe_scores(model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, task: PreparedTask,
+                             seed: int, batch_size: int = 64) -> np.ndarray:
+    """Destination test scores `(n_test, n_candidates)` of a linear probe trained on the frozen prefix embeddings."""
     train, test = _embed(model, tokenizer, task.train, batch_size), _embed(model, tokenizer, task.test, batch_size)
-    scores = linear_probe_scores(train, task.train["label"], test, len(task.candidates),
-                                 PROBE_SETTINGS["linear_probe_steps"], PROBE_SETTINGS["linear_probe_learning_rate"],
-                                 PROBE_SETTINGS["linear_probe_weight_decay"], seed)
-    return task_metrics(task, scores)
+    return linear_probe_scores(train, task.train["label"], test, len(task.candidates),
+                               PROBE_SETTINGS["linear_probe_steps"], PROBE_SETTINGS["linear_probe_learning_rate"],
+                               PROBE_SETTINGS["linear_probe_weight_decay"], seed)
+
+
+def frozen_probe_scores(model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, tasks: dict[str, PreparedTask],
+                        seed: int, batch_size: int = 64) -> dict[str, dict[str, np.ndarray]]:
+    """`{entry: {probe: test scores}}` of a frozen encoder for the entries among `tasks` that have probes; kept as
+    scores so that a report can bootstrap them and `downstream.folds` can pool them."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    if LINKING in tasks:
+        out[LINKING] = retrieval_probe_scores(model, tokenizer, tasks[LINKING], batch_size)
+    if DESTINATION in tasks:
+        out[DESTINATION] = {"linear_probe": destination_probe_scores(model, tokenizer, tasks[DESTINATION], seed,
+                                                                     batch_size)}
+    return out
+
+
+def probe_metrics(tasks: dict[str, PreparedTask], scores: dict[str, dict[str, np.ndarray]]
+                  ) -> dict[str, dict[str, dict[str, float]]]:
+    """`{entry: {probe: test metrics}}` of `frozen_probe_scores`' output: user linking's ranking metrics
+    (accuracy@1/@5, MRR, macro-F1), destination's task metrics."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for entry, by_probe in scores.items():
+        task = tasks[entry]
+        out[entry] = {probe: ranking_metrics(matrix, np.asarray(task.test["label"])) if entry == LINKING
+                      else task_metrics(task, matrix) for probe, matrix in by_probe.items()}
+    return out
 
 
 def frozen_probes(model: TrajBertPreTrainedModel, tokenizer: TrajTokenizer, tasks: dict[str, PreparedTask],
                   seed: int, batch_size: int = 64) -> dict[str, dict[str, dict[str, float]]]:
     """`{entry: {probe: test metrics}}` of a frozen encoder for the entries among `tasks` that have probes."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    if LINKING in tasks:
-        out[LINKING] = retrieval_metrics(model, tokenizer, tasks[LINKING], batch_size)
-    if DESTINATION in tasks:
-        out[DESTINATION] = {"linear_probe": linear_probe_metrics(model, tokenizer, tasks[DESTINATION], seed,
-                                                                 batch_size)}
-    return out
+    return probe_metrics(tasks, frozen_probe_scores(model, tokenizer, tasks, seed, batch_size))
 
 
-__all__ = ["PROBE_SETTINGS", "frozen_probes", "linear_probe_metrics", "retrieval_metrics"]
+__all__ = ["PROBE_SETTINGS", "destination_probe_scores", "frozen_probe_scores", "frozen_probes", "probe_metrics",
+           "retrieval_probe_scores"]
