@@ -29,7 +29,7 @@ the runs of a k-fold.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,13 @@ def resample_rows(task: PreparedTask, n_resamples: int, seed: int | list[int], s
     return bootstrap_resamples(len(getattr(task, split)["label"]), n_resamples, seed, row_groups(task, split))
 
 
+def entry_resamples(tasks: dict[str, PreparedTask], entries: Iterable[str], seed: int, n_resamples: int
+                    ) -> dict[str, list[np.ndarray]]:
+    """Each report entry's test resamples, seeded by `[seed, position of the entry]`: drawn once, shared by every
+    scorer of the entry (answers, classifiers, baselines, frozen probes)."""
+    return {entry: resample_rows(tasks[entry], n_resamples, [seed, index]) for index, entry in enumerate(entries)}
+
+
 #: Per entry of a compare (`save_test_scores`): what `downstream.folds` needs to rebuild the entry's test side and
 #: pool the runs of a k-fold. Keys: `kind`, `trajectory` (each row's anchor), the test columns of `POOLED_COLUMNS`,
 #: `label_names`, `candidates`, `answer_<init>` and `classifier_<init>` scores, `BASELINE_SCORES_PREFIX + name` and,
@@ -151,7 +158,7 @@ def save_test_scores(path: Path, task: PreparedTask, answers: dict[str, np.ndarr
 
 
 def _bootstrap(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTask],
-               logits: dict[str, dict[str, np.ndarray]], seed: int, n_resamples: int,
+               logits: dict[str, dict[str, np.ndarray]], resamples: dict[str, list[np.ndarray]],
                classifier_logits: dict[str, dict[str, np.ndarray]] | None = None,
                best_baselines: dict[str, str | None] | None = None) -> dict[str, Any]:
     """ci95 per entry and scorer, and the paired intervals of the average-F1 improvements (module docstring); with
@@ -160,16 +167,15 @@ def _bootstrap(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTas
     ci, f1 = {}, {}  # f1[entry][scorer] = primary F1 per resample; scorer (init, "classifier") for the classifiers
     margins = {}  # margins[entry][init]: interval of init - best same-inputs baseline on the primary metric
     classifier_logits = classifier_logits or {}
-    for index, entry in enumerate(results):
+    for entry in results:
         task = tasks[entry]
-        resamples = resample_rows(task, n_resamples, [seed, index])
         scorers = {init: logits[entry][init] for init in INITS} | task.baseline_scores
         scorers |= {(init, "classifier"): scores for init, scores in classifier_logits.get(entry, {}).items()}
         metrics = sorted({PRIMARY_METRIC[entry], PRIMARY_F1[entry]})
         ci[entry], f1[entry], primary = {}, {}, {}
         for name, scores in scorers.items():
             statistic = resampled_metrics(task, scores)
-            values = [statistic(rows) for rows in resamples]
+            values = [statistic(rows) for rows in resamples[entry]]
             primary[name] = np.array([v[PRIMARY_METRIC[entry]] for v in values])
             intervals = {m: percentile_interval([v[m] for v in values]) for m in metrics}
             if isinstance(name, tuple):
@@ -227,20 +233,17 @@ def same_inputs_verdict(entry: str, inputs: str, by_init: dict[str, dict], basel
 
 
 def probe_intervals(tasks: dict[str, PreparedTask], probe_scores: dict[str, dict[str, dict[str, np.ndarray]]],
-                    seed: int, n_resamples: int = N_RESAMPLES, order: Sequence[str] = ()) -> dict[str, Any]:
-    """Bootstrap intervals of the frozen probes' test scores (`probe_scores[init][entry][probe]`): `ci95[entry][probe]
-    [init][metric]` for accuracy@1 and macro-F1, and the paired interval of pre-trained minus random accuracy@1
-    (`margin_ci95[entry][probe]`, both inits on the same resamples). An entry listed in `order` (the report's entries)
-    draws the resamples its answers are bootstrapped on."""
+                    resamples: dict[str, list[np.ndarray]]) -> dict[str, Any]:
+    """Bootstrap intervals of the frozen probes' test scores (`probe_scores[init][entry][probe]`) on their entries'
+    `resamples` (`entry_resamples`, those of the answers): `ci95[entry][probe][init][metric]` for accuracy@1 and
+    macro-F1, and the paired interval of pre-trained minus random accuracy@1 (`margin_ci95[entry][probe]`)."""
     ci: dict[str, dict] = {}
     margins: dict[str, dict] = {}
     for entry, by_probe in probe_scores[INITS[0]].items():
         task = tasks[entry]
-        index = list(order).index(entry) if entry in order else len(order)
-        resamples = resample_rows(task, n_resamples, [seed, index])
         for probe in by_probe:
-            values = {init: [resampled_metrics(task, probe_scores[init][entry][probe])(rows) for rows in resamples]
-                      for init in INITS}
+            values = {init: [resampled_metrics(task, probe_scores[init][entry][probe])(rows) for rows in
+                             resamples[entry]] for init in INITS}
             ci.setdefault(entry, {})[probe] = {
                 init: {metric: percentile_interval([v[metric] for v in rows]) for metric in PROBE_CI_METRICS}
                 for init, rows in values.items()}
@@ -309,9 +312,10 @@ def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, Prepare
         report["avg_f1_improvement_pct_paper_tasks_classifier"] = (
             avg_f1_improvement(report_tasks, PAPER_TASKS, "classifier")
             if all(e in report_tasks for e in PAPER_TASKS) else None)
-    if logits is not None:
+    resamples = entry_resamples(tasks, results, seed, n_resamples) if logits is not None else None
+    if resamples is not None:
         best = {entry: t["same_inputs"]["best_baseline"] for entry, t in report_tasks.items()}
-        intervals = _bootstrap(results, tasks, logits, seed, n_resamples, classifier_logits, best)
+        intervals = _bootstrap(results, tasks, logits, resamples, classifier_logits, best)
         for entry, by_scorer in intervals.pop("ci95").items():
             report_tasks[entry]["ci95"] = by_scorer
         for entry, by_init in intervals.pop("margin_ci95").items():
@@ -320,8 +324,7 @@ def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, Prepare
         report["bootstrap"] = {"resamples": n_resamples, "seed": seed, "confidence": 0.95,
                                "method": BOOTSTRAP_METHOD}
     if probes:
-        intervals = (probe_intervals(tasks, probe_scores, seed, n_resamples, list(results))
-                     if logits is not None and probe_scores else None)
+        intervals = probe_intervals(tasks, probe_scores, resamples) if resamples is not None and probe_scores else None
         report["probes"] = probes_section(probes, intervals)
     return report
 
