@@ -67,7 +67,7 @@ from .downstream.forms import (
     history_forms,
     save_validation_scores,
 )
-from .downstream.probes import frozen_probe_scores, probe_metrics
+from .downstream.probes import frozen_probe_scores
 from .hub import check_push_possible, push_checkpoint
 from .modeling_trajbert import (
     TrajBertForHexagonPrediction,
@@ -778,8 +778,7 @@ def compare(
                                                            training_args.seed),
                                               prepared.tokenizer, prepared.tasks, training_args.seed,
                                               training_args.per_device_eval_batch_size) for init in INITS}
-    probes = {init: probe_metrics(prepared.tasks, scores) for init, scores in probe_scores.items()}
-    report = compare_report(results, prepared.tasks, logits, seed=training_args.seed, probes=probes,
+    report = compare_report(results, prepared.tasks, logits, seed=training_args.seed,
                             classifier_logits=classifier_logits, probe_scores=probe_scores)
     if training_args.process_index == 0:
         for entry, task in prepared.tasks.items():  # for pooling the folds of --num_folds (downstream.folds)

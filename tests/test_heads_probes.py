@@ -14,7 +14,7 @@ from modeling_trajfm.downstream import PreparedTask, TaskConfig, build_task
 from modeling_trajfm.downstream import examples as T
 from modeling_trajfm.downstream.baselines import CellProfileKNN, TfidfCells, UserFrequentCell
 from modeling_trajfm.downstream.builders import PRIMARY_METRIC, task_metrics
-from modeling_trajfm.downstream.compare import comparable_baselines, compare_markdown, compare_report
+from modeling_trajfm.downstream.compare import comparable_baselines, compare_markdown, compare_report, probes_section
 from modeling_trajfm.downstream.embeddings import (
     contrastive_finetune,
     embed_trajectories,
@@ -219,15 +219,15 @@ def test_probes_section_and_markdown():
                                             "random": {"test_macro_f1": 0.2, "test_accuracy@1": 0.3}}}
     task = PreparedTask("user_association_linking", "single", {}, {}, [], inputs="trajectory",
                         baselines={"cell_profile_knn": {"accuracy@1": 0.9, "macro_f1": 0.8, "inputs": "trajectory"}})
-    report = compare_report(results, {"user_association_linking": task}, probes=probes)
-    section = report["probes"]
+    report = compare_report(results, {"user_association_linking": task})
+    assert "probes" not in report
+    section = report["probes"] = probes_section(probes)
     assert section["tasks"]["user_association_linking"]["retrieval_knn"]["random"] == link
     assert section["pretrained_better_nn_linking"] == {"retrieval_prototype": True, "retrieval_knn": False}
     markdown = compare_markdown(report)
     assert "## Probes: frozen encoders" in markdown and "| retrieval_prototype | accuracy@1 | 0.5000 | 0.2500 |" \
         in markdown.replace("| user_association_linking ", "")
     assert "best baseline on accuracy@1 is cell_profile_knn (0.9000); pretrained is below it by -0.5000" in markdown
-    assert "probes" not in compare_report(results, {"user_association_linking": task})
 
 
 def test_probe_intervals_are_paired_on_the_answers_resamples():
@@ -243,11 +243,9 @@ def test_probe_intervals_are_paired_on_the_answers_resamples():
                                                                                                        "random")}
     scores = {"pretrained": {"user_association_linking": {"retrieval_knn": right, "retrieval_prototype": half_wrong}},
               "random": {"user_association_linking": {"retrieval_knn": half_wrong, "retrieval_prototype": half_wrong}}}
-    probes = {init: {entry: {probe: ranking_metrics(matrix, labels) for probe, matrix in by_probe.items()}
-                     for entry, by_probe in by_entry.items()} for init, by_entry in scores.items()}
     results = {"user_association_linking": metrics}
     report = compare_report(results, {"user_association_linking": task}, logits, seed=3, n_resamples=200,
-                            probes=probes, probe_scores=scores)
+                            probe_scores=scores)
     section, answer = report["probes"], report["tasks"]["user_association_linking"]["ci95"]
     ci = section["ci95"]["user_association_linking"]
     assert ci["retrieval_prototype"]["pretrained"]["accuracy@1"] == answer["pretrained"]["accuracy@1"]
@@ -260,7 +258,8 @@ def test_probe_intervals_are_paired_on_the_answers_resamples():
     markdown = compare_markdown(report)
     assert "| retrieval_knn | accuracy@1 | 1.0000 [1.000, 1.000] |" in markdown
     assert "pre-trained minus random, paired 95% interval [+0.000, +0.000]" in markdown
-    without = compare_report(results, {"user_association_linking": task}, logits, probes=probes)["probes"]
+    assert section["tasks"]["user_association_linking"]["retrieval_knn"]["pretrained"] == ranking_metrics(right, labels)
+    without = compare_report(results, {"user_association_linking": task}, probe_scores=scores)["probes"]
     assert "ci95" not in without and "margin_ci95" not in without
 
 

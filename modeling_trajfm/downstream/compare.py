@@ -37,7 +37,7 @@ import numpy as np
 
 from .builders import PRIMARY_METRIC, PreparedTask
 from .metrics import binary_metrics, macro_f1, true_class_ranks
-from .probes import LINKING, PROBE_SETTINGS
+from .probes import LINKING, PROBE_SETTINGS, probe_metrics
 from .stats import N_RESAMPLES, bootstrap_resamples, percentile_interval
 
 INITS = ("pretrained", "random")
@@ -269,14 +269,13 @@ def probes_section(probes: dict[str, dict[str, dict[str, dict[str, float]]]],
 
 def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, PreparedTask],
                    logits: dict[str, dict[str, np.ndarray]] | None = None, seed: int = 0,
-                   n_resamples: int = N_RESAMPLES, probes: dict[str, dict] | None = None,
-                   classifier_logits: dict[str, dict[str, np.ndarray]] | None = None,
+                   n_resamples: int = N_RESAMPLES, classifier_logits: dict[str, dict[str, np.ndarray]] | None = None,
                    probe_scores: dict[str, dict[str, dict[str, np.ndarray]]] | None = None) -> dict[str, Any]:
     """`results[entry][init]` = test metrics (keys `test_*`) → the report (see the module docstring); with the test
     `logits[entry][init]` of the answers, bootstrap 95% intervals too (`seed`, `n_resamples`), and with the
     classifiers' test logits (`classifier_logits[entry][init]`, for entries another form answers) those of the
-    classifier protocol; `probes` (`probes[init][entry][probe]` = metrics of the frozen encoder) adds the `probes`
-    section, with intervals when bootstrapping and given their test scores (`probe_scores`, same keys)."""
+    classifier protocol; the frozen encoders' test scores (`probe_scores[init][entry][probe]`, `frozen_probe_scores`
+    per init) add the `probes` section, with intervals when bootstrapping."""
     report_tasks = {}
     for entry, by_init in results.items():
         pre = {k.removeprefix("test_"): v for k, v in by_init["pretrained"].items()}
@@ -323,8 +322,9 @@ def compare_report(results: dict[str, dict[str, dict]], tasks: dict[str, Prepare
         report.update(intervals)
         report["bootstrap"] = {"resamples": n_resamples, "seed": seed, "confidence": 0.95,
                                "method": BOOTSTRAP_METHOD}
-    if probes:
-        intervals = probe_intervals(tasks, probe_scores, resamples) if resamples is not None and probe_scores else None
+    probes = {init: probe_metrics(tasks, scores) for init, scores in (probe_scores or {}).items()}
+    if probes and all(probes.values()):
+        intervals = probe_intervals(tasks, probe_scores, resamples) if resamples is not None else None
         report["probes"] = probes_section(probes, intervals)
     return report
 

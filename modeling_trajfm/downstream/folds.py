@@ -46,7 +46,6 @@ from .compare import (
     compare_report,
 )
 from .examples import IGNORE_INDEX
-from .probes import probe_metrics
 from .seeds import REPORT_FILE
 from .stats import N_RESAMPLES
 
@@ -184,9 +183,8 @@ def pool_folds(folders: Sequence[str | Path], seed: int = 0, n_resamples: int = 
             by_probe = {key.removeprefix(prefix): scores for key, scores in pooled.items() if key.startswith(prefix)}
             if by_probe:
                 probe_scores[init][entry] = by_probe
-    probes = {init: probe_metrics(tasks, scores) for init, scores in probe_scores.items()}
     report = compare_report(results, tasks, answers, seed=seed, n_resamples=n_resamples, classifier_logits=classifiers,
-                            probes=probes if all(probes.values()) else None, probe_scores=probe_scores)
+                            probe_scores=probe_scores)
     report["folds"] = [str(folder) for folder in folders]
     for entry, task in report["tasks"].items():
         task["fold_margins"] = [fold["tasks"][entry]["same_inputs"]["pretrained_margin"] for fold in reports]
