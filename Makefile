@@ -83,14 +83,19 @@ nyc-context geolife-context: $(VENV)/.installed
 
 # After `make nyc`: k-fold over the held-out users' trajectories, NYC_FOLDS runs whose test folds are disjoint and
 # cover every trajectory, pooled into one compare report of all their test rows: nyc-folds/compare_report.{json,md,png}.
+# FOLDS_SEED (--data_seed) deals the trajectories over the folds and draws the pairs; another seed writes
+# nyc-fold<f>-seed<s>/ and nyc-folds-seed<s>/, a replicate of the same rows under another assignment.
 NYC_FOLDS ?= 5
+FOLDS_SEED ?= 42
 FOLD_IDS = $(shell seq 0 $$(($(NYC_FOLDS) - 1)))
+FOLDS_SUFFIX = $(if $(filter 42,$(FOLDS_SEED)),,-seed$(FOLDS_SEED))
 nyc-folds: $(VENV)/.installed
 	for fold in $(FOLD_IDS); do \
 		$(PY) run_finetune.py configs/nyc_compare.yaml --num_folds $(NYC_FOLDS) --test_fold $$fold \
-			--output_dir nyc-fold$$fold || exit 1; \
+			--data_seed $(FOLDS_SEED) --output_dir nyc-fold$$fold$(FOLDS_SUFFIX) || exit 1; \
 	done
-	$(PY) -m modeling_trajfm.downstream.folds $(addprefix nyc-fold,$(FOLD_IDS)) --output_dir nyc-folds
+	$(PY) -m modeling_trajfm.downstream.folds $(addsuffix $(FOLDS_SUFFIX),$(addprefix nyc-fold,$(FOLD_IDS))) \
+		--output_dir nyc-folds$(FOLDS_SUFFIX)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
