@@ -110,7 +110,7 @@ class TaskConfig:
     form_selection: str = field(
         default="best",
         metadata={"help": "How --answer_form auto picks on validation: best (the candidate best on validation) | "
-                          "significant (another form replaces the classifier only when it beats it in >= 95% of "
+                          "significant (another form replaces the classifier only when it beats it in >= 95%% of "
                           "paired bootstrap resamples of validation; lower on NYC's validation halves, see README)."},
     )
     profile_fusion: bool = field(
