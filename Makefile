@@ -12,7 +12,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench nyc nyc-seeds nyc-seen nyc-seen-seeds geolife nyc-context geolife-context nyc-folds
+.PHONY: demo test lint bench nyc nyc-seeds nyc-seen nyc-seen-seeds geolife nyc-context geolife-context nyc-folds nyc-folds-seeds
 
 $(VENV)/.installed: requirements-cpu.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -96,6 +96,14 @@ nyc-folds: $(VENV)/.installed
 	done
 	$(PY) -m modeling_trajfm.downstream.folds $(addsuffix $(FOLDS_SUFFIX),$(addprefix nyc-fold,$(FOLD_IDS))) \
 		--output_dir nyc-folds$(FOLDS_SUFFIX)
+
+# make nyc-folds for each of FOLDS_SEEDS, the pooled reports summarised across the assignments (mean, std, t interval)
+# in nyc-folds-seeds/seeds_report.{json,md}.
+FOLDS_SEEDS ?= 42 43 44
+nyc-folds-seeds: $(VENV)/.installed
+	for seed in $(FOLDS_SEEDS); do $(MAKE) nyc-folds FOLDS_SEED=$$seed || exit 1; done
+	$(PY) -m modeling_trajfm.downstream.seeds \
+		$(foreach seed,$(FOLDS_SEEDS),nyc-folds$(if $(filter 42,$(seed)),,-seed$(seed))) --output_dir nyc-folds-seeds
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
