@@ -88,7 +88,9 @@ nyc-context geolife-context: $(VENV)/.installed
 NYC_FOLDS ?= 5
 FOLDS_SEED ?= 42
 FOLD_IDS = $(shell seq 0 $$(($(NYC_FOLDS) - 1)))
-FOLDS_SUFFIX = $(if $(filter 42,$(FOLDS_SEED)),,-seed$(FOLDS_SEED))
+# the folders' suffix of a data seed: none for 42 (make nyc's split), -seed<s> otherwise
+folds_suffix = $(if $(filter 42,$(1)),,-seed$(1))
+FOLDS_SUFFIX = $(call folds_suffix,$(FOLDS_SEED))
 nyc-folds: $(VENV)/.installed
 	for fold in $(FOLD_IDS); do \
 		$(PY) run_finetune.py configs/nyc_compare.yaml --num_folds $(NYC_FOLDS) --test_fold $$fold \
@@ -103,7 +105,7 @@ FOLDS_SEEDS ?= 42 43 44
 nyc-folds-seeds: $(VENV)/.installed
 	for seed in $(FOLDS_SEEDS); do $(MAKE) nyc-folds FOLDS_SEED=$$seed || exit 1; done
 	$(PY) -m modeling_trajfm.downstream.seeds \
-		$(foreach seed,$(FOLDS_SEEDS),nyc-folds$(if $(filter 42,$(seed)),,-seed$(seed))) --output_dir nyc-folds-seeds
+		$(foreach seed,$(FOLDS_SEEDS),nyc-folds$(call folds_suffix,$(seed))) --output_dir nyc-folds-seeds
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
