@@ -251,6 +251,10 @@ def load_tokenizer_and_config(path: str) -> tuple[TrajTokenizer, TrajBertConfig]
     return tokenizer, config
 
 
+def _has_corpus_description(model_path: str) -> bool:
+    return Path(model_path).is_dir() and CorpusDescription.exists(model_path)
+
+
 def check_heldout_users_argument(heldout_users: str | None) -> None:
     """A value that looks like a path must exist (a list of ids is anything else)."""
     if heldout_users and not Path(heldout_users).exists() and (
@@ -272,7 +276,7 @@ def resolve_heldout_users(model_path: str, heldout_users: str | None) -> tuple[l
             lines = [line.strip() for line in path.read_text().splitlines()]
             return [line for line in lines if line], str(path)
         return [u.strip() for u in heldout_users.split(",") if u.strip()], "--heldout_users"
-    if not (Path(model_path).is_dir() and CorpusDescription.exists(model_path)):
+    if not _has_corpus_description(model_path):
         raise ValueError(
             f"Checkpoint {model_path!r} has no {CORPUS_FILE} (the users held out from pre-training), so fine-tuning "
             "could reuse pre-training users. Use a run_mtm.py output folder, or pass --heldout_users (a file with one "
@@ -283,7 +287,7 @@ def resolve_heldout_users(model_path: str, heldout_users: str | None) -> tuple[l
 
 def resolve_corpus(model_path: str, corpus_overrides: dict[str, Any] | None = None) -> CorpusConfig:
     """The corpus config pre-training recorded in the checkpoint (defaults when there is none), with overrides."""
-    if Path(model_path).is_dir() and CorpusDescription.exists(model_path):
+    if _has_corpus_description(model_path):
         return CorpusDescription.load(model_path, overrides=corpus_overrides).config
     return CorpusConfig().with_overrides(corpus_overrides or {})
 
@@ -517,6 +521,8 @@ def load_task_data(model_path: str, task_config: TaskConfig, corpus_overrides: d
     tokenizer.model_max_length = min(task_config.max_seq_length, base_config.max_position_embeddings)
     corpus = resolve_corpus(model_path, corpus_overrides)
     logger.info("Corpus: %s", corpus)
+    if "utc_offset_minutes" in (corpus_overrides or {}) or _has_corpus_description(model_path):
+        corpus.set_time_zone(tokenizer)
     cut = corpus.trajectory_break_minutes()
     if tokenizer.time_features and cut not in (None, tokenizer.gap_break_minutes):
         grid = ("the plain log2 grid (saved without gap_break_minutes)" if tokenizer.gap_break_minutes is None

@@ -395,6 +395,7 @@ def load_tokenizer(model_args: MTMModelArguments, corpus: CorpusConfig, mtm_args
             raise ValueError(f"--gap_break_minutes {given_break:g} is for a new tokenizer; {name}'s gap ids keep its "
                              f"own grid (gap_break_minutes={own_break}): drop --gap_break_minutes.")
         tokenizer.model_max_length = mtm_args.max_seq_length
+        corpus.set_time_zone(tokenizer)
         return tokenizer
     settings = corpus.tokenizer_settings()
     if model_args.gap_break_minutes is not None:

@@ -21,6 +21,7 @@ from modeling_trajfm.downstream.compare import TEST_SCORES_FILE
 from modeling_trajfm.downstream.metrics import ranking_metrics
 from modeling_trajfm.finetuning import (
     load_heldout_trajectories,
+    load_task_data,
     load_tokenizer_and_config,
     resolve_corpus,
     resolve_heldout_users,
@@ -479,6 +480,19 @@ def test_data_arguments_default_to_the_checkpoint(checkpoint, tmp_path):
     assert overrides == {"min_points": 9}
     corpus = resolve_corpus(str(folder), overrides)
     assert corpus.min_points == 9 and corpus.max_gap_minutes == 360 and corpus.synthetic_users == 36
+
+
+def test_hour_ids_follow_the_time_zone_of_the_data(checkpoint):
+    """Fine-tuning on data of another zone (`--utc_offset_minutes`, e.g. a checkpoint pre-trained in another city):
+    the tokenizer takes the data's offset, so hour ids are that data's local hours; without it the recorded one."""
+    own = load_task_data(str(checkpoint["path"]), TaskConfig())
+    east = load_task_data(str(checkpoint["path"]), TaskConfig(), {"utc_offset_minutes": 480})
+    assert (own.tokenizer.utc_offset_minutes, east.tokenizer.utc_offset_minutes) == (0, 480)
+    record = own.records[0]
+    hours = [np.asarray(data.tokenizer(cells=[record.cells], timestamps=[record.timestamps])["hour_ids"][0])
+             for data in (own, east)]
+    visits = hours[0] > 0
+    assert visits.any() and np.array_equal(hours[1][visits] - 1, (hours[0][visits] - 1 + 8) % 168)
 
 
 def test_explicit_data_source_takes_nothing_of_the_recorded_source(checkpoint, tmp_path):

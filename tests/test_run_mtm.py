@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import h3
 import numpy as np
 import pytest
 import torch
@@ -349,6 +350,27 @@ def test_continuing_from_a_checkpoint_with_a_pair_match_table_is_refused(tmp_pat
     TrajBertForMaskedTrajectoryModeling(config).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="its table would never train"):
         build_model(MTMModelArguments(model_name_or_path=str(tmp_path)), MTMArguments(), tokenizer)
+
+
+def test_a_loaded_tokenizer_reads_the_local_time_of_the_data(caplog):
+    """Continuing a checkpoint (or reusing a tokenizer) on data of another zone: hour ids are that data's local hours,
+    so the tokenizer takes the corpus's --utc_offset_minutes, and the log says so."""
+    from modeling_trajfm.pretraining import MTMArguments, MTMModelArguments, load_tokenizer
+
+    fixture = str(ROOT / "tests" / "fixtures" / "tiny-trajbert")
+    args = MTMModelArguments(model_name_or_path=fixture), MTMArguments(max_seq_length=64)
+    own = AutoTokenizer.from_pretrained(fixture).utc_offset_minutes
+    with caplog.at_level("INFO", logger="tokenization_trajfm"):
+        east = load_tokenizer(args[0], CorpusConfig(utc_offset_minutes=own + 480), args[1], None, None)
+    assert east.utc_offset_minutes == own + 480
+    assert f"UTC offset {own} min becomes {own + 480} min" in caplog.text
+    assert load_tokenizer(args[0], CorpusConfig(utc_offset_minutes=own), args[1], None, None).utc_offset_minutes == own
+    times = np.array([1_700_000_000, 1_700_040_000])
+    cells = [int(h3.latlng_to_cell(40.75, lon, east.resolution), 16) for lon in (-73.99, -73.95)]
+    hours = [np.asarray(t(cells=[cells], timestamps=[times])["hour_ids"][0]) for t in (
+        AutoTokenizer.from_pretrained(fixture), east)]
+    visits = hours[0] > 0
+    assert np.array_equal(hours[1][visits] - 1, (hours[0][visits] - 1 + 8) % 168)
 
 
 def test_streaming_trains_from_an_iterable_dataset(tmp_path):

@@ -14,6 +14,7 @@ permutation of the sorted distinct user ids: the same data and seed always give 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from glob import glob
@@ -30,6 +31,8 @@ from .readers import READERS
 from .report import PipelineReport
 from .segment import SegmentationConfig
 from .splits import SPLITS, file_builder, given_trajectories, load_split_datasets, points_to_trajectories, renumber
+
+logger = logging.getLogger(__name__)
 
 CORPUS_FILE = "trajfm_corpus.json"
 #: Reader arguments of `reader="table"` (column mapping and time parsing).
@@ -238,6 +241,16 @@ class CorpusConfig:
         """The TrajTokenizer settings a tokenizer trained on this corpus takes from it."""
         return dict(window_minutes=self.window_minutes, utc_offset_minutes=self.utc_offset_minutes,
                     gap_break_minutes=self.trajectory_break_minutes())
+
+    def set_time_zone(self, tokenizer: Any) -> None:
+        """Give a loaded tokenizer this corpus's `utc_offset_minutes` (logged when it changes): hour-of-week ids are
+        the local time of the data being read, and a checkpoint may come from a city in another zone. A model saved
+        with the tokenizer keeps the new offset."""
+        before = tokenizer.utc_offset_minutes
+        if before != self.utc_offset_minutes:
+            tokenizer.utc_offset_minutes = self.utc_offset_minutes
+            logger.info(f"Hour-of-week ids use this data's local time: the tokenizer's UTC offset {before} min "
+                        f"becomes {self.utc_offset_minutes} min (--utc_offset_minutes).")
 
     def trajectory_break_minutes(self) -> float | None:
         """The gap above which trajfm cuts this corpus into trajectories (`max_gap_minutes`); None for given splits
