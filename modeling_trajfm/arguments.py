@@ -88,7 +88,7 @@ def setup_logging(training_args: TrainingArguments, *loggers: logging.Logger) ->
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
                         handlers=[logging.StreamHandler(sys.stdout)], force=True)
     level = logging.INFO if training_args.should_log else logging.WARNING
-    for each in (*loggers, logger):
+    for each in (*loggers, logger, logging.getLogger("tokenization_trajfm")):
         each.setLevel(level)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     datasets.utils.logging.set_verbosity(logging.WARNING)
