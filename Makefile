@@ -12,7 +12,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench nyc nyc-seeds nyc-seen nyc-seen-seeds geolife nyc-context geolife-context nyc-folds nyc-folds-seeds
+.PHONY: demo test lint bench nyc nyc-seeds nyc-seen nyc-seen-seeds geolife nyc-context geolife-context nyc-folds nyc-folds-seeds geolife-transfer
 
 $(VENV)/.installed: requirements-cpu.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,18 @@ geolife: $(VENV)/.installed
 	done
 	$(PY) -m modeling_trajfm.downstream.seeds geolife-compare $(addprefix geolife-compare-seed,$(GEOLIFE_SEEDS)) \
 		--output_dir geolife-seeds
+
+# After `make nyc`: the NYC checkpoint in another city, on GeoLife's held-out users (make geolife's 36) and the two
+# user-association entries: continued on GeoLife's pre-training users first (configs/geolife_from_nyc_pretrain.yaml,
+# into geolife-from-nyc/), then as it is. Compare reports in geolife-from-nyc-compare/ and nyc-in-geolife-compare/.
+GEOLIFE_DATA = --data ../shared/data/geolife/geolife_60s.csv.gz --reader geolife --utc_offset_minutes 480 \
+	--max_gap_minutes 1440
+geolife-transfer: $(VENV)/.installed
+	$(PY) run_mtm.py configs/geolife_from_nyc_pretrain.yaml
+	$(PY) run_finetune.py configs/geolife_compare.yaml --model_name_or_path geolife-from-nyc \
+		--tasks user_association --output_dir geolife-from-nyc-compare
+	$(PY) run_finetune.py configs/geolife_compare.yaml --model_name_or_path nyc-base $(GEOLIFE_DATA) \
+		--heldout_users geolife-from-nyc --tasks user_association --output_dir nyc-in-geolife-compare
 
 # After `make nyc` or `make geolife`: destination with the user's context (the user's most recent earlier trajectory
 # as segment A), compared with the baselines that see the user's history, on CONTEXT_SEEDS splits of the held-out users.

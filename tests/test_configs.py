@@ -6,6 +6,7 @@ import yaml
 from conftest import REPO
 
 from modeling_trajfm.pretraining import MTMArguments, MTMModelArguments
+from tokenization_trajfm import CorpusConfig
 
 CONFIGS = REPO / "configs"
 
@@ -42,6 +43,25 @@ def test_make_geolife_keeps_the_nyc_recipe():
     assert {k: v for k, v in nyc.items() if k not in paths} == {k: v for k, v in geolife.items() if k not in paths}
     assert geolife["model_name_or_path"] == _config("geolife_pretrain.yaml")["output_dir"]
     assert any("run_finetune.py configs/geolife_compare.yaml" in line for line in _make_recipes())
+
+
+def test_make_geolife_transfer_continues_nyc_on_make_geolife_data():
+    """`make geolife-transfer` continues make nyc's checkpoint on GeoLife as make geolife reads it (its data settings
+    and training recipe; the model and tokenizer are the checkpoint's), and fine-tunes the checkpoint as it is on
+    the same data and held-out users."""
+    geolife, transfer = _config("geolife_pretrain.yaml"), _config("geolife_from_nyc_pretrain.yaml")
+    checkpoint = {"vocab_size", "spelling", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                  "intermediate_size", "model_name_or_path", "output_dir"}
+    assert {k: v for k, v in geolife.items() if k not in checkpoint} == {
+        k: v for k, v in transfer.items() if k not in checkpoint}
+    assert transfer["model_name_or_path"] == _config("nyc_pretrain.yaml")["output_dir"]
+    recipes = _make_recipes()
+    data = " ".join(next(line for line in recipes if line.startswith("GEOLIFE_DATA =")).split())
+    for key in ("data", "reader", "utc_offset_minutes"):
+        assert f"--{key} {geolife[key]}" in data
+    assert f"--max_gap_minutes {CorpusConfig().max_gap_minutes:g}" in data  # make geolife keeps the default
+    as_is = " ".join(next(line for line in recipes if "--output_dir nyc-in-geolife-compare" in line).split())
+    assert f"--heldout_users {transfer['output_dir']}" in as_is
 
 
 def test_make_nyc_recipe_is_run_mtm_defaults():
