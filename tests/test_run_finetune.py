@@ -30,6 +30,7 @@ from tokenization_trajfm import (
     CorpusConfig,
     CorpusDescription,
     SegmentationConfig,
+    TrajInputError,
     TrajTokenizer,
     build_trajectories,
     load_checkins,
@@ -493,6 +494,8 @@ def test_hour_ids_follow_the_time_zone_of_the_data(checkpoint):
              for data in (own, east)]
     visits = hours[0] > 0
     assert visits.any() and np.array_equal(hours[1][visits] - 1, (hours[0][visits] - 1 + 8) % 168)
+    with pytest.raises(TrajInputError, match=r"utc_offset_minutes must be within ±840"):
+        load_task_data(str(checkpoint["path"]), TaskConfig(), {"utc_offset_minutes": 2000})
 
 
 def test_explicit_data_source_takes_nothing_of_the_recorded_source(checkpoint, tmp_path):

@@ -358,17 +358,18 @@ def test_a_loaded_tokenizer_reads_the_local_time_of_the_data(caplog):
     from modeling_trajfm.pretraining import MTMArguments, MTMModelArguments, load_tokenizer
 
     fixture = str(ROOT / "tests" / "fixtures" / "tiny-trajbert")
-    args = MTMModelArguments(model_name_or_path=fixture), MTMArguments(max_seq_length=64)
-    own = AutoTokenizer.from_pretrained(fixture).utc_offset_minutes
+    model_args, mtm_args = MTMModelArguments(model_name_or_path=fixture), MTMArguments(max_seq_length=64)
+    saved = AutoTokenizer.from_pretrained(fixture)
+    own = saved.utc_offset_minutes
     with caplog.at_level("INFO", logger="tokenization_trajfm"):
-        east = load_tokenizer(args[0], CorpusConfig(utc_offset_minutes=own + 480), args[1], None, None)
+        east = load_tokenizer(model_args, CorpusConfig(utc_offset_minutes=own + 480), mtm_args, None, None)
     assert east.utc_offset_minutes == own + 480
     assert f"UTC offset {own} min becomes {own + 480} min" in caplog.text
-    assert load_tokenizer(args[0], CorpusConfig(utc_offset_minutes=own), args[1], None, None).utc_offset_minutes == own
+    assert load_tokenizer(model_args, CorpusConfig(utc_offset_minutes=own), mtm_args, None, None
+                          ).utc_offset_minutes == own
     times = np.array([1_700_000_000, 1_700_040_000])
     cells = [int(h3.latlng_to_cell(40.75, lon, east.resolution), 16) for lon in (-73.99, -73.95)]
-    hours = [np.asarray(t(cells=[cells], timestamps=[times])["hour_ids"][0]) for t in (
-        AutoTokenizer.from_pretrained(fixture), east)]
+    hours = [np.asarray(t(cells=[cells], timestamps=[times])["hour_ids"][0]) for t in (saved, east)]
     visits = hours[0] > 0
     assert np.array_equal(hours[1][visits] - 1, (hours[0][visits] - 1 + 8) % 168)
 

@@ -248,7 +248,7 @@ class CorpusConfig:
         with the tokenizer keeps the new offset."""
         before = tokenizer.utc_offset_minutes
         if before != self.utc_offset_minutes:
-            tokenizer.utc_offset_minutes = self.utc_offset_minutes
+            tokenizer.set_utc_offset(self.utc_offset_minutes)
             logger.info(f"Hour-of-week ids use this data's local time: the tokenizer's UTC offset {before} min "
                         f"becomes {self.utc_offset_minutes} min (--utc_offset_minutes).")
 

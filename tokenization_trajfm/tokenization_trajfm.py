@@ -463,6 +463,12 @@ class TrajTokenizer(PreTrainedTokenizer):
                 out[key].append(row_out[key])
         return out
 
+    def set_utc_offset(self, utc_offset_minutes: int) -> None:
+        """Read hour-of-week ids in another time zone (data from another city than the tokenizer was trained on),
+        checked as at construction."""
+        self.utc_offset_minutes = _check_settings(self.window_minutes, utc_offset_minutes, self.time_features,
+                                                  self.max_levels)[1]
+
     def _time_ids(self, times: np.ndarray | None, n_visits: int, previous: tuple[int, int] | None = None,
                   first_cell: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         if times is None or not self.time_features:
